@@ -1,0 +1,48 @@
+"""route: the middle blocks see M of N tokens. A gather before them (the token stream and every per-token
+side input, e.g. RoPE angles, with the same indices) and a scatter after them that puts each kept token
+back and fills dropped positions with the mask token. `ids_keep` becomes an input of the graph."""
+from sprintc import routing
+from sprintc.pipeline import PassResult, add_placeholder, insert_after, mask_node, register, stage_nodes
+
+
+@register("route", requires=("partition",))
+def route(gm, cfg, ctx):
+    ctx.plan = routing.plan_route(cfg, ctx.grid, tuple(cfg.protected) or ctx.protected)
+    graph = gm.graph
+    shapes2, shapes3 = ctx.shapes(gm, 2), ctx.shapes(gm, 3)
+    mids = stage_nodes(graph, "middle")
+    ids = add_placeholder(graph, "ids_keep")
+    stream = mids[0].args[0]
+    with graph.inserting_before(mids[0]):
+        g = graph.call_function(routing.gather_tokens, (stream, ids))
+    g.meta["stream"] = True
+    mids[0].update_arg(0, g)
+    # per-token side inputs: a dim of size N that does not follow the batch size
+    gathered = {}
+    for blk in mids:
+        for i, a in enumerate(blk.args[1:], 1):
+            dim = _token_dim(a, ctx.tokens, shapes2, shapes3)
+            if dim is None:
+                continue
+            if a not in gathered:
+                with graph.inserting_before(mids[0]):
+                    gathered[a] = graph.call_function(routing.gather_tokens, (a, ids, dim))
+            blk.update_arg(i, gathered[a])
+    last = mids[-1]
+    mask = mask_node(graph, mids[0], gm, ctx)
+    s = insert_after(last, routing.scatter_tokens, (last, ids, mask, ctx.tokens))
+    s.meta["role"] = last.meta.pop("role")
+    return PassResult(gm, True)
+
+
+def _token_dim(a, n, shapes2, shapes3):
+    if not hasattr(a, "name") or a.name not in shapes2:
+        return None
+    s2, s3 = shapes2[a.name], shapes3[a.name]
+    if not isinstance(s2, tuple) or not s2 or not all(isinstance(d, int) for d in s2):
+        return None
+    batched = s2[0] != s3[0]
+    for d in range(len(s2) - 1, -1, -1):
+        if s2[d] == n and not (batched and d == 0):
+            return d - len(s2) if batched else d
+    return None

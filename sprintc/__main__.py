@@ -1,0 +1,3 @@
+from sprintc.cli import main
+
+raise SystemExit(main())

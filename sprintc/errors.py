@@ -1,0 +1,21 @@
+"""User-facing errors. The CLI prints them without a traceback and exits with status 2."""
+
+
+class SprintcError(Exception):
+    """Bad input from the user: a spec, a checkpoint, a data folder, a flag."""
+
+
+class SpecError(SprintcError):
+    """A spec that does not load or does not validate. The message names file:line:col and the key."""
+
+
+class PassError(SprintcError):
+    """A pass cannot apply to this graph (impossible order, block out of range, unrealisable ratio)."""
+
+
+class CheckpointError(SprintcError):
+    """A checkpoint that is missing, corrupt or does not match the model."""
+
+
+class DataError(SprintcError):
+    """A data folder or file that is missing, empty, corrupt or does not match the spec."""

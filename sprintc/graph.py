@@ -1,0 +1,170 @@
+"""The block graph: a torch.fx graph whose nodes are whole blocks, embedders, heads and small glue ops.
+
+Also: shape propagation on meta tensors (the verifier's and the report's), FLOP and parameter counts per
+node, and a networkx view.
+"""
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import networkx as nx
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from sprintc.errors import PassError
+
+
+class BlockTracer(fx.Tracer):
+    """Symbolic tracer that stops at the given modules (the blocks and the embedders)."""
+
+    def __init__(self, leaves: set[int]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return id(m) in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def trace(root: nn.Module, leaves, concrete_args: dict | None = None) -> fx.GraphModule:
+    tracer = BlockTracer({id(m) for m in leaves})
+    graph = tracer.trace(root, concrete_args=concrete_args)
+    return fx.GraphModule(root, graph, root.__class__.__name__)
+
+
+def block_nodes(gm: fx.GraphModule, prefix: str) -> list[fx.Node]:
+    """The call_module nodes of the block stack `prefix` (e.g. "blocks"), in execution order."""
+    nodes = [n for n in gm.graph.nodes if n.op == "call_module" and n.target.rsplit(".", 1)[0] == prefix
+             and n.target.rsplit(".", 1)[-1].isdigit()]
+    for a, b in zip(nodes, nodes[1:]):
+        if b.args[0] is not a:
+            raise PassError(f"block {b.target} does not take block {a.target}'s output as its first input; "
+                            "the blocks must run one after another on the token stream")
+    return nodes
+
+
+def compile_forward(graph: fx.Graph, root: nn.Module):
+    """The graph's Python code as a function to bind to `root` (so it reads root's live attributes)."""
+    code = graph.python_code(root_module="self")
+    namespace = dict(code.globals)
+    exec(compile(code.src, f"<sprintc graph {root.__class__.__name__}>", "exec"), namespace)
+    return namespace["forward"]
+
+
+def bind(fn, module):
+    return types.MethodType(fn, module)
+
+
+# ------------------------------------------------------------------------------- shapes & flops
+@dataclass
+class NodeCost:
+    flops: int = 0
+    params: int = 0
+
+
+def _to_meta(v):
+    if isinstance(v, torch.Tensor):
+        return torch.empty_like(v, device="meta")
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_meta(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _to_meta(x) for k, x in v.items()}
+    return v
+
+
+class MetaInterpreter(fx.Interpreter):
+    """Runs the graph on meta tensors (no compute, no memory): records each node's output shape and
+    the FLOPs of each call (FlopCounterMode), so costs come from the ops actually run."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.costs: dict[str, NodeCost] = {}
+        self.shapes: dict[str, object] = {}
+
+    def run_node(self, n):
+        with FlopCounterMode(display=False) as fc:
+            out = super().run_node(n)
+        params = 0
+        if n.op == "call_module":
+            params = sum(p.numel() for p in self.module.get_submodule(n.target).parameters())
+        self.costs[n.name] = NodeCost(fc.get_total_flops(), params)
+        self.shapes[n.name] = _shape(out)
+        n.meta["shape"] = self.shapes[n.name]
+        return out
+
+
+def _shape(v):
+    if isinstance(v, torch.Tensor):
+        return tuple(v.shape)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_shape(x) for x in v)
+    return None
+
+
+def run_meta(gm: fx.GraphModule, *args, **kwargs) -> MetaInterpreter:
+    """Shape-propagate on the meta device. The module's parameters are moved to meta on a shallow
+    copy, so the real weights are untouched."""
+    meta_gm = _meta_copy(gm)
+    interp = MetaInterpreter(meta_gm)
+    # kwargs -> positional in placeholder order (fx.Interpreter.run takes positionals)
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    full = list(args) + [kwargs.get(nm, _default(gm, nm)) for nm in names[len(args):]]
+    interp.run(*[_to_meta(a) for a in full])
+    return interp
+
+
+def _default(gm, name):
+    node = next(n for n in gm.graph.nodes if n.op == "placeholder" and n.target == name)
+    return node.args[0] if node.args else None
+
+
+def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    with torch.device("meta"):
+        pass
+    memo = {}
+    for name, p in list(gm.named_parameters()) + list(gm.named_buffers()):
+        memo[id(p)] = torch.empty_like(p, device="meta")
+    copy = fx.GraphModule.__new__(type(gm))
+    copy.__dict__ = dict(gm.__dict__)
+    copy._modules = {k: _module_meta(v, memo) for k, v in gm._modules.items()}
+    copy._parameters = {k: (memo[id(v)] if v is not None else None) for k, v in gm._parameters.items()}
+    copy._buffers = {k: (memo[id(v)] if v is not None else None) for k, v in gm._buffers.items()}
+    return copy
+
+
+def _module_meta(m: nn.Module | None, memo):
+    if m is None:
+        return None
+    c = m.__class__.__new__(m.__class__)
+    c.__dict__ = dict(m.__dict__)
+    c._parameters = {k: (memo.get(id(v), v) if v is not None else None) for k, v in m._parameters.items()}
+    c._buffers = {k: (memo.get(id(v), v) if v is not None else None) for k, v in m._buffers.items()}
+    c._modules = {k: _module_meta(v, memo) for k, v in m._modules.items()}
+    return c
+
+
+def to_networkx(graph: fx.Graph) -> nx.DiGraph:
+    g = nx.DiGraph()
+    for n in graph.nodes:
+        g.add_node(n.name, op=n.op, target=str(n.target), stage=n.meta.get("stage", ""))
+        for inp in n.all_input_nodes:
+            g.add_edge(inp.name, n.name)
+    return g
+
+
+def to_dot(graph: fx.Graph) -> str:
+    colors = {"encoder": "lightblue", "middle": "orange", "decoder": "lightgreen"}
+    lines = ["digraph G {", "  rankdir=TB; node [shape=box, style=filled, fillcolor=white];"]
+    for n in graph.nodes:
+        shape = n.meta.get("shape")
+        label = f"{n.name}\\n{n.target if n.op != 'call_function' else getattr(n.target, '__name__', n.target)}"
+        if shape:
+            label += f"\\n{shape}"
+        color = colors.get(n.meta.get("stage"), "white")
+        lines.append(f'  "{n.name}" [label="{label}", fillcolor={color}];')
+        for inp in n.all_input_nodes:
+            lines.append(f'  "{inp.name}" -> "{n.name}";')
+    lines.append("}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Lowerings of a built model: eager, inductor (CPU/CUDA, regional), aot (torch.export + AOTInductor)."""
