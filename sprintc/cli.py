@@ -1,0 +1,51 @@
+"""`sprintc` command line. Each command lives in its own module with `add_arguments(parser)` and
+`run(args) -> int`; only the chosen one is imported. User errors (SprintcError) print one clear message
+and exit with status 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "build": ("sprintc.cmd_build", "build a spec: report stages, tokens and FLOPs; write the lock file and graph"),
+    "validate": ("sprintc.cmd_build", "check a spec and print it fully resolved"),
+    "schema": ("sprintc.cmd_build", "print the JSON Schema of spec files (for editors)"),
+    "convert": ("sprintc.cmd_build", "convert a reference SPRINT checkpoint to sprintc's layout"),
+    "train": ("sprintc.train", "train a spec: routed pretraining then full-token fine-tuning"),
+    "sample": ("sprintc.sample", "sample images from a checkpoint with CFG or path-drop guidance"),
+    "eval": ("sprintc.evaluate", "Frechet distance of samples against data"),
+    "bench": ("sprintc.bench", "time training and sampling steps: dense vs routed, eager vs compiled"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="sprintc", description="A declarative model compiler for diffusion transformers (SPRINT).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            getattr(mod, f"add_{name}_arguments", getattr(mod, "add_arguments", lambda p: None))(p)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from sprintc.errors import SprintcError
+
+    mod = importlib.import_module(COMMANDS[args.command][0])
+    run = getattr(mod, f"run_{args.command}", getattr(mod, "run", None))
+    try:
+        return int(run(args) or 0)
+    except SprintcError as e:
+        print(f"sprintc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sprintc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
