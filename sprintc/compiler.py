@@ -1,6 +1,7 @@
 """spec -> model -> block graph -> passes -> a runnable model (its forward is the rewritten graph)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,9 @@ def trace_model(net: DiT) -> fx.GraphModule:
 
 def compile_spec(spec, *, dump_after: str | None = None, device: str | torch.device = "cpu") -> Built:
     spec = load_spec(spec)
-    net = DiT(spec.model)
+    # device="meta": shapes and FLOPs only (the build report), no weights allocated or initialised
+    with torch.device("meta") if str(device) == "meta" else contextlib.nullcontext():
+        net = DiT(spec.model)
     gm = trace_model(net)
     m = spec.model
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -16,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sprintc.errors import SpecError
 
-SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+# bundled presets: sprintc/specs in an installed wheel, specs/ beside the package in a source checkout
+_HERE = Path(__file__).resolve().parent
+SPECS_DIR = _HERE / "specs" if (_HERE / "specs").is_dir() else _HERE.parent / "specs"
 
 
 class Strict(BaseModel):
@@ -61,10 +64,15 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _sizes(self):
+        # messages start with the key they are about (relative to `model`): the loader points there
         if self.width % self.heads:
             raise ValueError(f"heads: width {self.width} is not divisible by {self.heads} heads")
-        if self.pos == "rope" and (self.width // self.heads) % 4:
-            raise ValueError(f"pos: RoPE needs a head dim divisible by 4 (2 axes x pairs); width {self.width} / {self.heads} heads = {self.width // self.heads}")
+        hd, axes = self.width // self.heads, len(self.grid)
+        if self.pos == "rope" and axes == 2 and hd % 4:
+            raise ValueError(f"pos: 2D RoPE needs a head dim divisible by 4 (a cos/sin pair per axis and frequency); "
+                             f"width {self.width} / {self.heads} heads = {hd}")
+        if self.pos == "rope" and hd % 2:
+            raise ValueError(f"pos: RoPE needs an even head dim; width {self.width} / {self.heads} heads = {hd}")
         if self.input.size % self.patch:
             raise ValueError(f"patch: input size {self.input.size} is not divisible by patch {self.patch}")
         return self
@@ -163,7 +171,7 @@ class SampleSpec(Strict):
 
 # ----------------------------------------------------------------------------------------- spec
 class Spec(Strict):
-    name: str = "model"
+    name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="names the run folder (runs/<name>)")
     extends: str | None = None
     model: ModelSpec = ModelSpec()
     passes: list[PassSpec] = Field(default_factory=list)
@@ -176,24 +184,35 @@ class Spec(Strict):
 
     @model_validator(mode="after")
     def _cross(self):
-        part, route = self.get_pass("partition"), self.get_pass("route")
+        # messages start with the key path they are about (`passes[1].drop`): the loader points there
         m = self.model
         names = [p.name for p in self.passes]
-        for n in set(names):
-            if names.count(n) > 1:
-                raise ValueError(f"passes: pass {n!r} is listed {names.count(n)} times; list each pass once")
-        if part and part.middle is not None:
-            start, stop = part.middle
-            if not 0 <= start < stop <= m.depth:
-                raise ValueError(f"passes.partition.middle: blocks [{start}, {stop}) are outside the model, which has blocks 0..{m.depth - 1}")
-        elif part and part.encoder + part.decoder >= m.depth:
-            raise ValueError(f"passes.partition: encoder {part.encoder} + decoder {part.decoder} blocks leave no middle block in a model of depth {m.depth}")
-        if route:
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                raise ValueError(f"passes[{i}].name: pass {n!r} is already listed at passes[{names.index(n)}]; list each pass once")
+        if "partition" in names:
+            i, part = names.index("partition"), self.passes[names.index("partition")]
+            if part.middle is not None:
+                start, stop = part.middle
+                if not 0 <= start < stop <= m.depth:
+                    raise ValueError(f"passes[{i}].middle: blocks [{start}, {stop}) are not a non-empty range inside the model's blocks 0..{m.depth - 1}")
+            elif part.encoder + part.decoder >= m.depth:
+                raise ValueError(f"passes[{i}].encoder: encoder {part.encoder} + decoder {part.decoder} blocks leave no middle block "
+                                 f"in a model of depth {m.depth}; encoder + decoder must be at most {m.depth - 1}")
+        if "route" in names:
+            i, route = names.index("route"), self.passes[names.index("route")]
+            grid = "x".join(map(str, m.grid))
+            if route.group is not None and any(n % route.group for n in m.grid):
+                fits = [g for g in range(1, max(m.grid) + 1) if all(n % g == 0 for n in m.grid)]
+                raise ValueError(f"passes[{i}].group: group {route.group} does not divide the {grid} token grid; groups that do: {', '.join(map(str, fits))}")
             from sprintc.routing import plan_route  # local: routing imports torch
 
-            plan_route(route, m.grid)  # raises ValueError naming the ratios the grid allows
-        if (self.get_pass("pdg") or self.sample.guidance != "none") and m.num_classes == 0 and self.passes:
-            pass  # guidance on an unconditional model is rejected where it is asked for (sample)
+            try:
+                plan_route(route, m.grid)
+            except ValueError as e:  # "drop: ... ratios it allows: ..."
+                raise ValueError(f"passes[{i}].{e}") from None
+        if "pdg" in names and m.num_classes == 0:
+            raise ValueError(f"passes[{names.index('pdg')}].name: pdg guides with the null class, but model.num_classes is 0 (unconditional)")
         lo, hi = self.sample.interval
         if not 0 <= lo <= hi <= 1:
             raise ValueError(f"sample.interval: [{lo}, {hi}] must satisfy 0 <= low <= high <= 1")
@@ -201,13 +220,20 @@ class Spec(Strict):
 
 
 # ----------------------------------------------------------------------------------------- loading
+# The YAML tree keeps the mark (file, line, column) of every key and list item, so that a validation
+# error on `model.heads` can point at the line where `heads:` was written, in whichever file (a spec or
+# a preset it extends) wrote it.
+MAX_BYTES = 1 << 20     # a spec is a small text file
+MAX_VALUES = 100_000    # YAML aliases can expand a small file into a huge tree
+MAX_DEPTH = 64
+
+
 class _Loc(dict):
-    """A YAML mapping that remembers where each key and value was written."""
+    """A YAML mapping that remembers where each key was written."""
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
         self.key_marks: dict[str, Any] = {}
-        self.value_marks: dict[str, Any] = {}
         self.mark = None
 
 
@@ -228,14 +254,13 @@ def _construct_mapping(loader, node):
     out.mark = node.start_mark
     for knode, vnode in node.value:
         key = loader.construct_object(knode, deep=True)
-        if not isinstance(key, (str, int, float, bool)) or key is None:
-            raise SpecError(f"{_where(loader.name, knode.start_mark)}: mapping keys must be plain words, found {type(key).__name__}")
+        if isinstance(key, bool) or not isinstance(key, (str, int, float)):
+            raise SpecError(f"{_where(knode.start_mark)}: a key must be a plain word, found {_found(key)}")
         key = str(key)
         if key in out:
-            raise SpecError(f"{_where(loader.name, knode.start_mark)} {key}: duplicate key")
+            raise SpecError(f"{_where(knode.start_mark)} {key}: duplicate key (first written at {_where(out.key_marks[key])})")
         out[key] = loader.construct_object(vnode, deep=True)
         out.key_marks[key] = knode.start_mark
-        out.value_marks[key] = vnode.start_mark
     return out
 
 
@@ -250,127 +275,159 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
-def _where(name, mark) -> str:
-    return f"{name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(name)
+def _where(mark) -> str:
+    """file:line:col of a YAML mark (marks carry the file name the loader was given); a value set from
+    Python (a dict, an override) has a label instead."""
+    return mark if isinstance(mark, str) else f"{mark.name}:{mark.line + 1}:{mark.column + 1}"
 
 
-def _read_yaml(path: Path) -> _Loc:
-    shown = _display(path)
-    if not path.exists():
-        raise SpecError(f"{shown}: spec file not found")
-    if path.is_dir():
-        raise SpecError(f"{shown}: is a directory, expected a YAML spec file")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{shown}: not a text file (byte {e.start} is not UTF-8); a spec is YAML text") from None
-    if "\x00" in text:
-        raise SpecError(f"{shown}: not a text file (contains NUL bytes); a spec is YAML text")
-    loader = _Loader(text)
-    loader.name = shown
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise SpecError(f"{_where(shown, mark)}: YAML syntax error: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{shown}: YAML error: {e}") from None
-    finally:
-        loader.dispose()
-    if data is None:
-        raise SpecError(f"{shown}: the spec is empty; expected a mapping with keys such as model:, passes:, train:")
-    if not isinstance(data, dict):
-        raise SpecError(f"{shown}:1:1: the spec must be a mapping (key: value), found {type(data).__name__}")
-    return data
+def _found(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _display(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
+    except (ValueError, OSError):
         return str(path)
 
 
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):  # name too long, NUL byte, no permission
+        return False
+
+
+def _line_col(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    return f"{line}:{pos - (text.rfind(chr(10), 0, pos) + 1) + 1}"
+
+
+def _read_yaml(path: Path) -> _Loc:
+    shown = _display(path)
+    try:
+        if path.is_dir():
+            raise SpecError(f"{shown}: is a directory; expected a YAML spec file")
+        if not path.is_file():
+            raise SpecError(f"{shown}: no such spec file (and no preset of that name; presets: {', '.join(preset_names())})")
+        if path.stat().st_size > MAX_BYTES:
+            raise SpecError(f"{shown}: {path.stat().st_size} bytes is too large for a spec (at most {MAX_BYTES}); is it a spec file?")
+        raw = path.read_bytes()
+    except (OSError, ValueError) as e:
+        raise SpecError(f"{shown}: cannot read the spec file ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = _line_col(raw[: e.start].decode("utf-8", "replace"), len(raw[: e.start].decode("utf-8", "replace")))
+        raise SpecError(f"{shown}:{at}: not a text file (byte 0x{raw[e.start]:02x} is not UTF-8); a spec is YAML text") from None
+    if "\x00" in text:
+        raise SpecError(f"{shown}:{_line_col(text, text.index(chr(0)))}: not a text file (NUL byte); a spec is YAML text")
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:  # the reader rejects control characters up front
+        raise SpecError(f"{shown}:{_line_col(text, e.position)}: character #x{e.character:04x} is not allowed in YAML; a spec is YAML text") from None
+    loader.name = shown  # every mark made from here on carries the file name
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        where = _where(e.problem_mark) if e.problem_mark else shown
+        ctx = f" ({e.context} at {e.context_mark.line + 1}:{e.context_mark.column + 1})" if e.context and e.context_mark else ""
+        raise SpecError(f"{where}: YAML syntax error: {e.problem}{ctx}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{shown}: YAML error: {e}") from None
+    except RecursionError:
+        raise SpecError(f"{shown}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        raise SpecError(f"{shown}:1:1: the spec is empty; expected a mapping with keys such as name:, model:, passes:")
+    if not isinstance(data, dict):
+        raise SpecError(f"{shown}:1:1: the spec must be a mapping (key: value), found {type(data).__name__}")
+    _check_size(data, shown)
+    return data
+
+
+def _check_size(tree, shown):
+    count = 0
+
+    def walk(node, depth):
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            raise SpecError(f"{shown}: the spec expands to more than {MAX_VALUES} values or {MAX_DEPTH} levels "
+                            "(recursive or exponential YAML aliases?)")
+        for v in node.values() if isinstance(node, dict) else node if isinstance(node, list) else ():
+            walk(v, depth + 1)
+
+    walk(tree, 0)
+
+
 def resolve_spec_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
-    """A path, or the name of a bundled preset (`dit_xl` finds specs/dit_xl.yaml)."""
+    """A path, or the name of a bundled preset (`dit_xl` finds specs/dit_xl.yaml). `extends:` looks
+    beside the extending file first (`relative_to`), then among the presets."""
     p = Path(name_or_path)
     if relative_to is not None and not p.is_absolute():
-        q = relative_to.parent / p
-        if q.exists() or q.with_suffix(".yaml").exists():
-            p = q if q.exists() else q.with_suffix(".yaml")
-            return p
-    if p.exists():
+        for q in (relative_to.parent / p, relative_to.parent / f"{p}.yaml"):
+            if _is_file(q):
+                return q
+    if _is_file(p) or p.parent != Path("."):
         return p
     for cand in (SPECS_DIR / p.name, SPECS_DIR / f"{p.name}.yaml"):
-        if "/" not in str(name_or_path) and cand.is_file():
+        if _is_file(cand):
             return cand
     return p
 
 
 def _merge(base, over):
-    """`over` on top of `base`: mappings merge recursively, everything else is replaced."""
-    if isinstance(base, dict) and isinstance(over, dict):
-        out = _Loc(base)
-        if isinstance(base, _Loc):
-            out.key_marks, out.value_marks, out.mark = dict(base.key_marks), dict(base.value_marks), base.mark
-        for k, v in over.items():
-            out[k] = _merge(base[k], v) if k in base and k != "passes" else v
-            if isinstance(over, _Loc):
-                out.key_marks[k], out.value_marks[k] = over.key_marks.get(k), over.value_marks.get(k)
-        return out
-    return over
+    """`over` on top of `base`: mappings merge key by key, recursively; anything else (scalars, lists,
+    and so `passes:`) is replaced whole. Marks follow the value that wins."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return over
+    out = _Loc(base)
+    out.key_marks = dict(getattr(base, "key_marks", {}))
+    out.mark = getattr(over, "mark", None)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if k in base and k != "passes" else v
+        out.key_marks[k] = over.key_marks.get(k) if isinstance(over, _Loc) else "<dict>"
+    return out
 
 
-def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[int, str]]:
-    """Read a spec file and everything it extends; returns the merged tree and id(mapping) -> file."""
-    real = path.resolve()
-    if real in seen:
-        chain = " -> ".join(_display(p) for p in (*seen, real))
-        raise SpecError(f"{_display(path)}: extends cycle: {chain}")
+def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Read a spec file and merge it over everything it extends."""
     data = _read_yaml(path)
-    files = {}
-    _tag(data, _display(path), files)
     parent = data.get("extends")
     if parent is None:
-        return data, files
+        return data
+    at = f"{_where(data.key_marks['extends'])} extends"
     if not isinstance(parent, str):
-        raise SpecError(f"{_where(_display(path), data.value_marks.get('extends'))} extends: expected a preset name or a path, found {type(parent).__name__}")
+        raise SpecError(f"{at}: expected a preset name or a path, found {_found(parent)}")
     ppath = resolve_spec_path(parent, relative_to=path)
-    if not ppath.is_file():
-        raise SpecError(f"{_where(_display(path), data.value_marks.get('extends'))} extends: no spec {parent!r} (looked beside the file and among the presets: {', '.join(preset_names())})")
-    base, bfiles = _load_tree(ppath, (*seen, real))
-    files.update(bfiles)
-    merged = _merge(base, data)
-    files[id(merged)] = _display(path)
-    return merged, files
+    if not _is_file(ppath):
+        raise SpecError(f"{at}: no spec {parent!r} beside {_display(path)} and no preset of that name; presets: {', '.join(preset_names())}")
+    files = (*chain, path.resolve())
+    if ppath.resolve() in files:
+        cycle = " -> ".join(_display(p) for p in (*files, ppath.resolve()))
+        raise SpecError(f"{at}: cycle: {cycle}")
+    return _merge(_load_tree(ppath, files), data)
 
 
-def _tag(node, fname, files):
-    if isinstance(node, dict):
-        files[id(node)] = fname
-        for v in node.values():
-            _tag(v, fname, files)
-    elif isinstance(node, list):
-        files[id(node)] = fname
-        for v in node:
-            _tag(v, fname, files)
-
-
-def _locate(tree, loc: tuple, files, default_file) -> str:
-    """file:line:col of the deepest key in `loc` that the YAML tree has."""
-    node, where = tree, _where(files.get(id(tree), default_file), getattr(tree, "mark", None))
+def _locate(tree, loc: tuple, default: str) -> str:
+    """file:line:col of the deepest key of `loc` that the YAML tree has (the whole file if none)."""
+    node, where = tree, (_where(tree.mark) if getattr(tree, "mark", None) else default)
     for part in loc:
         if isinstance(node, dict) and str(part) in node:
-            f = files.get(id(node), default_file)
-            where = _where(f, node.key_marks.get(str(part)) if isinstance(node, _Loc) else None)
+            mark = getattr(node, "key_marks", {}).get(str(part))
             node = node[str(part)]
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            f = files.get(id(node), default_file)
-            where = _where(f, node.item_marks[part] if isinstance(node, _LocList) else None)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            marks = getattr(node, "item_marks", [])
+            mark = marks[part] if part < len(marks) else None
             node = node[part]
         else:
             break
+        if mark is not None:
+            where = _where(mark)
     return where
 
 
@@ -381,6 +438,10 @@ def _fmt_loc(loc: tuple) -> str:
     return out
 
 
+def _parse_loc(path: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path))
+
+
 def _plain(node):
     if isinstance(node, dict):
         return {k: _plain(v) for k, v in node.items()}
@@ -389,89 +450,89 @@ def _plain(node):
     return node
 
 
-def _validation_message(err: ValidationError, tree, files, default_file) -> str:
+_PASSES = {"partition": PartitionPass, "route": RoutePass, "fuse": FusePass, "path_drop": PathDropPass, "pdg": PDGPass}
+_KEYED = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*): (.*)$", re.S)
+
+
+def _validation_message(err: ValidationError, tree, default: str) -> str:
     lines = []
     for e in err.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        where = _locate(tree, loc, files, default_file)
-        key = _fmt_loc(loc)
-        msg = e["msg"].removeprefix("Value error, ")
-        etype = e["type"]
+        # pydantic puts the tag of a tagged union in the path (passes.0.route.drop): drop it
+        loc = tuple(p for i, p in enumerate(e["loc"]) if not (i >= 2 and e["loc"][i - 2] == "passes" and p in _PASSES))
+        msg, etype = e["msg"].removeprefix("Value error, "), e["type"]
         if etype == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}; allowed here: {', '.join(_allowed_keys(loc[:-1]))}"
+            msg = f"unknown key {loc[-1]!r}; allowed here: {', '.join(_allowed_keys(tree, loc[:-1]))}"
         elif etype == "missing":
             msg = "required key is missing"
-        elif "input" in e and etype not in ("value_error", "assertion_error") and not isinstance(e["input"], dict):
-            msg = f"found {e['input']!r}: {msg}"
-        # cross-field messages start with their own key ("heads: ..."); point at that key
-        head = msg.split(":", 1)[0]
-        if etype == "value_error" and head.isidentifier() and head not in (loc[-1:] or ()):
-            sub = (*loc, *head.split("."))
-            where, key = _locate(tree, sub, files, default_file), _fmt_loc(sub)
-            msg = msg.split(":", 1)[1].strip()
-        lines.append(f"{where} {key or '(top level)'}: {msg}")
+        elif etype == "union_tag_invalid" or etype == "union_tag_not_found":
+            msg = f"found {_found(e['input'].get('name')) if isinstance(e['input'], dict) else _found(e['input'])}; a pass is a mapping whose `name` is one of: {', '.join(_PASSES)}"
+        elif etype == "value_error" and (m := _KEYED.match(msg)):
+            loc, msg = (*loc, *_parse_loc(m.group(1))), m.group(2)  # cross-field: the key the message names
+        elif "input" in e and not isinstance(e["input"], (dict, list)):
+            msg = f"found {_found(e['input'])}: {msg}"
+        lines.append(f"{_locate(tree, loc, default)} {_fmt_loc(loc) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 
-_UNION_TAGS = {"partition", "route", "fuse", "path_drop", "pdg"}
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
+def _allowed_keys(tree, loc: tuple) -> list[str]:
+    """The keys the schema allows in the mapping at `loc`."""
     model: Any = Spec
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
-            continue
-        if part in _UNION_TAGS:
+            if loc[i - 1] == "passes":  # a pass: its class follows its name
+                node = _plain(tree).get("passes", [])
+                name = node[part].get("name") if part < len(node) and isinstance(node[part], dict) else None
+                model = _PASSES.get(name) if isinstance(name, str) else None
             continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return []
         ann = field.annotation
         model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-    if loc and loc[-1] in _UNION_TAGS or (len(loc) >= 2 and loc[0] == "passes"):
-        tag = loc[-1] if loc[-1] in _UNION_TAGS else None
-        cls = {"partition": PartitionPass, "route": RoutePass, "fuse": FusePass, "path_drop": PathDropPass, "pdg": PDGPass}.get(tag)
-        if cls:
-            return list(cls.model_fields)
     return list(getattr(model, "model_fields", {}))
 
 
-def _set_override(tree: dict, dotted: str, value):
-    node = tree
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"override {dotted}: {p} is not a mapping")
+def _set_override(tree: dict, key: str, value):
+    """Set `model__depth` (= model.depth) in the tree; errors on it then point at the override."""
+    node, parts = tree, key.split("__")
+    for i, p in enumerate(parts[:-1]):
+        if not isinstance(node.get(p, {}), dict):
+            raise SpecError(f"override {key}: {'.'.join(parts[:i + 1])} is {_found(node[p])}, not a mapping")
+        if p not in node:
+            node[p] = _Loc()
+        node = node[p]
     node[parts[-1]] = value
+    if isinstance(node, _Loc):
+        node.key_marks[parts[-1]] = f"override {key}={_found(value)}"
 
 
 def load_spec(source: str | Path | dict | Spec, **overrides) -> Spec:
-    """Load a spec from a YAML path, a preset name, a dict, or a Spec; `overrides` use dotted keys
-    with `__` for dots (`model__depth=4`) and replace values before validation."""
+    """Load a spec from a YAML path, a preset name, a dict, or a Spec. `overrides` use `__` for dots
+    (`model__depth=4` sets model.depth) and replace values after `extends:` merging, before validation."""
     if isinstance(source, Spec):
         if not overrides:
             return source
         source = source.model_dump()
     if isinstance(source, dict):
-        tree, files, shown = copy.deepcopy(source), {}, "<dict>"
+        tree, shown = copy.deepcopy(source), "<dict>"
         parent = tree.get("extends")
-        if isinstance(parent, str):
-            ppath = resolve_spec_path(parent)
-            if not ppath.is_file():
-                raise SpecError(f"<dict> extends: no spec {parent!r}; presets: {', '.join(preset_names())}")
-            base, files = _load_tree(ppath)
-            tree = _merge(base, tree)
-    else:
+        if parent is not None:
+            ppath = resolve_spec_path(parent) if isinstance(parent, (str, Path)) else None
+            if ppath is None or not _is_file(ppath):
+                raise SpecError(f"<dict> extends: no spec {_found(parent)}; presets: {', '.join(preset_names())}")
+            tree = _merge(_load_tree(ppath), tree)
+    elif isinstance(source, (str, Path)):
         path = resolve_spec_path(source)
         shown = _display(path)
-        tree, files = _load_tree(path)
+        tree = _load_tree(path)
+    else:
+        raise SpecError(f"load_spec: expected a path, a preset name, a dict or a Spec, found {type(source).__name__}")
     for k, v in overrides.items():
-        _set_override(tree, k.replace("__", "."), v)
+        _set_override(tree, k, v)
     try:
         return Spec.model_validate(_plain(tree))
     except ValidationError as e:
-        raise SpecError(_validation_message(e, tree, files, shown)) from None
+        raise SpecError(_validation_message(e, tree, shown)) from None
 
 
 def preset_names() -> list[str]:
@@ -479,8 +540,9 @@ def preset_names() -> list[str]:
 
 
 def dump_spec(spec: Spec) -> str:
+    """The fully resolved spec as YAML (defaults filled, `extends:` merged away)."""
     return yaml.safe_dump(spec.model_dump(mode="json", exclude={"extends"}), sort_keys=False)
 
 
 def json_schema() -> dict:
-    return Spec.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sprintc spec", **Spec.model_json_schema()}
