@@ -1,0 +1,554 @@
+"""`sprintc train SPEC`: the stages of `spec.train` (routed pretraining, then full-token fine-tuning) on one
+process or under torchrun (DDP, or FSDP2 with `train.distributed: fsdp`).
+
+Order of setup (torchtitan's): build -> EMA copy -> lower (compile) -> DDP / fully_shard -> optimizer.
+Every random draw of a step (which samples, noise, t, dropped labels, kept tokens, path drop) is made for
+the whole global batch from generators the runtime owns, then sliced per rank: N ranks compute what one
+process computes, and a resume replays the same stream.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from sprintc import checkpoint as ckpt
+from sprintc.data import Stream, describe, load_data
+from sprintc.errors import CheckpointError, SprintcError
+from sprintc.objectives import Objective
+from sprintc.spec import dump_spec, load_spec
+
+# peak dense bf16 tensor FLOP/s per GPU, for MFU (name substring -> FLOP/s)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
+
+
+class DivergedError(SprintcError):
+    """The loss became NaN or inf."""
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_train_arguments(p):
+    p.add_argument("spec", help="spec file or preset name (e.g. specs/digits_sprint.yaml)")
+    p.add_argument("--out", help="run folder for checkpoints, metrics and samples (default: runs/<spec name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--steps", type=int, help="train until this total step (overrides the stages' sum)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="default: the spec's target.device")
+    p.add_argument("--model", metavar="PKG.MODULE:FACTORY", help="train your own model, transformed by sprintc")
+    p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs tensorboard)")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+
+
+def run_train(args) -> int:
+    spec = load_spec(args.spec)
+    if args.steps is not None and args.steps < 1:
+        raise SprintcError(f"--steps: {args.steps} must be >= 1")
+    model = None
+    if args.model:
+        model = ckpt.user_model(args.model)
+    out = Path(args.out or Path("runs") / spec.name)
+    res = train(spec, out, resume=args.resume, model=model, max_steps=args.steps, device=args.device,
+                model_ref=args.model, tensorboard=args.tensorboard, progress=not args.no_progress)
+    if res["rank"] == 0:
+        how = {"signal": "stopped by signal", "done": "done"}[res["stopped"]]
+        print(f"sprintc train: {how} at step {res['step']} ({res['stage']}), loss {res['loss']:.4f}, "
+              f"{res['images_per_s']:.1f} images/s, {res['wall_s']:.0f} s")
+        if res["checkpoint"]:
+            print(f"  checkpoint: {res['checkpoint']}")
+        if res["samples"]:
+            print(f"  samples:    {res['samples']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def resolve_device(name: str | None, spec) -> torch.device:
+    name = name or spec.target.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SprintcError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False); use --device cpu")
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device):
+    """(rank, world, device, created) from torchrun's environment; one process: (0, 1, device, False)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device, False
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, created
+
+
+def stage_bounds(stages, max_steps=None) -> tuple[list[int], int]:
+    """Start step of each stage and the total. --steps cuts the schedule or extends the last stage."""
+    starts, s = [], 0
+    for st in stages:
+        starts.append(s)
+        s += st.steps
+    return starts, (s if max_steps is None else max_steps)
+
+
+def stage_at(starts, step) -> int:
+    return max(i for i, s in enumerate(starts) if s <= step)
+
+
+def lr_at(stage, step_in_stage: int) -> float:
+    if stage.warmup and step_in_stage < stage.warmup:
+        return stage.lr * (step_in_stage + 1) / stage.warmup
+    return stage.lr
+
+
+def ema_decay(ema_spec, step: int) -> float:
+    """step = optimizer steps taken before this update; the decay ramps linearly from 0 over `warmup`."""
+    if ema_spec.warmup:
+        return ema_spec.decay * min(1.0, step / ema_spec.warmup)
+    return ema_spec.decay
+
+
+def _local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+@torch.no_grad()
+def update_ema(ema, net, decay: float):
+    e = [_local(p) for p in ema.parameters()]
+    m = [_local(p.detach()) for p in net.parameters()]
+    torch._foreach_lerp_(e, m, 1.0 - decay)
+
+
+def draw_routing(sprint, batch: int, device, generator) -> dict:
+    """ids_keep and path_drop for the global batch (the draws `routed_forward` would make itself)."""
+    if sprint is None or not sprint.routing:
+        return {}
+    out = {}
+    plan = sprint.plan
+    if plan is not None and plan.keep < plan.routable:
+        from sprintc.routing import sample_ids
+
+        out["ids_keep"] = sample_ids(plan, batch, device, generator)
+    if sprint.path_drop_p > 0:
+        out["path_drop"] = torch.rand(batch, device=device, generator=generator) < sprint.path_drop_p
+    return out
+
+
+def forward_flops(net, spec, sprint, device) -> float:
+    """FLOPs of one image's forward in the current stage (routed or dense), counted on a batch of 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sprintc.compiler import example_inputs
+
+    x, t, y = example_inputs(spec, 1, device)
+    kw = draw_routing(sprint, 1, device, torch.Generator(device).manual_seed(0))
+    args = (x, t) if y is None else (x, t, y)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(*args, **kw)
+    return float(fc.get_total_flops())
+
+
+def peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def _lower(net, spec, device):
+    """Compile the blocks in place through sprintc.targets_api when it is installed; eager otherwise."""
+    try:
+        from sprintc.targets_api import lower
+    except ImportError:
+        return net
+    return lower(net, spec.target, device=device)
+
+
+class Stop:
+    """SIGTERM / SIGINT ask the loop to save a checkpoint and return at the end of the current step."""
+
+    def __init__(self):
+        self.requested, self.old = False, {}
+
+    def __enter__(self):
+        if sys.platform != "win32" and _main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+
+
+def _main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# ------------------------------------------------------------------------------------------ logging
+class Logger:
+    """Rank 0's outputs: metrics.jsonl, optional TensorBoard, and a rich progress bar (or plain lines)."""
+
+    def __init__(self, out: Path, total: int, start: int, *, enabled: bool, tensorboard: bool, progress: bool):
+        self.enabled, self.bar, self.tb = enabled, None, None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.metrics = open(out / "metrics.jsonl", "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if progress and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.fields[stage]}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
+            self.task = self.bar.add_task("train", total=total, completed=start, stage="", info="")
+            self.bar.start()
+
+    def step(self, step: int, stage: str, rec: dict | None):
+        if not self.enabled:
+            return
+        if rec is not None:
+            self.metrics.write(json.dumps(rec) + "\n")
+            self.metrics.flush()
+            if self.tb is not None:
+                for k, v in rec.items():
+                    if isinstance(v, (int, float)) and k != "step":
+                        self.tb.add_scalar(f"train/{k}", v, step)
+        if self.bar is not None:
+            info = "" if rec is None else f"loss {rec['loss']:.4f}  {rec['images_per_s']:.0f} img/s" + (
+                f"  MFU {rec['mfu']:.1%}" if rec.get("mfu") is not None else "")
+            self.bar.update(self.task, completed=step, stage=stage, **({"info": info} if info else {}))
+        elif rec is not None:
+            mfu = f"  MFU {rec['mfu']:.1%}" if rec.get("mfu") is not None else ""
+            self.console.print(f"step {step} [{stage}] loss {rec['loss']:.4f} lr {rec['lr']:.2e} "
+                               f"{rec['images_per_s']:.1f} img/s{mfu}", highlight=False, markup=False)
+
+    def event(self, **rec):
+        if self.enabled:
+            self.metrics.write(json.dumps(rec) + "\n")
+            self.metrics.flush()
+
+    def note(self, text: str):
+        if self.enabled:
+            self.console.print(text, highlight=False, markup=False)
+
+    def close(self):
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.stop()
+        if self.tb is not None:
+            self.tb.close()
+        self.metrics.close()
+
+
+# ------------------------------------------------------------------------------------------ training
+def train(spec, out_dir, *, resume: bool = False, model=None, max_steps: int | None = None, device=None,
+          model_ref: str | None = None, tensorboard: bool = False, progress: bool = True) -> dict:
+    """Train `spec` into `out_dir`. Returns a summary: step, stage, loss (last step's), losses (every step
+    this call ran), images_per_s, wall_s, checkpoint, samples, stopped ('done' or 'signal'), rank."""
+    spec = load_spec(spec)
+    tr, out = spec.train, Path(out_dir)
+    if max_steps is not None and max_steps < 1:
+        raise SprintcError(f"max_steps: {max_steps} must be >= 1")
+    if tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise SprintcError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
+    device = resolve_device(device, spec)
+    rank, world, device, created_pg = init_distributed(device)
+    try:
+        return _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_ref, tensorboard, progress)
+    finally:
+        if created_pg and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_ref, tensorboard, progress):
+    t_start = time.perf_counter()
+    stages = tr.stages
+    for st in stages:
+        if st.batch % world:
+            raise SprintcError(f"train.stages[{st.name}].batch: {st.batch} is not divisible by the {world} processes; "
+                               "each rank takes an equal slice of the global batch")
+    if device.type == "cuda" and spec.target.dtype == "float16":
+        raise SprintcError("target.dtype: float16 training needs loss scaling, which sprintc train does not do; use bfloat16 or float32")
+    starts, total = stage_bounds(stages, max_steps)
+    ckpt_root = out / "checkpoints"
+    existing = ckpt.list_checkpoints(ckpt_root)
+    if not resume and (existing or (out / "metrics.jsonl").exists()):
+        raise SprintcError(f"{out}: already holds a run ({len(existing)} checkpoint(s), metrics.jsonl); "
+                           "pass --resume to continue it, or --out to start a new one elsewhere")
+    data = load_data(spec)
+    if data.x.numel() * data.x.element_size() < 2**30:
+        data = data.to(device)  # small data sets live on the device: no host copies per step
+
+    # ---- model, EMA, resume state (all on the unwrapped model, before compile and sharding)
+    torch.manual_seed(tr.seed)
+    net = model if model is not None else _build(spec)
+    net = net.to(device)
+    net.train()
+    sprint = getattr(net, "sprint", None)
+    ema = copy.deepcopy(net).requires_grad_(False).eval()
+    if getattr(ema, "sprint", None) is not None:
+        ema.sprint.generator = None
+    state, ck = None, None
+    if resume and existing:
+        ck = ckpt.load(existing[-1], map_location="cpu")
+        diffs = ckpt.spec_differences(ck.spec, spec)
+        if diffs:
+            raise CheckpointError(f"{ck.path}: was trained with a different model or passes than {spec.name!r}: "
+                                  + "; ".join(diffs[:5]) + ("; ..." if len(diffs) > 5 else ""))
+        stored_ref = ck.state.get("model_ref")
+        if (stored_ref or None) != (model_ref or None):
+            raise CheckpointError(f"{ck.path}: was trained with --model {stored_ref or '(none: the spec model)'}, "
+                                  f"not {model_ref or '(none)'}; resume with the same model")
+        ckpt.check_state_dict(net, ck.model, ck.path / "model.safetensors")
+        net.load_state_dict(ck.model)
+        if ck.ema is not None:
+            ckpt.check_state_dict(ema, ck.ema, ck.path / "ema.safetensors")
+            ema.load_state_dict(ck.ema)
+        state = ck.state
+    gen = torch.Generator(device).manual_seed(tr.seed + 1)  # noise, t, label dropout
+    if sprint is not None:
+        sprint.generator = torch.Generator(device).manual_seed(tr.seed + 2)  # kept tokens, path drop
+    fsdp = world > 1 and tr.distributed == "fsdp"
+
+    # ---- compile, then wrap, then the optimizer
+    net = _lower(net, spec, device)
+    if fsdp:
+        _shard(net, world, device)
+        _shard(ema, world, device)
+    opt = torch.optim.AdamW(net.parameters(), lr=stages[0].lr, betas=tuple(tr.betas), eps=tr.eps,
+                            weight_decay=tr.weight_decay, fused=device.type == "cuda")
+    step, cursor = 0, 0
+    if state is not None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        try:
+            set_optimizer_state_dict(net, opt, state["optimizer"], options=StateDictOptions(full_state_dict=fsdp))
+        except Exception as e:
+            raise CheckpointError(f"{ck.path}/state.pt: the optimizer state does not fit this model ({e})") from None
+        step, cursor = int(state["step"]), int(state["cursor"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["noise"])
+        if sprint is not None and rng.get("sprint") is not None:
+            sprint.generator.set_state(rng["sprint"])
+
+    obj = Objective.from_spec(spec)
+    m = spec.model
+    shape = (m.input.channels, *((m.input.frames,) if m.input.frames else ()), m.input.size, m.input.size)
+    stream = Stream(len(data), tr.seed)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and spec.target.dtype == "bfloat16"
+                else nullcontext())
+    spec_text = dump_spec(spec)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "spec.lock.yaml").exists():
+            ckpt._write_bytes(out / "spec.lock.yaml", spec_text.encode())
+    log = Logger(out, total, step, enabled=rank == 0, tensorboard=tensorboard, progress=progress)
+    if rank == 0:
+        log.note(f"sprintc train {spec.name}: {sum(p.numel() for p in ema.parameters()) / 1e6:.2f}M parameters, "
+                 f"{describe(data)}, device {device}, {world} process(es), steps {step}->{total}"
+                 + (f", resumed from {ck.path}" if ck else ""))
+        log.event(event="resume" if ck else "start", step=step, world=world, device=str(device))
+
+    losses, saved, samples_path = [], None, None
+    wrapped, cur, flops_img, peak = net, -1, None, peak_flops(device)
+    window = [0.0, 0, time.perf_counter()]  # loss sum, steps, start time of the log window
+    img_total, t_loop = 0, time.perf_counter()
+    loss_v, stopped = float("nan"), "done"
+    try:
+        with Stop() as stop:
+            while step < total:
+                si = stage_at(starts, step)
+                stage = stages[si]
+                if si != cur:  # a new stage: routing on/off, re-wrap once (never per step)
+                    cur = si
+                    wrapped = _enter_stage(net, sprint, stage, world, device, fsdp)
+                    flops_img = 3 * forward_flops(net, spec, sprint, device) if peak else None
+                    log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
+                lr = lr_at(stage, step - starts[si])
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                B, b = stage.batch, stage.batch // world
+                sl = slice(rank * b, (rank + 1) * b)
+                # the global batch's draws, sliced to this rank
+                idx = stream.take(cursor, B)[sl]
+                noise = torch.randn((B, *shape), generator=gen, device=device)[sl]
+                t = obj.time(B, gen, device)[sl]
+                drop = (torch.rand(B, generator=gen, device=device) < m.class_dropout)[sl]
+                route = {k: v[sl] for k, v in draw_routing(sprint, B, device, sprint.generator if sprint is not None else None).items()}
+                x0, y = data.batch(idx, device)
+                y = torch.where(drop, torch.full_like(y, m.num_classes), y) if m.num_classes else None
+                x_t, t_in = obj.noisy(x0, noise, t)
+                with autocast:
+                    pred = wrapped(x_t, t_in, *(() if y is None else (y,)), **route)
+                loss = obj.loss(pred, x0, x_t, noise, t).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tr.grad_clip) if tr.grad_clip > 0 else None
+                loss_v, stop_all = _reduce(loss.detach(), stop.requested, world, device)
+                if not math.isfinite(loss_v):
+                    last = ckpt.list_checkpoints(ckpt_root)
+                    raise DivergedError(f"step {step + 1} ({stage.name}): the loss is {loss_v}; training stopped. "
+                                        + (f"The last good checkpoint is {last[-1]}; resume from it with --resume "
+                                           "(perhaps with a lower lr or more warm-up)" if last else "No checkpoint was written yet")
+                                        + ".")
+                opt.step()
+                update_ema(ema, net, ema_decay(tr.ema, step))
+                step += 1
+                cursor += B
+                img_total += B
+                losses.append(loss_v)
+                window[0] += loss_v
+                window[1] += 1
+                rec = None
+                if step % tr.log_every == 0 or step == total:
+                    now = time.perf_counter()
+                    ips = window[1] * B / max(now - window[2], 1e-9)
+                    gn = float(_local(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)) if gnorm is not None else None
+                    rec = {"step": step, "stage": stage.name, "loss": window[0] / window[1], "loss_last": loss_v,
+                           "lr": lr, "grad_norm": gn, "images_per_s": ips, "time": round(now - t_start, 3),
+                           "mfu": ips * flops_img / (peak * world) if peak and flops_img else None}
+                    window[:] = [0.0, 0, now]
+                log.step(step, stage.name, rec)
+                if stop_all:
+                    stopped = "signal"
+                    break
+                if step % tr.checkpoint_every == 0 and step < total:
+                    saved = _save(ckpt_root, step, si, cursor, net, ema, opt, gen, sprint, spec_text, tr, rank, world,
+                                  fsdp, model_ref) or saved
+                if tr.sample_every and step % tr.sample_every == 0 and step < total:
+                    samples_path = _samples(ema, spec, out / "samples" / f"step_{step:06d}.png", rank, fsdp, log) or samples_path
+        saved = _save(ckpt_root, step, stage_at(starts, max(step - 1, 0)), cursor, net, ema, opt, gen, sprint,
+                      spec_text, tr, rank, world, fsdp, model_ref) or saved
+        if stopped == "done":
+            samples_path = _samples(ema, spec, out / "samples" / "final.png", rank, fsdp, log) or samples_path
+        wall = time.perf_counter() - t_start
+        ips = img_total / max(time.perf_counter() - t_loop, 1e-9)
+        log.event(event="end", step=step, stopped=stopped, wall_s=round(wall, 3), images_per_s=ips)
+    finally:
+        log.close()
+    return {"step": step, "stage": stages[stage_at(starts, max(step - 1, 0))].name, "loss": loss_v, "losses": losses,
+            "images_per_s": ips, "wall_s": wall, "checkpoint": str(saved) if saved else None,
+            "samples": str(samples_path) if samples_path else None, "stopped": stopped, "rank": rank}
+
+
+def _build(spec):
+    from sprintc.compiler import build
+
+    return build(spec)
+
+
+def _shard(net, world, device):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device.type, (world,))
+    for blk in getattr(net, "blocks", []):
+        fully_shard(blk, mesh=mesh)
+    fully_shard(net, mesh=mesh)
+    if hasattr(net, "forward_guidance"):  # the PDG graph reads the root's parameters too: gather them first
+        register_fsdp_forward_method(net, "forward_guidance")
+
+
+def _enter_stage(net, sprint, stage, world, device, fsdp):
+    """Routing on or off for the stage. The mask token only receives gradients while routing, so it is
+    frozen in full-token stages (DDP must not wait for its gradient; AdamW leaves it as it is)."""
+    if sprint is not None:
+        sprint.routing = stage.routing
+        sprint.mask_token.requires_grad_(stage.routing)
+    if world == 1 or fsdp:
+        return net
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _reduce(loss, stop_requested: bool, world: int, device) -> tuple[float, bool]:
+    """The global batch's mean loss and whether any rank was asked to stop (one collective per step)."""
+    if world == 1:
+        return float(loss), stop_requested
+    buf = torch.stack([loss.float(), torch.tensor(float(stop_requested), device=loss.device)])
+    dist.all_reduce(buf)
+    return float(buf[0]) / world, bool(buf[1] > 0)
+
+
+def _full_state(net, ema, opt, fsdp):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True) if fsdp else StateDictOptions()
+    model_sd = get_model_state_dict(net, options=opts)
+    ema_sd = get_model_state_dict(ema, options=opts)
+    opt_sd = get_optimizer_state_dict(net, opt, options=opts)
+    return model_sd, ema_sd, opt_sd
+
+
+def _save(root, step, si, cursor, net, ema, opt, gen, sprint, spec_text, tr, rank, world, fsdp, model_ref):
+    """Rank 0 writes; every rank learns whether it worked (a full disk stops all of them)."""
+    model_sd, ema_sd, opt_sd = _full_state(net, ema, opt, fsdp)
+    err, path = None, None
+    if rank == 0:
+        state = {"step": step, "stage": si, "cursor": cursor, "optimizer": opt_sd, "world_size": world,
+                 "model_ref": model_ref,
+                 "rng": {"torch": torch.get_rng_state(), "noise": gen.get_state(),
+                         "sprint": sprint.generator.get_state() if sprint is not None else None}}
+        try:
+            path = ckpt.save(root, step, model=model_sd, ema=ema_sd, state=state, spec_text=spec_text,
+                             keep=tr.keep_checkpoints, model_ref=model_ref)
+        except CheckpointError as e:
+            err = str(e)
+    if world > 1:
+        box = [err]
+        dist.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err:
+        raise CheckpointError(err)
+    return path
+
+
+def _samples(ema, spec, path: Path, rank: int, fsdp: bool, log) -> Path | None:
+    """A grid of EMA samples with the spec's sampler and guidance: a row per class (pixel data only)."""
+    m = spec.model
+    if m.input.channels not in (1, 3) or m.input.frames or spec.train.data.kind == "latents":
+        if rank == 0:
+            log.note(f"samples: skipped (the model makes {m.input.channels}-channel latents, which need a decoder)")
+        return None
+    if rank != 0 and not fsdp:
+        return None
+    from sprintc.diffusion import sample
+    from sprintc.images import save_grid
+
+    n = min(m.num_classes, 10) if m.num_classes else 8
+    labels = torch.arange(2 * n) % n if m.num_classes else None
+    device = next(ema.parameters()).device
+    g = torch.Generator(device).manual_seed(spec.train.seed + 3)  # the same noise at every step: comparable grids
+    noise = None if m.num_classes else torch.randn((2 * n, m.input.channels, m.input.size, m.input.size), generator=g, device=device)
+    images = sample(ema, spec, labels, generator=g, noise=noise)
+    if rank != 0:
+        return None
+    return save_grid(images, path, nrow=n, scale=max(1, 64 // m.input.size))
