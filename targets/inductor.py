@@ -1,0 +1,97 @@
+"""inductor: torch.compile (Inductor) on the CPU or CUDA.
+
+Regional (target.regional, the default): every block is compiled in place with
+`block.compile(fullgraph=True, dynamic=False)`; the blocks share their code, so Dynamo compiles one graph
+per distinct input shape (encoder/decoder on N tokens, middle on M kept tokens) and every other block
+reuses it; `fullgraph=True` makes a graph break inside a block an error. The embedders, the final layer
+and the fusion are compiled the same way; the block graph's glue (gather, scatter, path drop) stays
+eager. Cold compile cost is that of a few blocks instead of the whole model, and Inductor's FX graph
+cache (on by default, TORCHINDUCTOR_CACHE_DIR) makes later processes skip code generation.
+
+Whole model (regional: false): the model's forward (and forward_guidance) are compiled as one graph
+each, the glue fused into its neighbours, at the cost of compiling every block inline.
+
+Shapes are static (dynamic=False): a new batch size compiles a new variant once (no automatic dynamic
+shapes, which would give slower kernels); the recompile limit is raised so that training, fine-tuning
+and sampling variants all fit.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn as nn
+
+from sprintc.spec import TargetSpec
+from sprintc.targets_api import Lowering, wrap_forwards
+
+RECOMPILE_LIMIT = 64
+
+
+def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The model's stacks of identical blocks: `model.blocks`, else every ModuleList of >= 2 children of
+    one class (a user's model through sprintc.transform)."""
+    if isinstance(getattr(model, "blocks", None), nn.ModuleList):
+        return [("blocks", model.blocks)]
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1:
+            if not any(name.startswith(f"{n}.") for n, _ in out):
+                out.append((name, m))
+    return out
+
+
+def head_types() -> tuple[type, ...]:
+    from sprintc.model import FinalLayer, PatchEmbed, TimestepEmbedder
+    from sprintc.passes.fuse import Fusion
+
+    return (PatchEmbed, TimestepEmbedder, FinalLayer, Fusion)
+
+
+def _options(target: TargetSpec) -> dict:
+    opts = {"fullgraph": True, "dynamic": False}
+    if target.mode != "default":
+        opts["mode"] = target.mode
+    return opts
+
+
+def _raise_limits():
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), RECOMPILE_LIMIT))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 16 * RECOMPILE_LIMIT)
+
+
+def compile_regions(model: nn.Module, target: TargetSpec) -> list[str]:
+    opts = _options(target)
+    done, in_blocks = [], set()
+    for name, blocks in block_lists(model):
+        for i, blk in enumerate(blocks):
+            blk.compile(**opts)
+            done.append(f"{name}.{i}")
+            in_blocks.update(id(m) for m in blk.modules())
+    heads = head_types()
+    for name, m in model.named_modules():
+        if isinstance(m, heads) and id(m) not in in_blocks:
+            m.compile(**opts)
+            done.append(name)
+    return done
+
+
+def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
+    opts = {k: v for k, v in _options(target).items() if k != "fullgraph"}  # sampling ids may break the graph
+    fwd = model.__dict__.get("forward")
+    fn = fwd.__func__ if isinstance(fwd, types.MethodType) else type(model).forward
+    model.__dict__["forward"] = types.MethodType(torch.compile(fn, **opts), model)
+    g = model.__dict__.get("forward_guidance")
+    if isinstance(g, types.MethodType):
+        model.__dict__["forward_guidance"] = types.MethodType(torch.compile(g.__func__, **opts), model)
+    return [""]
+
+
+def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    _raise_limits()
+    regions = compile_regions(model, target) if target.regional else compile_whole(model, target)
+    wrap_forwards(model, Lowering(target, device, dtype, regions=regions))
+    return model
