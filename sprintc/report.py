@@ -99,16 +99,14 @@ def stage_table(gm: fx.GraphModule, ctx, batch: int = 1) -> list[dict]:
 def build_report(built, batch: int = 1) -> dict:
     """Everything `sprintc build` prints, as plain data (report.json)."""
     spec, gm, ctx, m = built.spec, built.graph_module, built.ctx, built.spec.model
-    stages = stage_table(gm, ctx, batch)
-    routed_fwd = sum(r["forward_gflops"] for r in stages)
     plan = ctx.plan
-    routes = plan is not None and plan.kept < plan.tokens
-    args, kwargs = ctx.inputs(gm, batch)
-    if routes:  # the same graph with routing off: every token through every block
-        kwargs = {**kwargs, "ids_keep": None}
-        dense_fwd = _flops(gm, args, kwargs) / batch / G
-    else:
-        dense_fwd = routed_fwd
+    dense_fwd = None
+    if plan is not None and plan.kept < plan.tokens:  # the same graph with routing off: all tokens, all blocks
+        args, kwargs = ctx.inputs(gm, batch)
+        dense_fwd = _flops(gm, args, {**kwargs, "ids_keep": None}) / batch / G
+    stages = stage_table(gm, ctx, batch)  # last, so the node shapes (graph.dot) are the routed ones
+    routed_fwd = sum(r["forward_gflops"] for r in stages)
+    dense_fwd = routed_fwd if dense_fwd is None else dense_fwd
     report = {
         "spec": {
             "name": spec.name, "family": m.family,

@@ -344,7 +344,8 @@ def _read_yaml(path: Path) -> _Loc:
     if data is None:
         raise SpecError(f"{shown}:1:1: the spec is empty; expected a mapping with keys such as name:, model:, passes:")
     if not isinstance(data, dict):
-        raise SpecError(f"{shown}:1:1: the spec must be a mapping (key: value), found {type(data).__name__}")
+        kind = "a list" if isinstance(data, list) else f"the {type(data).__name__} {_found(data)}"
+        raise SpecError(f"{shown}:1:1: the spec must be a mapping (key: value), found {kind}")
     _check_size(data, shown)
     return data
 
@@ -468,8 +469,10 @@ def _validation_message(err: ValidationError, tree, default: str) -> str:
             msg = f"found {_found(e['input'].get('name')) if isinstance(e['input'], dict) else _found(e['input'])}; a pass is a mapping whose `name` is one of: {', '.join(_PASSES)}"
         elif etype == "value_error" and (m := _KEYED.match(msg)):
             loc, msg = (*loc, *_parse_loc(m.group(1))), m.group(2)  # cross-field: the key the message names
-        elif "input" in e and not isinstance(e["input"], (dict, list)):
-            msg = f"found {_found(e['input'])}: {msg}"
+        elif "input" in e:
+            msg = re.sub(r"a valid dictionary or instance of \w+", "a mapping (key: value)", msg)
+            found = "a list" if isinstance(e["input"], list) else "a mapping" if isinstance(e["input"], dict) else _found(e["input"])
+            msg = f"found {found}: {msg}"
         lines.append(f"{_locate(tree, loc, default)} {_fmt_loc(loc) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
