@@ -98,6 +98,8 @@ class MetaInterpreter(fx.Interpreter):
 def _shape(v):
     if isinstance(v, torch.Tensor):
         return tuple(v.shape)
+    if isinstance(v, torch.Size):  # the value of an `x.shape` node: a shape, not a tensor
+        return None
     if isinstance(v, (list, tuple)):
         return type(v)(_shape(x) for x in v)
     return None
