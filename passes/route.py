@@ -36,13 +36,17 @@ def route(gm, cfg, ctx):
 
 
 def _token_dim(a, n, shapes2, shapes3):
+    """Where a block input carries one entry per token, as the token stream does: (B, N, ...) or a
+    batch-shared (N, ...) / (1, N, ...). Conditioning such as (B, D) is never per-token, even if D == N."""
     if not hasattr(a, "name") or a.name not in shapes2:
         return None
     s2, s3 = shapes2[a.name], shapes3[a.name]
-    if not isinstance(s2, tuple) or not s2 or not all(isinstance(d, int) for d in s2):
+    if not isinstance(s2, tuple) or not all(isinstance(d, int) for d in s2):
         return None
-    batched = s2[0] != s3[0]
-    for d in range(len(s2) - 1, -1, -1):
-        if s2[d] == n and not (batched and d == 0):
-            return d - len(s2) if batched else d
+    if s2 and s2[0] != s3[0]:  # follows the batch size
+        return 1 if len(s2) >= 3 and s2[1] == n else None
+    if len(s2) >= 2 and s2[0] == n:
+        return 0
+    if len(s2) >= 3 and s2[0] == 1 and s2[1] == n:
+        return 1
     return None

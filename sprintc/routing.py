@@ -34,12 +34,14 @@ class RoutePlan:
 
 
 def allowed_drops(grid: tuple[int, ...], max_group: int = 8) -> list[str]:
-    out = set()
-    for g in range(2, max_group + 1):
+    """Each drop ratio a structured sampler can realise on this grid, with the smallest group doing it."""
+    best = {}
+    for g in range(max_group, 1, -1):
         if all(n % g == 0 for n in grid):
             size = g ** len(grid)
-            out |= {f"{1 - k / size:g} (group {g}, keep {k})" for k in range(1, size)}
-    return sorted(out, key=lambda s: float(s.split()[0]))
+            for k in range(1, size):
+                best[round(1 - k / size, 6)] = f"{1 - k / size:g} (group {g}, keep {k})"
+    return [best[r] for r in sorted(best)]
 
 
 def plan_route(route, grid: tuple[int, ...], protected: tuple[int, ...] | None = None) -> RoutePlan:
