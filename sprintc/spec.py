@@ -548,4 +548,4 @@ def dump_spec(spec: Spec) -> str:
 
 
 def json_schema() -> dict:
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sprintc spec", **Spec.model_json_schema()}
+    return {**Spec.model_json_schema(), "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sprintc spec"}
