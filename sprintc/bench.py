@@ -1,0 +1,599 @@
+"""`sprintc bench SPEC`: how fast a spec trains and samples on this machine.
+
+Training step = forward, backward, gradient clipping (train.grad_clip) and a fused AdamW step, bf16
+autocast (target.dtype), on fixed random data; the dense graph (routing off: model.sprint.routing =
+False) and the routed graph (tokens dropped, path drop on), each eager, compiled (the inductor target:
+regional per-block compile) and, on CUDA, compiled + the whole step captured in a CUDA graph. Sampling
+step = one guided prediction on B images: CFG (the dense model on the 2B batch) vs PDG
+(model.forward_guidance), eager / compiled / compiled + CUDA graph. `--parts sample250` adds a full
+250-step SDE sampling of --images images (sprintc.diffusion.sample), CFG vs PDG, wall time;
+`sample250g` the same loop on the CUDA-graph step.
+
+Figures: ms per step (median over --steps after --warmup), images/s, TFLOP/s (FLOPs counted on the
+block graph with FlopCounterMode; a training step = 3x its forward), MFU against a bf16 matmul peak
+measured on the spot, peak memory (CUDA), the cold compile time (to the end of the first step, with
+Inductor's FX graph cache hits/misses so a warm cache shows). On the CPU the spec is shrunk to a tiny
+model (--size tiny) unless --size full.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sprintc.errors import SprintcError
+from sprintc.spec import Spec, load_spec
+
+PARTS = ("train", "sample", "sample250", "sample250g")
+MODES = ("eager", "compiled", "cudagraph")
+
+
+class BenchError(SprintcError):
+    """Bad bench arguments."""
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_bench_arguments(p):
+    p.add_argument("spec", help="spec file or preset name (e.g. specs/sit_xl_sprint.yaml)")
+    p.add_argument("--batch", default=None, help="per-device batch size(s), comma-separated (default: 128 on CUDA, 4 on the CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per row (default: 20 on CUDA, 3 on the CPU)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after the first (compiling) step")
+    p.add_argument("--json", dest="json_path", metavar="FILE", help="write all figures as JSON (rewritten after every row)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when a GPU is visible), cpu, cuda or cuda:N")
+    p.add_argument("--parts", default="train,sample", help=f"comma-separated, of: {', '.join(PARTS)}")
+    p.add_argument("--modes", default="eager,compiled,cudagraph", help=f"comma-separated, of: {', '.join(MODES)} (cudagraph: CUDA only)")
+    p.add_argument("--graphs", default="routed,dense", help="training graphs: routed, dense")
+    p.add_argument("--size", choices=["auto", "tiny", "full"], default="auto", help="auto: full on CUDA, tiny on the CPU")
+    p.add_argument("--mode", dest="compile_mode", default=None, help="override target.mode (default, max-autotune, ...)")
+    p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
+                   help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, compiled)")
+    p.add_argument("--images", type=int, default=64, help="images of the sample250 parts")
+    p.add_argument("--sample-steps", type=int, default=250, help="steps of the sample250 parts")
+    p.add_argument("--profile", metavar="DIR", help="write torch.profiler summaries of the compiled steps to DIR")
+
+
+def _ints(text, what):
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise BenchError(f"{what}: expected comma-separated integers, found {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise BenchError(f"{what}: each value must be >= 1, found {text!r}")
+    return vals
+
+
+def _choices(text, allowed, what):
+    vals = [v.strip() for v in str(text).split(",") if v.strip()]
+    bad = [v for v in vals if v not in allowed]
+    if bad or not vals:
+        raise BenchError(f"{what}: unknown {', '.join(map(repr, bad)) or 'empty list'}; allowed: {', '.join(allowed)}")
+    return vals
+
+
+def run_bench(args) -> int:
+    from sprintc.targets_api import MODES as TMODES, resolve_device, resolve_target
+
+    spec = load_spec(args.spec)
+    dev = resolve_device(None, args.device)
+    parts = _choices(args.parts, PARTS, "--parts")
+    modes = _choices(args.modes, MODES, "--modes")
+    graphs = _choices(args.graphs, ("routed", "dense"), "--graphs")
+    if args.compile_mode is not None and args.compile_mode not in TMODES:
+        raise BenchError(f"--mode: unknown mode {args.compile_mode!r}; known: {', '.join(TMODES)}")
+    if args.steps is not None and args.steps < 1:
+        raise BenchError(f"--steps: {args.steps} must be >= 1")
+    if args.warmup < 0:
+        raise BenchError(f"--warmup: {args.warmup} must be >= 0")
+    if args.images < 1 or args.sample_steps < 2:
+        raise BenchError("--images must be >= 1 and --sample-steps >= 2")
+    batches = _ints(args.batch, "--batch") if args.batch is not None else ([128] if dev.type == "cuda" else [4])
+    steps = args.steps or (20 if dev.type == "cuda" else 3)
+    tiny = args.size == "tiny" or (args.size == "auto" and dev.type == "cpu")
+    target = resolve_target(spec.target, name="inductor", mode=args.compile_mode)
+    if tiny:
+        spec = tiny_version(spec)
+    b = Bench(spec, target, dev, steps=steps, warmup=args.warmup, json_path=args.json_path, profile=args.profile,
+              size="tiny" if tiny else "full", clip=args.clip)
+    b.run(batches, parts, modes, graphs, images=args.images, sample_steps=args.sample_steps)
+    b.print_tables()
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def tiny_version(spec: Spec) -> Spec:
+    """The spec shrunk for a CPU run: width 64, 4 heads, 8x8 input (16 tokens), encoder/decoder 1 block,
+    2 middle blocks; passes, dtype and recipes kept."""
+    d = spec.model_dump()
+    d["model"].update(width=64, heads=4, depth=4)
+    d["model"]["input"]["size"] = 8
+    for p in d["passes"]:
+        if p["name"] == "partition":
+            p.update(encoder=1, decoder=1, middle=None)
+        if p["name"] == "route":
+            p["group"] = None
+    d["name"] = f"{spec.name}-tiny"
+    return load_spec(d)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul rate (FLOP/s) of this device in `dtype`: the MFU denominator."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for i in range(13 if device.type == "cuda" else 4):
+        t = Timer(device)
+        with t:
+            a @ b
+        if i >= (3 if device.type == "cuda" else 1):
+            times.append(t.ms)
+    return 2 * n ** 3 / (statistics.median(times) / 1e3)
+
+
+class Timer:
+    """Wall time of a region in ms: CUDA events on CUDA, perf_counter on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.ms = float("nan")
+
+    def __enter__(self):
+        if self.cuda:
+            self.e0, self.e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.e0.record()
+        else:
+            self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.e1.record()
+            torch.cuda.synchronize()
+            self.ms = self.e0.elapsed_time(self.e1)
+        else:
+            self.ms = (time.perf_counter() - self.t0) * 1e3
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fx_cache():
+    from torch._dynamo.utils import counters
+
+    c = counters["inductor"]
+    return c["fxgraph_cache_hit"], c["fxgraph_cache_miss"]
+
+
+def graph_flops(built, batch: int, routed: bool, guidance: bool = False) -> float:
+    """Forward FLOPs of the block graph at `batch` images (FlopCounterMode on meta tensors). guidance:
+    the PDG graph on the 2*batch [cond; uncond] batch."""
+    import torch.fx as fx
+
+    from sprintc.graph import run_meta
+
+    gm, ctx = built.graph_module, built.ctx
+    if guidance:
+        gg = fx.GraphModule(gm, ctx.guidance)
+        args, kwargs = ctx.inputs(gg, batch, guidance=True)
+        return float(sum(c.flops for c in run_meta(gg, *args, **kwargs).costs.values()))
+    args, kwargs = ctx.inputs(gm, batch)
+    if not routed:
+        kwargs.pop("ids_keep", None)
+        kwargs.pop("path_drop", None)
+    return float(sum(c.flops for c in run_meta(gm, *args, **kwargs).costs.values()))
+
+
+def _loss_fn(model, x, t, y, target):
+    out = model(x, t, y) if y is not None else model(x, t)
+    return F.mse_loss(out.float(), target)
+
+
+def _make_opt(model, spec, device, capturable=False):
+    tr = spec.train
+    kw = dict(lr=1e-4, betas=tuple(tr.betas), eps=tr.eps, weight_decay=tr.weight_decay)
+    if device.type == "cuda":
+        kw.update(fused=True, capturable=capturable)
+    else:
+        kw.update(foreach=True)
+    return torch.optim.AdamW(model.parameters(), **kw)
+
+
+def _train_step(model, opt, batch, max_norm, clip):
+    from sprintc.targets_api import clip_and_step
+
+    opt.zero_grad(set_to_none=True)
+    loss = _loss_fn(model, *batch)
+    loss.backward()
+    if clip == "fused":
+        clip_and_step(opt, model.parameters(), max_norm)
+    else:
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+        opt.step()
+    return loss
+
+
+def _set_routing(model, on: bool):
+    s = getattr(model, "sprint", None)
+    if s is not None:
+        s.routing = on
+
+
+# ------------------------------------------------------------------------------------------ bench
+class Bench:
+    def __init__(self, spec: Spec, target, device, *, steps, warmup, json_path=None, profile=None, size="full",
+                 clip="fused"):
+        from sprintc.compiler import compile_spec
+        from sprintc.targets_api import compute_dtype
+
+        self.spec, self.target, self.device = spec, target, device
+        self.dtype = compute_dtype(target, device)
+        self.steps, self.warmup, self.json_path, self.clip = steps, warmup, json_path, clip
+        self.profile = Path(profile) if profile else None
+        if self.profile:
+            self.profile.mkdir(parents=True, exist_ok=True)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        t0 = time.perf_counter()
+        torch.manual_seed(0)
+        self.built = compile_spec(spec)
+        self.build_s = time.perf_counter() - t0
+        # DiT zero-initialises adaLN and the head; give every weight a value so the timed kernels see real data
+        with torch.no_grad():
+            for p in self.built.model.parameters():
+                if p.dim() > 1 and not p.abs().sum():
+                    p.normal_(0, 0.02)
+        self.routable = getattr(self.built.model, "sprint", None) is not None and self.built.model.sprint.plan is not None
+        self.has_pdg = callable(getattr(self.built.model, "forward_guidance", None))
+        peak = matmul_peak(device, self.dtype if self.dtype != torch.float32 else torch.float32)
+        self.meta = {
+            "spec": spec.name, "size": size, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "dtype": target.dtype, "compile_mode": target.mode, "regional": target.regional,
+            "params_M": round(sum(p.numel() for p in self.built.model.parameters()) / 1e6, 2),
+            "matmul_peak_tflops": _sig(peak / 1e12), "steps": steps, "warmup": warmup, "clip": clip,
+            "grad_clip": spec.train.grad_clip, "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),
+        }
+        self.peak = peak
+        self.results = {"meta": self.meta, "train": [], "sample": [], "sample250": [], "summary": []}
+
+    # ----------------------------------------------------------------------------- plumbing
+    def _save(self):
+        if self.json_path:
+            Path(self.json_path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(str(self.json_path) + ".tmp")
+            tmp.write_text(json.dumps(self.results, indent=1))
+            tmp.replace(self.json_path)
+
+    def _model(self, target_name):
+        from sprintc.targets_api import lower
+
+        m = copy.deepcopy(self.built.model)
+        return lower(m, self.target.model_copy(update={"name": target_name}), device=self.device)
+
+    def _data(self, batch):
+        m = self.spec.model
+        shape = (m.input.channels, *((m.input.frames,) if m.input.frames else ()), m.input.size, m.input.size)
+        g = torch.Generator(self.device).manual_seed(0)
+        x = torch.randn(batch, *shape, device=self.device, generator=g)
+        t = torch.rand(batch, device=self.device, generator=g)
+        y = torch.randint(0, m.num_classes, (batch,), device=self.device, generator=g) if m.num_classes else None
+        target = torch.randn(batch, m.out_channels, *shape[1:], device=self.device, generator=g)
+        return x, t, y, target
+
+    def _time(self, fn):
+        times = []
+        for i in range(self.warmup + self.steps):
+            with Timer(self.device) as tm:
+                fn()
+            if i >= self.warmup:
+                times.append(tm.ms)
+        return statistics.median(times), times
+
+    def _reset_mem(self):
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _mem(self):
+        return round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2) if self.device.type == "cuda" else None
+
+    def _profile(self, name, fn, n=3):
+        if not self.profile:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(n):
+                fn()
+            _sync(self.device)
+        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90)
+        (self.profile / f"profile_{name}.txt").write_text(f"{name}: {n} steps\n{table}\n")
+
+    # ----------------------------------------------------------------------------- runs
+    def run(self, batches, parts, modes, graphs, images=64, sample_steps=250):
+        if "cudagraph" in modes and self.device.type != "cuda":
+            modes = [m for m in modes if m != "cudagraph"]
+        graphs = [g for g in graphs if g == "dense" or self.routable]
+        for B in batches:
+            if "train" in parts:
+                self.train(B, modes, graphs)
+            if "sample" in parts:
+                self.sample(B, modes)
+        if "sample250" in parts:
+            self.sample250(images, sample_steps, graph=False)
+        if "sample250g" in parts and self.device.type == "cuda":
+            self.sample250(images, sample_steps, graph=True)
+        self._summarise()
+        self._save()
+        return self.results
+
+    def _row(self, kind, **r):
+        self.results[kind].append(r)
+        self._save()
+        print(json.dumps({kind: r}), flush=True)
+        return r
+
+    def train(self, B, modes, graphs):
+        from sprintc.targets_api import CudaGraphTrainStep
+
+        data = self._data(B)
+        fwd = {g: graph_flops(self.built, B, routed=(g == "routed")) for g in graphs}
+        max_norm = self.spec.train.grad_clip
+        clips = ["fused", "standard"] if self.clip == "both" else [self.clip]
+        compiled = None
+        for mode in modes:
+            if mode == "cudagraph" and compiled is None:
+                continue
+            self._reset_mem()
+            if mode == "eager":
+                model = self._model("eager")
+            elif mode == "compiled":
+                model = compiled = self._model("inductor")
+            else:
+                model = compiled
+            model.train()
+            for g in graphs:
+                _set_routing(model, g == "routed")
+                for clip in (clips if mode == "compiled" else ["fused"]):
+                    self._reset_mem()
+                    row = dict(batch=B, graph=g, mode=mode, clip=clip)
+                    try:
+                        if mode == "cudagraph":
+                            opt = _make_opt(model, self.spec, self.device, capturable=True)
+                            h0 = _fx_cache()
+                            t0 = time.perf_counter()
+                            step = CudaGraphTrainStep(model, opt, _loss_fn, data, max_norm=max_norm, fold_clip=True)
+                            _sync(self.device)
+                            row["capture_s"] = round(time.perf_counter() - t0, 2)
+                            fn = lambda: step(*data)  # noqa: E731
+                        else:
+                            opt = _make_opt(model, self.spec, self.device)
+                            h0 = _fx_cache()
+                            t0 = time.perf_counter()
+                            _train_step(model, opt, data, max_norm, clip)
+                            _sync(self.device)
+                            row["first_step_s"] = round(time.perf_counter() - t0, 2)
+                            fn = lambda: _train_step(model, opt, data, max_norm, clip)  # noqa: E731
+                        h1 = _fx_cache()
+                        row["fx_cache_hit"], row["fx_cache_miss"] = h1[0] - h0[0], h1[1] - h0[1]
+                        ms, times = self._time(fn)
+                        flops = 3 * fwd[g]
+                        row.update(ms=round(ms, 2), ms_min=round(min(times), 2), img_s=round(B / ms * 1e3, 1),
+                                   tflops=_sig(flops / ms / 1e9), mfu=_sig(flops / ms * 1e3 / self.peak),
+                                   gflop_per_img=_sig(flops / B / 1e9), peak_mem_gb=self._mem())
+                        if mode == "compiled" and "first_step_s" in row:
+                            row["compile_s"] = round(row["first_step_s"] - ms / 1e3, 2)
+                        if mode != "eager" and clip == clips[0]:
+                            self._profile(f"train_{g}_{mode}_b{B}", fn)
+                    except torch.cuda.OutOfMemoryError as e:
+                        row["error"] = f"out of memory: {str(e).splitlines()[0]}"
+                    except Exception as e:  # a failing row must not lose the others; the error is reported
+                        if isinstance(e, SprintcError):
+                            raise
+                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    self._row("train", **row)
+                    opt = step = fn = None
+            if mode != "compiled":
+                del model
+            model = None
+        compiled = None
+        self._reset_mem()
+
+    def sample(self, B, modes):
+        from sprintc.targets_api import SamplingStep, prepare_inference
+
+        m = self.spec.model
+        if not m.num_classes:
+            return
+        guidances = ["cfg"] + (["pdg"] if self.has_pdg else [])
+        fl = {"cfg": graph_flops(self.built, 2 * B, routed=False)}
+        if self.has_pdg:
+            fl["pdg"] = graph_flops(self.built, B, routed=False, guidance=True)
+        x, t, y, _ = self._data(B)
+        nets = {}
+        for mode in modes:
+            self._reset_mem()
+            tname = "eager" if mode == "eager" else "inductor"
+            if tname not in nets:
+                nets[tname] = prepare_inference(self.built.model, self.target.model_copy(update={"name": tname}), device=self.device)
+            net = nets[tname]
+            row = dict(batch=B, mode=mode)
+            for gd in guidances:
+                try:
+                    h0 = _fx_cache()
+                    t0 = time.perf_counter()
+                    step = SamplingStep(net, batch=B, shape=tuple(x.shape[1:]), guidance=gd, null_class=m.num_classes,
+                                        channels=m.input.channels, device=self.device, cuda_graph=(mode == "cudagraph"))
+                    step(x, t, y, 1.5)
+                    _sync(self.device)
+                    first = time.perf_counter() - t0
+                    ms, _ = self._time(lambda: step(x, t, y, 1.5))
+                    h1 = _fx_cache()
+                    row[f"{gd}_ms"] = round(ms, 2)
+                    row[f"{gd}_first_s"] = round(first, 2)
+                    row[f"{gd}_tflops"] = _sig(fl[gd] / ms / 1e9)
+                    row[f"{gd}_fx_cache"] = [h1[0] - h0[0], h1[1] - h0[1]]
+                    if mode != "eager":
+                        self._profile(f"sample_{gd}_{mode}_b{B}", lambda: step(x, t, y, 1.5))
+                except torch.cuda.OutOfMemoryError as e:
+                    row[f"{gd}_error"] = f"out of memory: {str(e).splitlines()[0]}"
+                except Exception as e:
+                    if isinstance(e, SprintcError):
+                        raise
+                    row[f"{gd}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                step = None
+            if "cfg_ms" in row and "pdg_ms" in row:
+                row["pdg_over_cfg"] = round(row["pdg_ms"] / row["cfg_ms"], 3)
+                row["flops_pdg_over_cfg"] = round(fl["pdg"] / fl["cfg"], 3)
+            row["peak_mem_gb"] = self._mem()
+            self._row("sample", **row)
+        nets.clear()
+        self._reset_mem()
+
+    def sample250(self, images, steps, graph: bool):
+        """A full SDE sampling of `images` images, CFG vs PDG, wall time. graph=False: sprintc.diffusion.sample
+        on the compiled inference model; graph=True: the same Euler-Maruyama loop on the CUDA-graph step."""
+        from sprintc.targets_api import SamplingStep, prepare_inference
+
+        m = self.spec.model
+        if not m.num_classes:
+            return
+        scale = self.spec.sample.scale if self.spec.sample.scale != 1 else 1.5
+        net = prepare_inference(self.built.model, self.target, device=self.device)
+        labels = torch.arange(images, device=self.device) % m.num_classes
+        row = dict(images=images, steps=steps, scale=scale, interval=[0.0, 1.0], sampler="sde",
+                   how="cuda-graph step loop" if graph else "sprintc.diffusion.sample, compiled model")
+        for gd in ["cfg"] + (["pdg"] if self.has_pdg else []):
+            try:
+                if graph:
+                    shape = (m.input.channels, *((m.input.frames,) if m.input.frames else ()), m.input.size, m.input.size)
+                    step = SamplingStep(net, batch=images, shape=shape, guidance=gd, null_class=m.num_classes,
+                                        channels=m.input.channels, device=self.device, cuda_graph=True)
+                    run = lambda n: _sde_loop(step, labels, scale, n, shape, self.device)  # noqa: E731
+                else:
+                    from sprintc.diffusion import sample
+
+                    run = lambda n: sample(net, self.spec, labels, guidance=gd, scale=scale, steps=n,  # noqa: E731
+                                           sampler="sde", interval=(0.0, 1.0), generator=torch.Generator(self.device).manual_seed(0))
+                run(2)  # compiles the shapes
+                _sync(self.device)
+                t0 = time.perf_counter()
+                out = run(steps)
+                _sync(self.device)
+                row[f"{gd}_s"] = round(time.perf_counter() - t0, 2)
+                row[f"{gd}_finite"] = bool(torch.isfinite(out).all())
+            except Exception as e:
+                if isinstance(e, SprintcError):
+                    raise
+                row[f"{gd}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if "cfg_s" in row and "pdg_s" in row:
+            row["pdg_over_cfg"] = round(row["pdg_s"] / row["cfg_s"], 3)
+        self._row("sample250", **row)
+        del net
+        self._reset_mem()
+
+    # ----------------------------------------------------------------------------- report
+    def _summarise(self):
+        rows = [r for r in self.results["train"] if "ms" in r]
+        out = []
+        for B in sorted({r["batch"] for r in rows}):
+            def pick(g, mode):
+                cand = [r for r in rows if r["batch"] == B and r["graph"] == g and r["mode"] == mode]
+                return min(cand, key=lambda r: r["ms"]) if cand else None
+            best_r = min((r for r in rows if r["batch"] == B and r["graph"] == "routed"), key=lambda r: r["ms"], default=None)
+            dense_c = pick("dense", "compiled")
+            s = dict(batch=B)
+            if best_r:
+                s.update(routed_best_mode=best_r["mode"], routed_img_s=best_r["img_s"], routed_peak_mem_gb=best_r["peak_mem_gb"])
+            if dense_c:
+                s.update(dense_compiled_img_s=dense_c["img_s"], dense_compiled_mfu=dense_c["mfu"], dense_peak_mem_gb=dense_c["peak_mem_gb"])
+            if best_r and dense_c:
+                s["routed_over_dense_compiled"] = round(dense_c["ms"] / best_r["ms"], 2)
+                if best_r["peak_mem_gb"] and dense_c["peak_mem_gb"]:
+                    s["routed_mem_over_dense"] = round(best_r["peak_mem_gb"] / dense_c["peak_mem_gb"], 3)
+            rc = pick("routed", "compiled")
+            if rc and "compile_s" in rc:
+                s["cold_compile_s"] = rc["compile_s"]
+                s["cold_compile_fx_cache"] = [rc["fx_cache_hit"], rc["fx_cache_miss"]]
+            out.append(s)
+        self.results["summary"] = out
+
+    def print_tables(self):
+        from rich.console import Console
+        from rich.table import Table
+
+        con = Console(width=max(Console().width, 150))
+        m = self.meta
+        con.print(f"[bold]sprintc bench[/] {m['spec']} ({m['size']}, {m['params_M']}M params) on {m['device_name']}, "
+                  f"torch {m['torch']}, {m['dtype']}, matmul peak {m['matmul_peak_tflops']} TFLOP/s")
+        if self.results["train"]:
+            t = Table(title="training step (fwd + bwd + clip + AdamW)")
+            for c in ("batch", "graph", "mode", "clip", "ms", "img/s", "TFLOP/s", "MFU", "mem GB", "compile s", "note"):
+                t.add_column(c, justify="right" if c not in ("graph", "mode", "clip", "note") else "left")
+            for r in self.results["train"]:
+                t.add_row(str(r["batch"]), r["graph"], r["mode"], r["clip"], _f(r.get("ms")), _f(r.get("img_s")),
+                          _f(r.get("tflops")), _f(r.get("mfu")), _f(r.get("peak_mem_gb")),
+                          _f(r.get("compile_s", r.get("capture_s"))), r.get("error", ""))
+            con.print(t)
+        if self.results["sample"]:
+            t = Table(title="sampling step (B images, guided)")
+            for c in ("batch", "mode", "CFG ms", "PDG ms", "PDG/CFG", "FLOPs PDG/CFG", "note"):
+                t.add_column(c, justify="right" if c not in ("mode", "note") else "left")
+            for r in self.results["sample"]:
+                t.add_row(str(r["batch"]), r["mode"], _f(r.get("cfg_ms")), _f(r.get("pdg_ms")), _f(r.get("pdg_over_cfg")),
+                          _f(r.get("flops_pdg_over_cfg")), r.get("cfg_error", "") + r.get("pdg_error", ""))
+            con.print(t)
+        for r in self.results["sample250"]:
+            con.print(f"sampling {r['images']} images x {r['steps']} steps ({r['how']}): CFG {_f(r.get('cfg_s'))} s, "
+                      f"PDG {_f(r.get('pdg_s'))} s, PDG/CFG {_f(r.get('pdg_over_cfg'))}")
+        for s in self.results["summary"]:
+            con.print("summary " + ", ".join(f"{k} {v}" for k, v in s.items()))
+
+
+def _sig(v, digits=4):
+    return float(f"{v:.{digits}g}")
+
+
+def _f(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def _sde_loop(step, labels, scale, steps, shape, device):
+    """Euler-Maruyama on the linear flow path as sprintc.diffusion.flow_sde (t = linspace(1, 0.04), a last
+    deterministic step to 0), float32 state, on the fixed-shape step."""
+    g = torch.Generator(device).manual_seed(0)
+    B = labels.shape[0]
+    x = torch.randn(B, *shape, device=device, generator=g)
+    ts = torch.linspace(1.0, 0.04, steps, dtype=torch.float64).tolist() + [0.0]
+    tt = torch.empty(B, device=device)
+
+    def drift(x, t):
+        v = step(x, tt.fill_(t), labels, scale)
+        score = -(x + (1 - t) * v) / t
+        return v - t * score
+
+    for i in range(steps - 1):
+        t, tn = ts[i], ts[i + 1]
+        dt = tn - t
+        x = x + drift(x, t) * dt + math.sqrt(2 * t) * math.sqrt(abs(dt)) * torch.randn(x.shape, device=device, generator=g)
+    return x + drift(x, ts[-2]) * (0.0 - ts[-2])
