@@ -20,10 +20,16 @@ from sprintc.errors import CheckpointError, SprintcError
 
 
 def add_sample_arguments(p):
-    from sprintc.diffusion import GUIDANCES, SAMPLERS
-
     p.add_argument("spec", help="spec file or preset name (the model the checkpoint holds)")
     p.add_argument("--ckpt", required=True, help="checkpoint: a run folder, a checkpoints/ or step_N folder, or a .safetensors/.pt weights file")
+    add_sampling_options(p)
+    p.add_argument("--out", default="samples", help="output folder (default: samples)")
+
+
+def add_sampling_options(p):
+    """The options that pick what to sample and how (shared with `sprintc eval --ckpt`)."""
+    from sprintc.diffusion import GUIDANCES, SAMPLERS
+
     p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     p.add_argument("--classes", default=None, help="comma-separated class indices, cycled over the images (default: all classes)")
     p.add_argument("--guidance", choices=GUIDANCES, default=None, help="default: the spec's sample.guidance")
@@ -33,7 +39,6 @@ def add_sample_arguments(p):
     p.add_argument("--interval", default=None, help="guidance interval LOW,HIGH in t (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=64, help="images per model batch")
-    p.add_argument("--out", default="samples", help="output folder (default: samples)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
 
@@ -191,11 +196,10 @@ def write_outputs(x: torch.Tensor, labels, out: Path, spec) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ command
-def run_sample(args) -> int:
+def prepare(args, spec):
+    """Check the sampling options against the spec, load the model; returns (model, labels, opts, device)."""
     from sprintc.diffusion import check_guidance, resolve
-    from sprintc.spec import load_spec
 
-    spec = load_spec(args.spec)
     if args.n < 1:
         raise SprintcError(f"--n {args.n}: give at least 1 image")
     if args.batch < 1:
@@ -203,26 +207,34 @@ def run_sample(args) -> int:
     interval = parse_floats(args.interval, "--interval", 2) if args.interval else None
     guidance, scale, steps, sampler, interval = resolve(spec, args.guidance, args.scale, args.steps, args.sampler, interval)
     classes = parse_classes(args.classes, spec.model.num_classes)
-    guided = guidance != "none" and scale != 1
-    if guided and spec.model.num_classes and spec.model.class_dropout == 0:
+    if guidance != "none" and scale != 1 and spec.model.num_classes and spec.model.class_dropout == 0:
         warn(f"guidance {guidance} with scale {scale}, but the model was trained without label dropout "
              "(model.class_dropout: 0): its null-label predictions were never trained, so guidance will likely hurt; "
              "use --guidance none or retrain with class_dropout > 0")
     device = pick_device(args.device)
     model = load_model(spec, args.ckpt, device=device, ema=not args.no_ema)
     check_guidance(model, spec, guidance, scale)
-    labels = labels_for(args.n, classes)
     opts = dict(guidance=guidance, scale=scale, steps=steps, sampler=sampler, interval=interval)
+    return model, labels_for(args.n, classes), opts, device
+
+
+def run_sample(args) -> int:
+    from sprintc.spec import load_spec
+
+    spec = load_spec(args.spec)
+    model, labels, opts, device = prepare(args, spec)
     stats = {}
     x, seconds = sample_with_progress(model, spec, labels, args.n, batch=args.batch, seed=args.seed, stats=stats, **opts)
     out = Path(args.out)
     files = write_outputs(x, labels, out, spec)
     record = {"spec": spec.name, "ckpt": str(args.ckpt), "ema": not args.no_ema, "n": args.n, "batch": args.batch,
-              "seed": args.seed, "classes": classes, **opts, "interval": list(interval), "model_rows": stats,
-              "seconds": round(seconds, 3), "device": str(device), "files": files}
+              "seed": args.seed, "classes": None if labels is None else sorted(set(labels.tolist())), **opts,
+              "interval": list(opts["interval"]), "model_rows": stats, "seconds": round(seconds, 3),
+              "device": str(device), "files": files}
     (out / "sample.json").write_text(json.dumps(record, indent=1))
-    print(f"sampled {args.n} images in {seconds:.1f}s ({args.n / seconds:.2f} img/s) with {sampler}, {steps} steps, "
-          f"guidance {guidance} x{scale:g} on [{interval[0]:g}, {interval[1]:g}]")
+    lo, hi = opts["interval"]
+    print(f"sampled {args.n} images in {seconds:.1f}s ({args.n / seconds:.2f} img/s) with {opts['sampler']}, "
+          f"{opts['steps']} steps, guidance {opts['guidance']} x{opts['scale']:g} on [{lo:g}, {hi:g}]")
     if "latents" in files:
         print(f"wrote {files['latents']}: raw latents (N, C, H, W), not images; decode them with the VAE the latents "
               "came from (none is available offline), then evaluate")
