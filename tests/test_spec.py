@@ -232,7 +232,8 @@ def test_arbitrary_yaml_never_tracebacks(doc, capsys):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+@given(data=st.binary(max_size=200) | st.text(max_size=200).map(str.encode)
+       | st.text(alphabet=":-[]{}&*!|>'\"%@` \n#,?ab01.", max_size=120).map(str.encode))  # YAML punctuation
 def test_arbitrary_bytes_never_traceback(data, capsys):
     _check_cli(data)
     capsys.readouterr()
