@@ -193,6 +193,18 @@ def graph_flops(built, batch: int, routed: bool, guidance: bool = False) -> floa
     return float(sum(c.flops for c in run_meta(gm, *args, **kwargs).costs.values()))
 
 
+def _data_for(spec, batch, device, seed=0):
+    """Fixed random (x, t, y, target) of a training step."""
+    m = spec.model
+    shape = (m.input.channels, *((m.input.frames,) if m.input.frames else ()), m.input.size, m.input.size)
+    g = torch.Generator(device).manual_seed(seed)
+    x = torch.randn(batch, *shape, device=device, generator=g)
+    t = torch.rand(batch, device=device, generator=g)
+    y = torch.randint(0, m.num_classes, (batch,), device=device, generator=g) if m.num_classes else None
+    target = torch.randn(batch, m.out_channels, *shape[1:], device=device, generator=g)
+    return x, t, y, target
+
+
 def _loss_fn(model, x, t, y, target):
     out = model(x, t, y) if y is not None else model(x, t)
     return F.mse_loss(out.float(), target)
@@ -285,14 +297,7 @@ class Bench:
         return lower(m, self.target.model_copy(update={"name": target_name}), device=self.device)
 
     def _data(self, batch):
-        m = self.spec.model
-        shape = (m.input.channels, *((m.input.frames,) if m.input.frames else ()), m.input.size, m.input.size)
-        g = torch.Generator(self.device).manual_seed(0)
-        x = torch.randn(batch, *shape, device=self.device, generator=g)
-        t = torch.rand(batch, device=self.device, generator=g)
-        y = torch.randint(0, m.num_classes, (batch,), device=self.device, generator=g) if m.num_classes else None
-        target = torch.randn(batch, m.out_channels, *shape[1:], device=self.device, generator=g)
-        return x, t, y, target
+        return _data_for(self.spec, batch, self.device)
 
     def _time(self, fn):
         times = []

@@ -1,0 +1,111 @@
+"""Data-parallel scaling of a sprintc training step: run under torchrun, one process per GPU.
+
+    torchrun --nproc_per_node 2 scripts/gpu_ddp.py specs/sit_xl_sprint.yaml --batch 128 --json out.json
+
+Each rank builds the spec, lowers it (sprintc.targets_api.lower: regional Inductor compile, bf16
+autocast), wraps it in DistributedDataParallel, and times the routed training step (forward, backward
+with the gradient all-reduce, clipping folded into fused AdamW) at `--batch` images per GPU. Rank 0
+writes {world, batch_per_gpu, ms, img_s (all GPUs), compile_s}. Scaling efficiency from 1 to W GPUs is
+img_s(W) / (W * img_s(1)). On the CPU (--device cpu) it runs with gloo on a tiny spec (a check of the
+script, not a figure).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("spec")
+    ap.add_argument("--batch", type=int, default=128, help="images per GPU")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--graph", choices=["routed", "dense"], default="routed")
+    ap.add_argument("--target", default="inductor", choices=["eager", "inductor"])
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--json")
+    a = ap.parse_args()
+
+    from sprintc.bench import _data_for, _loss_fn, tiny_version
+    from sprintc.compiler import compile_spec
+    from sprintc.spec import load_spec
+    from sprintc.targets_api import clip_and_step, lower, resolve_target
+
+    cuda = a.device == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    spec = load_spec(a.spec)
+    if not cuda:
+        spec = tiny_version(spec)
+    torch.manual_seed(0)
+    built = compile_spec(spec)
+    with torch.no_grad():  # DiT zero-initialises adaLN and the head: give them values (as sprintc bench)
+        for p in built.model.parameters():
+            if p.dim() > 1 and not p.abs().sum():
+                p.normal_(0, 0.02)
+    model = lower(built.model, resolve_target(spec.target, name=a.target), device=dev)
+    model.train()
+    if getattr(model, "sprint", None) is not None:
+        model.sprint.routing = a.graph == "routed"
+    ddp = DDP(model, device_ids=[local] if cuda else None, gradient_as_bucket_view=True)
+    tr = spec.train
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(tr.betas), eps=tr.eps,
+                            weight_decay=tr.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
+    torch.manual_seed(1 + rank)
+    data = _data_for(spec, a.batch, dev, seed=1 + rank)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = _loss_fn(ddp, *data)
+        loss.backward()
+        clip_and_step(opt, model.parameters(), tr.grad_clip)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    t0 = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(a.warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(a.steps):
+        dist.barrier()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    ms = torch.tensor([statistics.median(times)], device=dev)
+    dist.all_reduce(ms, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    ms = float(ms)
+    res = dict(world=world, batch_per_gpu=a.batch, graph=a.graph, target=a.target, ms=round(ms, 2),
+               img_s=round(world * a.batch / ms * 1e3, 1), first_step_s=round(first, 2),
+               compile_s=round(first - ms / 1e3, 2), spec=spec.name, torch=torch.__version__,
+               device_name=torch.cuda.get_device_name(dev) if cuda else "cpu",
+               peak_mem_gb=round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if cuda else None)
+    if rank == 0:
+        print(json.dumps(res), flush=True)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

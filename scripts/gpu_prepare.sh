@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run HERE (not on the device) before each `run` of scripts/gpu_suite.sh: fills the ignored folder .gpu/
+# with what the device lacks: the anchor (a copy of ../shared/bench/anchor_dit.py), pydantic's wheels for
+# Python 3.12, and a wheel of this checkout (sprintc with its sprintc.passes / sprintc.targets mapping).
+# Then call the device tool with carry [".gpu"].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+rm -rf .gpu/whl && mkdir -p .gpu/whl
+cp ../shared/bench/anchor_dit.py .gpu/anchor_dit.py
+cp ../shared/wheels/gpu-py312/*.whl .gpu/whl/
+tmp=$(mktemp -d)  # build from a copy: no build/ or egg-info in the checkout
+mkdir "$tmp/src" && cp -r pyproject.toml README.md sprintc passes targets specs "$tmp/src/"
+find "$tmp/src" -name __pycache__ -prune -exec rm -rf {} +
+python -m pip wheel -q --no-deps --no-build-isolation -w "$tmp" "$tmp/src" >/dev/null
+cp "$tmp"/sprintc-*.whl .gpu/whl/
+rm -rf "$tmp"
+unzip -l .gpu/whl/sprintc-*.whl | grep -q 'sprintc/targets/inductor.py' || { echo "wheel lacks sprintc.targets"; exit 1; }
+ls -la .gpu .gpu/whl
+du -sh .gpu

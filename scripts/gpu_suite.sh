@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/PERFORMANCE.md in one device call (run scripts/gpu_prepare.sh here first):
+#   run(command="bash scripts/gpu_suite.sh 1", carry=[".gpu"], kind="nvidia-h100-x2")
+# Phase 1: two lanes in parallel, one per GPU (each lane's figures and its anchor on the same card):
+#   GPU0: sprintc bench XL at batch 128 (train eager/compiled/CUDA graph, clip fused and standard,
+#         sampling CFG vs PDG, profiles), then the anchor at batch 128 (compiled modes).
+#   GPU1: sprintc bench XL at batch 64 and 32 (compiled, CUDA graph), the 250-step sampling of 64 images
+#         (diffusion.sample and the CUDA-graph loop), then the anchor at batch 64.
+# Phase 2: DDP scaling 1 -> 2 GPUs of the routed XL step at batch 128 per GPU (warm FX cache if phase 1
+#   ran on this machine), the anchor at batch 32, and max-autotune on the routed step at batch 128.
+# Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
+# piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
+# same commands on the tiny spec (no anchor, no GPU).
+set -u
+PHASE=${1:-1}
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+REPO=$PWD
+OUT=${OUT:-/tmp/gpu_suite_out}
+W=/tmp/gpu_suite_work
+mkdir -p "$OUT" "$W/prof"
+T0=$(date +%s)
+SPEC=$REPO/specs/sit_xl_sprint.yaml
+if [ "${GPU_SUITE_TINY:-0}" = 1 ]; then WHL="$REPO"/.gpu/whl/sprintc-*.whl; else WHL="$REPO"/.gpu/whl/*.whl; fi
+python3 -m pip install -q --no-index --no-deps --target /tmp/site $WHL 2>&1 | tail -2
+export PYTHONPATH=/tmp/site
+cd /tmp   # import sprintc from /tmp/site, not from the checkout (whose sprintc/ lacks passes/ and targets/)
+
+if [ "${GPU_SUITE_TINY:-0}" = 1 ]; then
+  DEV="--device cpu --size tiny --steps 1 --warmup 0"; MODES=eager; TINY=1; DDPDEV="--device cpu --target eager --batch 2 --steps 1 --warmup 0"
+else
+  DEV=""; MODES=eager,compiled,cudagraph; TINY=0; DDPDEV=""
+fi
+
+pack() { tar czf "$OUT/results.tgz" -C "$W" . 2>/dev/null; }
+piece() {  # piece NAME TIMEOUT GPU CMD...
+  local name=$1 t=$2 gpu=$3; shift 3
+  local s=$(date +%s)
+  echo "[$(( s - T0 ))s] start $name (gpu $gpu, timeout $t)"
+  CUDA_VISIBLE_DEVICES=$gpu timeout -k 10 "$t" "$@" > "$W/$name.log" 2>&1
+  local rc=$?
+  echo "[$(( $(date +%s) - T0 ))s] end $name rc=$rc ($(( $(date +%s) - s ))s)" | tee -a "$W/rc.txt"
+  [ $rc -ne 0 ] && tail -5 "$W/$name.log"
+  pack
+}
+BENCH="python3 -m sprintc bench $SPEC $DEV"
+anchor() { echo env OUT="$W/anchor_b$1" python3 "$REPO/.gpu/anchor_dit.py" --model XL --batch "$1" --steps 20 --modes compile; }
+mkdir -p "$W/anchor_b128" "$W/anchor_b64" "$W/anchor_b32"
+
+if [ "$PHASE" = 1 ]; then
+  if [ $TINY = 0 ]; then
+    nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
+  fi
+  python3 -c "import torch, sprintc.targets.inductor as i, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count(), 'pydantic', pydantic.__version__)" | tee "$W/versions.txt"
+  (
+    piece bench_b128 300 0 $BENCH --batch 128 --modes $MODES --clip both --parts train,sample --json "$W/bench_b128.json" --profile "$W/prof"
+    [ $TINY = 0 ] && piece anchor_b128 $(( 585 - ($(date +%s) - T0) )) 0 $(anchor 128)
+  ) &
+  (
+    piece bench_b64_32 220 1 $BENCH --batch 64,32 --modes ${MODES/eager,/} --parts train --json "$W/bench_b64_32.json"
+    piece sample250 160 1 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/sample250.json"
+    [ $TINY = 0 ] && piece anchor_b64 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 64)
+  ) &
+  wait
+else
+  piece ddp_w1 150 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 $DDPDEV --json "$W/ddp_w1.json"
+  piece ddp_w2 180 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 $DDPDEV --json "$W/ddp_w2.json"
+  [ $TINY = 0 ] && (piece anchor_b32 240 1 $(anchor 32) &
+                    piece bench_b128_autotune 240 0 $BENCH --batch 128 --modes compiled,cudagraph --graphs routed --mode max-autotune-no-cudagraphs --parts train --json "$W/bench_b128_autotune.json"; wait)
+fi
+pack
+python3 "$REPO/scripts/gpu_summary.py" "$W"
+echo "total $(( $(date +%s) - T0 ))s"
