@@ -76,23 +76,67 @@ def _to_meta(v):
 
 class MetaInterpreter(fx.Interpreter):
     """Runs the graph on meta tensors (no compute, no memory): records each node's output shape and
-    the FLOPs of each call (FlopCounterMode), so costs come from the ops actually run."""
+    the FLOPs of each call (FlopCounterMode), so costs come from the ops actually run.
 
-    def __init__(self, gm: fx.GraphModule):
+    Blocks of a stack are identical, so a module call is run once per (module structure, input
+    shapes) and its result reused: a 28-block graph costs about as much as a 2-block one."""
+
+    _memo: dict = {}
+
+    def __init__(self, gm: fx.GraphModule, count_flops: bool = True):
         super().__init__(gm)
+        self.count_flops = count_flops
         self.costs: dict[str, NodeCost] = {}
         self.shapes: dict[str, object] = {}
 
-    def run_node(self, n):
+    def call_module(self, target, args, kwargs):
+        mod = self.fetch_attr(target)
+        key = _call_key(mod, args, kwargs)
+        hit = self._memo.get(key) if key is not None else None
+        if hit is not None:
+            shape, dtype, flops = hit
+            self._flops = flops
+            return torch.empty(shape, dtype=dtype, device="meta")
         with FlopCounterMode(display=False) as fc:
+            out = super().call_module(target, args, kwargs)
+        self._flops = fc.get_total_flops()
+        if key is not None and isinstance(out, torch.Tensor):
+            self._memo[key] = (tuple(out.shape), out.dtype, self._flops)
+        return out
+
+    def run_node(self, n):
+        self._flops = 0
+        if n.op == "call_module" or not self.count_flops:
             out = super().run_node(n)
+        else:
+            with FlopCounterMode(display=False) as fc:
+                out = super().run_node(n)
+            self._flops = fc.get_total_flops()
         params = 0
         if n.op == "call_module":
             params = sum(p.numel() for p in self.module.get_submodule(n.target).parameters())
-        self.costs[n.name] = NodeCost(fc.get_total_flops(), params)
-        self.shapes[n.name] = _shape(out)
-        n.meta["shape"] = self.shapes[n.name]
+        self.costs[n.name] = NodeCost(self._flops, params)
+        self.shapes[n.name] = n.meta["shape"] = _shape(out)
         return out
+
+
+def _call_key(mod: nn.Module, args, kwargs):
+    """What a module call's output shape and FLOPs depend on: its code, its structure and parameter
+    shapes, and the shapes/dtypes of its inputs. None when an input is not a tensor or a constant."""
+    def sig(v):
+        if isinstance(v, torch.Tensor):
+            return ("T", tuple(v.shape), v.dtype)
+        if v is None or isinstance(v, (int, float, bool, str)):
+            return v
+        raise TypeError
+    try:
+        inputs = tuple(sig(a) for a in args) + tuple((k, sig(v)) for k, v in sorted(kwargs.items()))
+    except TypeError:
+        return None
+    structure = tuple((name, type(m)) for name, m in mod.named_modules())
+    params = tuple((name, tuple(p.shape), p.dtype) for name, p in [*mod.named_parameters(), *mod.named_buffers()])
+    flags = tuple(sorted((k, v) for k, v in vars(mod).items() if isinstance(v, (int, float, bool, str, tuple))))
+    return (type(mod), structure, params, flags, inputs)
 
 
 def _shape(v):
@@ -105,11 +149,11 @@ def _shape(v):
     return None
 
 
-def run_meta(gm: fx.GraphModule, *args, **kwargs) -> MetaInterpreter:
+def run_meta(gm: fx.GraphModule, *args, count_flops: bool = True, **kwargs) -> MetaInterpreter:
     """Shape-propagate on the meta device. The module's parameters are moved to meta on a shallow
     copy, so the real weights are untouched."""
     meta_gm = _meta_copy(gm)
-    interp = MetaInterpreter(meta_gm)
+    interp = MetaInterpreter(meta_gm, count_flops)
     # kwargs -> positional in placeholder order (fx.Interpreter.run takes positionals)
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     full = list(args) + [kwargs.get(nm, _default(gm, nm)) for nm in names[len(args):]]
