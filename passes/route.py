@@ -19,15 +19,18 @@ def route(gm, cfg, ctx):
     mids[0].update_arg(0, g)
     # per-token side inputs: a dim of size N that does not follow the batch size
     gathered = {}
-    for blk in mids:
-        for i, a in enumerate(blk.args[1:], 1):
+    for blk in mids:  # positional and keyword inputs (diffusers passes e.g. image_rotary_emb=)
+        for key, a in [*enumerate(blk.args[1:], 1), *blk.kwargs.items()]:
             dim = _token_dim(a, ctx.tokens, shapes2, shapes3)
             if dim is None:
                 continue
-            if a not in gathered:
-                with graph.inserting_before(mids[0]):
+            if a not in gathered:  # before its first user: the input may be made between middle blocks
+                with graph.inserting_before(blk):
                     gathered[a] = graph.call_function(routing.gather_tokens, (a, ids, dim))
-            blk.update_arg(i, gathered[a])
+            if isinstance(key, int):
+                blk.update_arg(key, gathered[a])
+            else:
+                blk.update_kwarg(key, gathered[a])
     last = mids[-1]
     mask = mask_node(graph, mids[0], gm, ctx)
     s = insert_after(last, routing.scatter_tokens, (last, ids, mask, ctx.tokens))

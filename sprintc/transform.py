@@ -19,6 +19,7 @@ import math
 import operator
 import sys
 import traceback
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,8 +34,8 @@ import sprintc.passes  # noqa: F401  (registers the passes)
 from sprintc import routing
 from sprintc.errors import PassError, SpecError, SprintcError
 from sprintc.graph import BlockTracer, _module_meta, bind, compile_forward, run_meta
-from sprintc.pipeline import Context, install, routed_forward, run_pipeline, uninstall
-from sprintc.spec import PassSpec, Strict, _validation_message
+from sprintc.pipeline import REGISTRY, Context, install, routed_forward, run_pipeline, uninstall
+from sprintc.spec import FusePass, PartitionPass, PassSpec, PathDropPass, PDGPass, RoutePass, Strict
 
 
 class TransformError(SprintcError):
@@ -65,6 +66,10 @@ class TransformConfig(Strict):
         return TransformConfig(passes=ref + ([{"name": "pdg"}] if null_class else [])).passes
 
 
+_PASS_CLASSES = {typing.get_args(c.model_fields["name"].annotation)[0]: c
+                 for c in (PartitionPass, RoutePass, FusePass, PathDropPass, PDGPass)}
+
+
 def _config(config) -> TransformConfig:
     if config is None:
         return TransformConfig()
@@ -77,7 +82,23 @@ def _config(config) -> TransformConfig:
     try:
         return TransformConfig.model_validate(config)
     except ValidationError as e:
-        raise SpecError(_validation_message(e, config, {}, "transform config")) from None
+        raise SpecError(_config_error(e)) from None
+
+
+def _config_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors(include_url=False):
+        # pydantic puts the pass name of the tagged union in the path (passes.1.route.drop): drop it
+        loc = [p for i, p in enumerate(e["loc"]) if not (i >= 2 and e["loc"][i - 2] == "passes" and p in REGISTRY)]
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            cls = _PASS_CLASSES.get(e["loc"][2]) if len(e["loc"]) > 3 else TransformConfig
+            msg = f"unknown key; allowed here: {', '.join(k for k in cls.model_fields if k != 'name')}"
+        elif "input" in e and e["type"] != "value_error" and not isinstance(e["input"], (dict, list)):
+            msg = f"found {e['input']!r}: {msg}"
+        lines.append(f"transform config {key}: {msg}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -162,12 +183,8 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
 
     inputs = _inputs(model, example_inputs, grid, notes)
     stacks = _candidates(model) if blocks is None else _named_stack(model, blocks)
-    graphs = {mode: _trace(model, stacks, inputs, mode) for mode in (True, False)}
-    prefix, n_tokens, width = _choose_stack(model, graphs[False], stacks, inputs, blocks is not None)
-    if graphs[True][0].code == graphs[False][0].code:
-        graphs.pop(True)  # the forward does not read self.training: one graph serves both modes
-    else:
-        notes.append("the forward reads self.training: one graph per mode")
+    gm, out = _trace(model, stacks, inputs)
+    prefix, n_tokens, width = _choose_stack(model, gm, stacks, inputs, blocks is not None)
     stack = model.get_submodule(prefix)
 
     route_cfg = next((p for p in passes if p.name == "route"), None)
@@ -178,31 +195,25 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
         notes.append("middle chosen by filter_fn")
 
     example = _example_fn(inputs)
-    dense = _flops(graphs[False][0], example, None)
-    fns = {}
-    for mode, (gm, out) in graphs.items():  # eval last: its guidance graph is the one kept
-        ctx = Context(root=model, blocks=prefix, grid=grid, tokens=n_tokens, width=width, example=example,
-                      null_class=null is not None, protected=prot)
-        try:
-            gm, _ = run_pipeline(gm, passes, ctx)
-        except SprintcError:
-            if "sprint" in model._modules:
-                del model._modules["sprint"]
-            raise
-        fns[mode] = (gm, compile_forward(gm.graph, model))
-    gm_eval = fns[False][0]
-    install(model, gm_eval, ctx)
+    dense = _flops(gm, example, None)
+    ctx = Context(root=model, blocks=prefix, grid=grid, tokens=n_tokens, width=width, example=example,
+                  null_class=null is not None, protected=prot)
+    try:
+        gm, _ = run_pipeline(gm, passes, ctx)
+    except SprintcError:
+        if "sprint" in model._modules:  # the passes may have attached it before failing
+            del model._modules["sprint"]
+        raise
+    install(model, gm, ctx)
     p = next(model.parameters(), None)
     if p is not None:
         model.sprint.to(device=p.device, dtype=p.dtype if p.is_floating_point() else None)
-    if True in fns:
-        model.sprint.graph_fn = _by_mode(fns[True][1], fns[False][1], "path_drop" in names)
-    model.sprint.transform = _State(inputs, graphs[False][1], null)
+    model.sprint.transform = _State(inputs, out, null, _TRAINING in {n.target for n in gm.graph.nodes if n.op == "placeholder"})
     model.__dict__["forward"] = bind(_forward, model)
     if model.sprint.guidance_fn is not None:
         model.__dict__["forward_guidance"] = bind(_forward_guidance, model)
 
-    stages = {s: [i for i, n in enumerate(_block_calls(gm_eval, prefix)) if n.meta.get("stage") == s]
+    stages = {s: [i for i, n in enumerate(_block_calls(gm, prefix)) if n.meta.get("stage") == s]
               for s in ("encoder", "middle", "decoder")}
     if "partition" not in names:
         stages = {"encoder": list(range(len(stack))), "middle": [], "decoder": []}
@@ -210,7 +221,7 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
         model=type(model).__name__, blocks=prefix, stages=stages, tokens=n_tokens,
         kept=ctx.plan.kept if ctx.plan else n_tokens, grid=tuple(grid), protected=tuple(prot),
         passes=list(ctx.applied), new_parameters={f"sprint.{k}": v.numel() for k, v in model.sprint.named_parameters()},
-        flops_dense=dense, flops_routed=_flops(gm_eval, example, ctx.plan), notes=notes)
+        flops_dense=dense, flops_routed=_flops(gm, example, ctx.plan), notes=notes)
 
 
 def untransform(model: nn.Module) -> nn.Module:
@@ -379,15 +390,30 @@ class _ShapeProxy(fx.Proxy):
         return super().__len__()
 
 
+_TRAINING = "training"  # graph input: the model's mode, for forwards that read self.training
+
+
 class _ShapeTracer(BlockTracer):
-    def __init__(self, leaves, root, inputs2: dict, inputs3: dict):
+    """Traces with shapes static except the batch, and `self.training` of the traced-through modules as a
+    graph input (so `y_embedder(y, self.training)` follows the mode at run time; a Python branch on it
+    cannot be traced)."""
+
+    def __init__(self, leaves, root, inputs2: dict, inputs3: dict, traced: list[nn.Module]):
         super().__init__(leaves)
         memo = {}
         for t in list(root.parameters()) + list(root.buffers()):
             memo[id(t)] = torch.empty_like(t, device="meta")
         self.meta_root = _module_meta(root, memo)
-        self.inputs = (inputs2, inputs3)
+        self.inputs = (dict(inputs2, **{_TRAINING: False}), dict(inputs3, **{_TRAINING: False}))
         self.vals: dict[fx.Node, tuple] = {}
+        self.traced = traced
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        fn, args = super().create_args_for_root(root_fn, is_module, concrete_args)
+        flag = self.create_proxy("placeholder", _TRAINING, (False,), {})
+        for m in self.traced:
+            m.training = flag
+        return fn, args
 
     def proxy(self, node):
         return _ShapeProxy(node, self)
@@ -429,6 +455,8 @@ class _ShapeTracer(BlockTracer):
                     missing.append(a)
                     return None
                 return v[i]
+            if isinstance(a, torch.Tensor):  # a buffer fx passes by value (the graph reads it with get_attr)
+                return torch.empty_like(a, device="meta")
             return a
 
         a = fx.node.map_aggregate(args, val)
@@ -452,22 +480,24 @@ class _ShapeTracer(BlockTracer):
         return None
 
 
-def _leaves(model, stacks: dict[str, nn.Module]):
-    """Every module that does not contain a block (the blocks included) is an opaque call in the graph."""
+def _split_modules(model, stacks: dict[str, nn.Module]):
+    """(leaves, traced): every module that does not contain a block (the blocks included) is an opaque call
+    in the graph; the model and the modules holding the block lists are traced through."""
     inner = set()
     for path in stacks:
         parts = path.split(".") if path else []
         inner |= {".".join(parts[:i]) for i in range(len(parts) + 1)}
-    return [m for p, m in model.named_modules() if p not in inner]
+    named = list(model.named_modules())
+    return [m for p, m in named if p not in inner], [m for p, m in named if p in inner]
 
 
-def _trace(model, stacks, inputs: _Inputs, train: bool):
-    """The block graph of `model` in train or eval mode; returns (graph module, output rebuild info)."""
+def _trace(model, stacks, inputs: _Inputs):
+    """The block graph of `model`; returns (graph module, output rebuild info)."""
     modes = [(m, m.training) for m in model.modules()]
     before = set(model.__dict__)
-    model.train(train)
     try:
-        tracer = _ShapeTracer({id(m) for m in _leaves(model, stacks)}, model, inputs.make(2), inputs.make(3))
+        leaves, traced = _split_modules(model, stacks)
+        tracer = _ShapeTracer({id(m) for m in leaves}, model, inputs.make(2), inputs.make(3), traced)
         graph = tracer.trace(model, concrete_args=inputs.concrete)
     except SprintcError:
         raise
@@ -476,19 +506,19 @@ def _trace(model, stacks, inputs: _Inputs, train: bool):
     finally:
         for m, t in modes:
             m.training = t
-        added = set(model.__dict__) - before
+        added = set(model.__dict__) - before - {"training"}
         consts = {k: model.__dict__.pop(k) for k in added}  # fx stores tensor constants on the root
     if consts:
         raise TransformError(f"{type(model).__name__}.forward creates tensors from Python values ({', '.join(sorted(consts))}); "
                              "sprintc keeps the model's attributes untouched, so move that tensor into a buffer or a submodule")
     gm = fx.GraphModule(model, graph, type(model).__name__)
-    _drop_concrete(gm, inputs)
+    _tidy(gm, inputs)
     return gm, _single_output(gm, model)
 
 
-def _drop_concrete(gm, inputs: _Inputs):
-    """Remove the placeholders of the parameters traced with fixed values (and fx's asserts on them): the
-    installed forward checks those values itself, with a clearer message."""
+def _tidy(gm, inputs: _Inputs):
+    """Remove the placeholders of the parameters traced with fixed values (and fx's asserts on them: the
+    installed forward checks those values itself, with a clearer message), and dead or repeated nodes."""
     g = gm.graph
     for n in list(g.nodes):
         if n.op == "call_function" and n.target in (torch._assert, fx._symbolic_trace._assert_is_none):
@@ -497,6 +527,14 @@ def _drop_concrete(gm, inputs: _Inputs):
     for n in list(g.nodes):
         if n.op == "placeholder" and n.target not in inputs.fed and not n.users:
             g.erase_node(n)
+    first = {}  # fx makes a get_attr node per read of a buffer (`self.rope` in a loop): keep one
+    for n in list(g.nodes):
+        if n.op == "get_attr":
+            if n.target in first:
+                n.replace_all_uses_with(first[n.target])
+                g.erase_node(n)
+            else:
+                first[n.target] = n
     gm.recompile()
 
 
@@ -521,7 +559,7 @@ def _fx_failure(model, e) -> str:
     return (f"torch.fx could not trace {type(model).__name__}.forward with the blocks as leaves: {type(e).__name__}: {msg}{where}. "
             "sprintc traces with static shapes (only the batch size is symbolic) and runs every module that holds no block "
             "as one opaque call, so the forward itself must be plain tensor code: no Python branches on tensor values and "
-            "no data-dependent shapes. To proceed: move that code into a submodule (it then runs as an opaque call), or "
+            "no data-dependent shapes (a branch on self.training counts too). To proceed: move that code into a submodule (it then runs as an opaque call), or "
             "wrap the model in a module whose forward calls the embedders, the blocks and the head")
 
 
@@ -557,9 +595,8 @@ def _block_calls(gm, prefix):
             and n.target.rpartition(".")[2].isdigit()]
 
 
-def _choose_stack(model, traced, stacks, inputs, named: bool):
+def _choose_stack(model, gm, stacks, inputs, named: bool):
     """The candidate list whose blocks the forward runs one after another on a (B, N, D) token stream."""
-    gm = traced[0]
     cls = type(model).__name__
     if not stacks:
         raise TransformError(f"{cls} has no block stack: no nn.ModuleList / nn.Sequential of two or more identical blocks; "
@@ -646,7 +683,7 @@ def _grid(model, grid, routable, prefix, n_tokens, prot, notes) -> tuple[int, ..
     else:
         grid = next((g for g in (_embed_grid(model, p) for p, m in model.named_modules()
                                  if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.kernel_size == m.stride) if g), None)
-        if grid is None or math.prod(grid) != routable:
+        if grid is None:  # no patch embedding to ask: a square grid if the count is one, else a sequence
             side = math.isqrt(routable)
             grid = (side, side) if side * side == routable else (routable,)
             notes.append(f"grid {'x'.join(map(str, grid))} inferred from the {routable} routable tokens (pass grid= if wrong)")
@@ -684,9 +721,10 @@ class _State:
     """What the installed forward needs besides the graph: how calls map onto the graph's inputs, the
     values the other parameters were traced with, and the output structure to rebuild."""
 
-    def __init__(self, inputs: _Inputs, out, null: int | None):
+    def __init__(self, inputs: _Inputs, out, null: int | None, takes_mode: bool):
         self.params = list(inputs.sig.parameters)[1:]
         self.fed, self.concrete, self.out, self.null_class = inputs.fed, inputs.concrete, out, null
+        self.takes_mode = takes_mode
 
     def split(self, owner, args, kwargs):
         if len(args) > len(self.params):
@@ -721,24 +759,14 @@ def _same(a, b) -> bool:
 def _forward(self, *args, ids_keep=None, path_drop=None, **kwargs):
     st = self.sprint.transform
     fed = st.split(type(self).__name__, args, kwargs)
-    return st.rebuild(routed_forward(self, *fed, ids_keep=ids_keep, path_drop=path_drop))
+    mode = {_TRAINING: self.training} if st.takes_mode else {}
+    return st.rebuild(routed_forward(self, *fed, ids_keep=ids_keep, path_drop=path_drop, **mode))
 
 
 def _forward_guidance(self, *args, **kwargs):
     st = self.sprint.transform
-    return st.rebuild(self.sprint.guidance_fn(self, *st.split(type(self).__name__, args, kwargs)))
-
-
-def _by_mode(train_fn, eval_fn, has_path_drop: bool):
-    """One graph per mode when the forward reads self.training (e.g. DiT's `y_embedder(y, self.training)`).
-    The signature keeps `path_drop` visible: routed_forward passes it only to graphs that take it."""
-    if has_path_drop:
-        def graph_fn(self, *args, path_drop=None, **kwargs):
-            return (train_fn if self.training else eval_fn)(self, *args, path_drop=path_drop, **kwargs)
-    else:
-        def graph_fn(self, *args, **kwargs):
-            return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
-    return graph_fn
+    mode = {_TRAINING: self.training} if st.takes_mode else {}
+    return st.rebuild(self.sprint.guidance_fn(self, *st.split(type(self).__name__, args, kwargs), **mode))
 
 
 # ------------------------------------------------------------------------------------------ user models
@@ -757,9 +785,15 @@ def load_user_model(ref: str) -> nn.Module:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
         else:
-            if "" not in sys.path and str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))  # a console script does not put the working directory on the path
-            module = importlib.import_module(modname)
+            cwd = str(Path.cwd())  # a console script does not put the working directory on the path
+            added = "" not in sys.path and cwd not in sys.path
+            if added:
+                sys.path.insert(0, cwd)
+            try:
+                module = importlib.import_module(modname)
+            finally:
+                if added:
+                    sys.path.remove(cwd)
     except TransformError:
         raise
     except ModuleNotFoundError as e:
@@ -779,3 +813,15 @@ def load_user_model(ref: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TransformError(f"--model {ref!r}: {modname}.{attr}() returned a {type(model).__name__}, not an nn.Module")
     return model
+
+
+class _CallableModule(type(sys)):
+    """Importing this module binds `sprintc.transform` to the module, shadowing the function the package
+    exports under the same name; calling the module calls the function, so `sprintc.transform(model)`
+    works whichever of the two the name holds."""
+
+    def __call__(self, *args, **kwargs):
+        return transform(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
