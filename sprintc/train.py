@@ -274,7 +274,7 @@ def train(spec, out_dir, *, resume: bool = False, model=None, max_steps: int | N
         raise SprintcError(f"max_steps: {max_steps} must be >= 1")
     if tensorboard:
         try:
-            import torch.utils.tensorboard  # noqa: F401
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
             raise SprintcError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
     device = resolve_device(device, spec)
@@ -284,6 +284,8 @@ def train(spec, out_dir, *, resume: bool = False, model=None, max_steps: int | N
         torch.set_num_threads(cpu_threads(threads))
     try:
         return _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_ref, tensorboard, progress)
+    except OSError as e:  # a full disk or a read-only folder while writing logs or samples
+        raise SprintcError(f"{e.filename or out}: {e.strerror or e}; the checkpoints written so far are intact") from None
     finally:
         torch.set_num_threads(threads)
         if created_pg and dist.is_initialized():
