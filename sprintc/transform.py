@@ -132,7 +132,7 @@ class TransformReport:
             f"  block stack   {self.blocks} ({sum(map(len, st.values()))} blocks)",
             *(f"  {name:<13} {_span(self.blocks, idx)}" for name, idx in st.items()),
             f"  tokens        {self.tokens} -> {self.kept} in the middle (grid {'x'.join(map(str, self.grid))}"
-            + (f", protected {_indices(self.protected)})" if self.protected else ")"),
+            + (f" + {len(self.protected)} protected: {_indices(self.protected)})" if self.protected else ")"),
             f"  passes        {', '.join(self.passes)}",
             f"  new params    {self.new_parameter_count:,}: " + ", ".join(f"{k} {v:,}" for k, v in self.new_parameters.items()),
             f"  FLOPs/sample  dense {self.flops_dense / 1e6:,.2f} M, routed {self.flops_routed / 1e6:,.2f} M (x{self.flop_ratio:.3f})",
@@ -333,8 +333,8 @@ def _infer_inputs(model, params, grid, notes) -> dict:
     path, c = conv
     gsize = tuple(grid) if grid is not None else _embed_grid(model, path)
     if gsize is None:
-        raise TransformError(f"cannot tell the image size {cls} expects: {path} has no grid_size/img_size and the model no "
-                             "config.sample_size; pass grid=(H, W) (tokens per side) or example_inputs")
+        raise TransformError(f"cannot tell the image size {cls} expects: {path} has no grid_size, the model no config.sample_size "
+                             "and no square pos_embed; pass grid=(H, W) (tokens per side) or example_inputs")
     if len(gsize) != len(c.kernel_size):
         raise TransformError(f"grid {gsize} has {len(gsize)} axes but the patch embedding {path} is {len(c.kernel_size)}-D")
     given = {params[0].name: torch.empty((1, c.in_channels, *(g * k for g, k in zip(gsize, c.kernel_size))), device="meta")}
@@ -359,6 +359,9 @@ def _embed_grid(model, conv_path) -> tuple[int, ...] | None:
     size, patch = getattr(cfg, "sample_size", None), getattr(cfg, "patch_size", None)
     if isinstance(size, int) and isinstance(patch, int):
         return (size // patch, size // patch)
+    pos = getattr(model, "pos_embed", None)  # an absolute position table (1, N, D) over a square grid
+    if isinstance(pos, torch.Tensor) and pos.dim() == 3 and math.isqrt(pos.shape[1]) ** 2 == pos.shape[1]:
+        return (math.isqrt(pos.shape[1]),) * 2
     return None
 
 
