@@ -176,6 +176,8 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
     null = _null_class(model)
     passes = cfg.resolved(null is not None)
     names = [p.name for p in passes]
+    if not passes:
+        raise SpecError("transform config passes: the list is empty; name the passes to apply (or pass no config for the reference pipeline)")
     notes: list[str] = []
     if "pdg" in names and null is None:
         raise PassError(f"passes.pdg: {type(model).__name__} has no null class (no label embedding with num_classes + 1 rows), "
@@ -337,7 +339,8 @@ def _infer_inputs(model, params, grid, notes) -> dict:
                              "and no square pos_embed; pass grid=(H, W) (tokens per side) or example_inputs")
     if len(gsize) != len(c.kernel_size):
         raise TransformError(f"grid {gsize} has {len(gsize)} axes but the patch embedding {path} is {len(c.kernel_size)}-D")
-    given = {params[0].name: torch.empty((1, c.in_channels, *(g * k for g, k in zip(gsize, c.kernel_size))), device="meta")}
+    shape = (1, c.in_channels, *(g * k for g, k in zip(gsize, c.kernel_size)))
+    given = {params[0].name: torch.empty(shape, dtype=c.weight.dtype, device="meta")}
     notes.append(f"input {params[0].name} (B, {c.in_channels}, {', '.join(str(g * k) for g, k in zip(gsize, c.kernel_size))}) from {path}")
     for p in params[1:]:
         if p.name in _TIME:
@@ -393,7 +396,7 @@ class _ShapeProxy(fx.Proxy):
         return super().__len__()
 
 
-_TRAINING = "training"  # graph input: the model's mode, for forwards that read self.training
+_TRAINING = "module_training"  # graph input: the model's mode, for forwards that read self.training
 
 
 class _ShapeTracer(BlockTracer):
