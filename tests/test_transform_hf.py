@@ -88,6 +88,26 @@ def test_diffusers_dit_routed_training_flops_and_pdg():
     assert (g[4:] - m(x, t, null, path_drop=torch.ones(4, dtype=torch.bool))[0]).abs().max() <= 1e-5
 
 
+class Contract(nn.Module):
+    """docs/TRANSFORM.md's adapter to the model contract forward(x, t, y) -> prediction."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, t, y):
+        return self.net(x, t, y, return_dict=False)[0]
+
+
+def test_diffusers_dit_wrapped_to_the_model_contract():
+    m = Contract(diffusers_dit()).eval()
+    x, t, y = dit_inputs(2)
+    ref = m(x, t, y)
+    rep = sprintc.transform(m, IDENTITY + [{"name": "pdg"}])
+    assert rep.blocks == "net.transformer_blocks" and rep.passes == ["partition", "route", "fuse", "pdg"]
+    assert isinstance(m(x, t, y), torch.Tensor) and (m(x, t, y) - ref).abs().max() <= 1e-6
+
+
 # ------------------------------------------------------------------------------- timm ViT
 def vit(**kw):
     timm = pytest.importorskip("timm")
