@@ -52,16 +52,23 @@ def respaced_timesteps(steps: int) -> list[int]:
 
 
 class Guided:
-    """The model's prediction at one time for the whole batch, guidance applied. Counts model calls and
-    the batch rows they processed, split by graph ('forward' / 'guidance'), for FLOP accounting."""
+    """The model's prediction at one time for the whole batch, guidance applied. Counts the batch rows the
+    model processed, split by graph ('forward' / 'guidance'), for FLOP accounting. `step_for(kind, batch)`,
+    if given, returns a fixed-shape lowered step (x, t, y, scale) -> guided prediction for guidance `kind`
+    ('none', 'cfg', 'pdg'), e.g. a CUDA-graph replay from sprintc.targets_api.lower_sampling_step, or None
+    to call the model."""
 
     def __init__(self, model: nn.Module, labels, null: int, guidance: str, scale: float,
-                 interval: tuple[float, float], channels: int):
+                 interval: tuple[float, float], channels: int, step_for=None):
         self.model, self.labels, self.guidance, self.scale = model, labels, guidance, scale
         self.low, self.high = interval
         self.channels = channels
         self.null = None if labels is None else torch.full_like(labels, null)
-        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.step_for = step_for
+        # a lowered model takes float32 inputs (it autocasts itself); a plain one its parameters' dtype
+        lowered = model.__dict__.get("_sprintc_lowering") is not None
+        pdt = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.dtype = torch.float32 if lowered else pdt
         self.calls = {"forward": 0, "guidance": 0}
 
     def guided_at(self, t: float) -> bool:
@@ -71,16 +78,15 @@ class Guided:
         B = x.shape[0]
         tt = torch.full((B,), t if model_t is None else model_t, dtype=self.dtype, device=x.device)
         xin = x.to(self.dtype)
-        if not self.guided_at(t):
-            self.calls["forward"] += B
+        kind = self.guidance if self.guided_at(t) else "none"
+        self.calls["guidance" if kind == "pdg" else "forward"] += B * (1 if kind == "none" else 2)
+        step = self.step_for(kind, B) if self.step_for is not None else None
+        if step is not None:
+            return step(xin, tt, self.labels, self.scale).double()
+        if kind == "none":
             return self.model(xin, tt, self.labels).double()
         x2, t2, y2 = torch.cat([xin, xin]), torch.cat([tt, tt]), torch.cat([self.labels, self.null])
-        if self.guidance == "pdg":
-            self.calls["guidance"] += 2 * B
-            out = self.model.forward_guidance(x2, t2, y2).double()
-        else:
-            self.calls["forward"] += 2 * B
-            out = self.model(x2, t2, y2).double()
+        out = (self.model.forward_guidance if kind == "pdg" else self.model)(x2, t2, y2).double()
         c, u = out.chunk(2)
         C = self.channels
         return torch.cat([u[:, :C] + self.scale * (c[:, :C] - u[:, :C]), c[:, C:]], 1)
@@ -202,12 +208,13 @@ def check_guidance(model: nn.Module, spec: Spec, guidance: str, scale: float):
 
 def sample(model: nn.Module, spec, labels, *, generator: torch.Generator | None = None, guidance=None, scale=None,
            steps=None, sampler=None, interval=None, noise: torch.Tensor | None = None,
-           progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> torch.Tensor:
+           progress: Callable[[int, int], None] | None = None, stats: dict | None = None, step_for=None) -> torch.Tensor:
     """Sample len(labels) images in model space ((B, C, H, W), float32; [-1, 1] for pixel data).
 
     Unset options come from `spec.sample`. `noise` is the starting noise (float, the output's shape);
     otherwise it and all later noise come from `generator`. `progress(i, total)` is called per step;
-    `stats`, if given, receives the model rows evaluated per graph ({'forward': n, 'guidance': n})."""
+    `stats`, if given, receives the model rows evaluated per graph ({'forward': n, 'guidance': n});
+    `step_for(kind, batch)` supplies fixed-shape lowered steps (see `Guided`)."""
     spec = load_spec(spec)
     guidance, scale, steps, sampler, interval = resolve(spec, guidance, scale, steps, sampler, interval)
     check_guidance(model, spec, guidance, scale)
@@ -235,7 +242,7 @@ def sample(model: nn.Module, spec, labels, *, generator: torch.Generator | None 
         if tuple(noise.shape) != shape:
             raise SprintcError(f"noise: shape {tuple(noise.shape)} does not match the images {shape}")
         x = noise.to(device=device, dtype=torch.float64)
-    f = Guided(model, labels, m.num_classes, guidance, scale, interval, m.input.channels)
+    f = Guided(model, labels, m.num_classes, guidance, scale, interval, m.input.channels, step_for)
     was_training = model.training
     model.eval()
     try:

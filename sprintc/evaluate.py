@@ -309,8 +309,8 @@ def run_eval(args) -> int:
         if not args.spec:
             raise SprintcError("--ckpt: give the spec too: sprintc eval SPEC --ckpt CKPT")
         spec = load_spec(args.spec)
-        model, lab, opts, _ = prepare(args, spec)
-        x, _ = sample_with_progress(model, spec, lab, args.n, batch=args.batch, seed=args.seed, **opts)
+        model, lab, opts, _, step_for = prepare(args, spec)
+        x, _ = sample_with_progress(model, spec, lab, args.n, batch=args.batch, seed=args.seed, step_for=step_for, **opts)
         if x.shape[1] not in (1, 3):
             raise SprintcError(f"{args.spec}: the model makes {x.shape[1]}-channel latents, not images; the FD needs images (no VAE is available offline)")
         u8 = to_rgb(to_uint8(x.clamp(-1, 1)))

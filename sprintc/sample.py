@@ -40,6 +40,10 @@ def add_sampling_options(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=64, help="images per model batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--target", choices=["spec", "eager", "inductor", "aot"], default="spec",
+                   help="lower the model through this target (default: the spec's target:)")
+    p.add_argument("--dtype", choices=["spec", "float32", "bfloat16", "float16"], default="spec",
+                   help="compute dtype (default: the spec's target.dtype)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
 
 
@@ -117,6 +121,26 @@ def load_model(spec, ckpt, device="cpu", ema: bool = True) -> torch.nn.Module:
     return model.to(device).eval()
 
 
+def lower_for_sampling(model, spec, device, target="spec", dtype="spec"):
+    """The model lowered through the spec's target (or --target / --dtype), and a `step_for(kind, batch)`
+    that captures each fixed-shape guided step in a CUDA graph on CUDA (target.cuda_graphs), else None."""
+    from sprintc.targets_api import lower_sampling_step, prepare_inference, resolve_target
+
+    over = {k: v for k, v in (("name", target), ("dtype", dtype)) if v != "spec"}
+    tgt = resolve_target(spec.target, **over)
+    net = prepare_inference(model, tgt, device=device, copy_model=False)
+    if not (device.type == "cuda" and tgt.cuda_graphs):
+        return net, None
+    steps = {}
+
+    def step_for(kind, batch):
+        if (kind, batch) not in steps:  # one capture per guidance kind and batch size
+            steps[kind, batch] = lower_sampling_step(net, tgt, batch=batch, guidance=kind, device=device, copy_model=False)
+        return steps[kind, batch]
+
+    return net, step_for
+
+
 def warn(msg: str):
     print(f"sprintc: warning: {msg}", file=sys.stderr)
 
@@ -125,7 +149,8 @@ def labels_for(n: int, classes: list[int] | None) -> torch.Tensor | None:
     return None if classes is None else torch.tensor([classes[i % len(classes)] for i in range(n)])
 
 
-def generate(model, spec, labels: torch.Tensor | None, n: int, *, batch: int, seed: int, progress=None, stats=None, **opts):
+def generate(model, spec, labels: torch.Tensor | None, n: int, *, batch: int, seed: int, progress=None, stats=None,
+             step_for=None, **opts):
     """n samples in batches of `batch`; batch b uses a generator seeded (seed, b). `progress(steps, images)`
     is called after every sampler step with the images finished so far."""
     from sprintc.diffusion import sample
@@ -143,7 +168,7 @@ def generate(model, spec, labels: torch.Tensor | None, n: int, *, batch: int, se
         cb = (lambda i, total, done=start, k=k: progress(1, done + (k if i == total else 0))) if progress else None
         s = {}
         x = sample(model, spec, None if labels is None else labels[start : start + k], generator=g, noise=noise,
-                   progress=cb, stats=s, **opts)
+                   progress=cb, stats=s, step_for=step_for, **opts)
         if stats is not None:
             for key, v in s.items():
                 stats[key] = stats.get(key, 0) + v
@@ -158,7 +183,7 @@ def progress_bar():
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
 
 
-def sample_with_progress(model, spec, labels, n, *, batch, seed, stats=None, **opts):
+def sample_with_progress(model, spec, labels, n, *, batch, seed, stats=None, step_for=None, **opts):
     steps_per_batch = opts["steps"]
     batches = math.ceil(n / batch)
     t0 = time.perf_counter()
@@ -169,7 +194,7 @@ def sample_with_progress(model, spec, labels, n, *, batch, seed, stats=None, **o
             el = time.perf_counter() - t0
             bar.update(task, advance=dsteps, rate=f"{images_done / el:.2f} img/s" if images_done else "")
 
-        x = generate(model, spec, labels, n, batch=batch, seed=seed, progress=on_step, stats=stats, **opts)
+        x = generate(model, spec, labels, n, batch=batch, seed=seed, progress=on_step, stats=stats, step_for=step_for, **opts)
     return x, time.perf_counter() - t0
 
 
@@ -197,7 +222,8 @@ def write_outputs(x: torch.Tensor, labels, out: Path, spec) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ command
 def prepare(args, spec):
-    """Check the sampling options against the spec, load the model; returns (model, labels, opts, device)."""
+    """Check the sampling options against the spec, load and lower the model; returns
+    (model, labels, opts, device, step_for)."""
     from sprintc.diffusion import check_guidance, resolve
 
     if args.n < 1:
@@ -214,23 +240,26 @@ def prepare(args, spec):
     device = pick_device(args.device)
     model = load_model(spec, args.ckpt, device=device, ema=not args.no_ema)
     check_guidance(model, spec, guidance, scale)
+    model, step_for = lower_for_sampling(model, spec, device, args.target, args.dtype)
     opts = dict(guidance=guidance, scale=scale, steps=steps, sampler=sampler, interval=interval)
-    return model, labels_for(args.n, classes), opts, device
+    return model, labels_for(args.n, classes), opts, device, step_for
 
 
 def run_sample(args) -> int:
     from sprintc.spec import load_spec
 
     spec = load_spec(args.spec)
-    model, labels, opts, device = prepare(args, spec)
+    model, labels, opts, device, step_for = prepare(args, spec)
     stats = {}
-    x, seconds = sample_with_progress(model, spec, labels, args.n, batch=args.batch, seed=args.seed, stats=stats, **opts)
+    x, seconds = sample_with_progress(model, spec, labels, args.n, batch=args.batch, seed=args.seed, stats=stats,
+                                      step_for=step_for, **opts)
     out = Path(args.out)
     files = write_outputs(x, labels, out, spec)
     record = {"spec": spec.name, "ckpt": str(args.ckpt), "ema": not args.no_ema, "n": args.n, "batch": args.batch,
               "seed": args.seed, "classes": None if labels is None else sorted(set(labels.tolist())), **opts,
               "interval": list(opts["interval"]), "model_rows": stats, "seconds": round(seconds, 3),
-              "device": str(device), "files": files}
+              "device": str(device), "target": model.__dict__["_sprintc_lowering"].target.model_dump(),
+              "cuda_graphs": step_for is not None, "files": files}
     (out / "sample.json").write_text(json.dumps(record, indent=1))
     lo, hi = opts["interval"]
     print(f"sampled {args.n} images in {seconds:.1f}s ({args.n / seconds:.2f} img/s) with {opts['sampler']}, "

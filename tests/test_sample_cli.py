@@ -70,6 +70,7 @@ def test_writes_grid_pngs_and_adm_npz_deterministically(work, capsys):
         assert np.array_equal(z["arr_0"], arr)
     rec = json.loads((a / "sample.json").read_text())
     assert rec["guidance"] == "pdg" and rec["model_rows"] == {"forward": 0, "guidance": 30}
+    assert rec["target"]["name"] == "eager" and rec["cuda_graphs"] is False
     # another seed, other images; --classes and --guidance none
     c = work / "c"
     assert run(work / "tiny.yaml", "--ckpt", work / "w.safetensors", "--n", 4, "--seed", 2, "--classes", "7,3",
@@ -78,6 +79,13 @@ def test_writes_grid_pngs_and_adm_npz_deterministically(work, capsys):
         assert z["arr_1"].tolist() == [7, 3, 7, 3]
         assert not np.array_equal(z["arr_0"], arr[:4])
     assert "sampled 4 images" in capsys.readouterr().out
+    # through another compute dtype (bfloat16 autocast): close to, not equal to, float32
+    d = work / "d"
+    assert run(work / "tiny.yaml", "--ckpt", work / "w.safetensors", "--n", 5, "--batch", 3, "--seed", 1,
+               "--dtype", "bfloat16", "--out", d) == 0
+    assert json.loads((d / "sample.json").read_text())["target"]["dtype"] == "bfloat16"
+    with np.load(d / "samples_5x8x8x3.npz") as z:
+        assert np.abs(z["arr_0"].astype(int) - arr.astype(int)).mean() < 8
 
 
 def test_bad_input_exits_2_with_clear_messages(work, tmp_path, capsys):
