@@ -27,17 +27,20 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
+try:
+    import sprintc.compiler  # noqa: F401  (pip install -e . puts sprintc and sprintc.passes on the path)
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PRESETS = {
     # width 64, depth 8 (2 dense + 4 routed + 2 dense), batch 32; Euler sampling for FD
     "cpu": dict(width=64, depth=8, heads=4, batch=32, lr=1e-3, dense_steps=600, finetune=0.15, seeds=(0, 1),
                 points=3, ckpt_every=25, n_eval=400, eval_steps=12, scales=(1.5, 2.0, 3.0), ablation_scale=2.0,
                 workers=2, threads=1, ema=0.995),
-    "gpu": dict(width=128, depth=8, heads=4, batch=64, lr=1e-3, dense_steps=3000, finetune=0.15, seeds=(0, 1, 2),
-                points=4, ckpt_every=50, n_eval=1797, eval_steps=30, scales=(1.25, 1.5, 2.0, 3.0, 4.0),
-                ablation_scale=2.0, workers=1, threads=8, ema=0.999),
+    # width 128 on one GPU: 4 runs at a time (launch-bound tiny kernels), all 1,797 digits' worth of samples
+    "gpu": dict(width=128, depth=8, heads=4, batch=64, lr=1e-3, dense_steps=2500, finetune=0.15, seeds=(0, 1, 2),
+                points=4, ckpt_every=50, n_eval=1797, eval_steps=30, scales=(1.5, 2.0, 3.0, 4.0),
+                ablation_scale=2.0, workers=4, threads=3, ema=0.999),
     "smoke": dict(width=32, depth=4, heads=2, batch=16, lr=1e-3, dense_steps=24, finetune=0.25, seeds=(0,),
                   points=2, ckpt_every=4, n_eval=40, eval_steps=3, scales=(2.0,), ablation_scale=2.0,
                   workers=2, threads=1, ema=0.9),

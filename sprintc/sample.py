@@ -34,7 +34,7 @@ def add_sampling_options(p):
     p.add_argument("--classes", default=None, help="comma-separated class indices, cycled over the images (default: all classes)")
     p.add_argument("--guidance", choices=GUIDANCES, default=None, help="default: the spec's sample.guidance")
     p.add_argument("--scale", type=float, default=None, help="guidance scale w (1 = no guidance); default: the spec's")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (model evaluations per image without guidance)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (model evaluations per image without guidance; heun: 2 per step)")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the spec's sample.sampler")
     p.add_argument("--interval", default=None, help="guidance interval LOW,HIGH in t (default: the spec's)")
     p.add_argument("--seed", type=int, default=0)
