@@ -59,6 +59,9 @@ def add_bench_arguments(p):
     p.add_argument("--images", type=int, default=64, help="images of the sample250 parts")
     p.add_argument("--sample-steps", type=int, default=250, help="steps of the sample250 parts")
     p.add_argument("--profile", metavar="DIR", help="write torch.profiler summaries of the compiled steps to DIR")
+    p.add_argument("--inductor-config", action="append", default=[], metavar="KEY=VALUE",
+                   help="set torch._inductor.config KEY (e.g. coordinate_descent_tuning=True, cpp_wrapper=True); repeatable")
+    p.add_argument("--tag", default="", help="prefix of the profile file names")
 
 
 def _ints(text, what):
@@ -99,16 +102,43 @@ def run_bench(args) -> int:
     steps = args.steps or (20 if dev.type == "cuda" else 3)
     tiny = args.size == "tiny" or (args.size == "auto" and dev.type == "cpu")
     target = resolve_target(spec.target, name="inductor", mode=args.compile_mode)
+    inductor_cfg = _inductor_config(args.inductor_config)
     if tiny:
         spec = tiny_version(spec)
     b = Bench(spec, target, dev, steps=steps, warmup=args.warmup, json_path=args.json_path, profile=args.profile,
-              size="tiny" if tiny else "full", clip=args.clip)
+              size="tiny" if tiny else "full", clip=args.clip, tag=args.tag)
+    b.meta["inductor_config"] = inductor_cfg
     b.run(batches, parts, modes, graphs, images=args.images, sample_steps=args.sample_steps)
     b.print_tables()
     return 0
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _inductor_config(items) -> dict:
+    """Apply KEY=VALUE settings to torch._inductor.config (values parsed as Python literals)."""
+    import ast
+
+    import torch._inductor.config as icfg
+
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise BenchError(f"--inductor-config: expected KEY=VALUE, found {item!r}")
+        try:
+            value = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            value = val
+        obj, *path, last = [icfg, *key.split(".")]
+        for part in path:
+            obj = getattr(obj, part, None)
+        if obj is None or not hasattr(obj, last):
+            raise BenchError(f"--inductor-config: torch._inductor.config has no setting {key!r}")
+        setattr(obj, last, value)
+        out[key] = value
+    return out
+
+
 def tiny_version(spec: Spec) -> Spec:
     """The spec shrunk for a CPU run: width 64, 4 heads, 8x8 input (16 tokens), encoder/decoder 1 block,
     2 middle blocks; passes, dtype and recipes kept."""
@@ -244,14 +274,14 @@ def _set_routing(model, on: bool):
 # ------------------------------------------------------------------------------------------ bench
 class Bench:
     def __init__(self, spec: Spec, target, device, *, steps, warmup, json_path=None, profile=None, size="full",
-                 clip="fused"):
+                 clip="fused", tag=""):
         from sprintc.compiler import compile_spec
         from sprintc.targets_api import compute_dtype
 
         self.spec, self.target, self.device = spec, target, device
         self.dtype = compute_dtype(target, device)
         self.steps, self.warmup, self.json_path, self.clip = steps, warmup, json_path, clip
-        self.profile = Path(profile) if profile else None
+        self.profile, self.tag, self.host_ms = (Path(profile) if profile else None), tag, float("nan")
         if self.profile:
             self.profile.mkdir(parents=True, exist_ok=True)
         if device.type == "cuda":
@@ -300,12 +330,18 @@ class Bench:
         return _data_for(self.spec, batch, self.device)
 
     def _time(self, fn):
-        times = []
+        """Median ms per call (device time between events, the device synchronised after each call);
+        self.host_ms: median time until the call returns to Python (host-bound when close to ms)."""
+        times, host = [], []
         for i in range(self.warmup + self.steps):
             with Timer(self.device) as tm:
+                h0 = time.perf_counter()
                 fn()
+                h1 = time.perf_counter()
             if i >= self.warmup:
                 times.append(tm.ms)
+                host.append((h1 - h0) * 1e3)
+        self.host_ms = statistics.median(host)
         return statistics.median(times), times
 
     def _reset_mem(self):
@@ -326,9 +362,12 @@ class Bench:
             for _ in range(n):
                 fn()
             _sync(self.device)
-        key = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90)
-        (self.profile / f"profile_{name}.txt").write_text(f"{name}: {n} steps\n{table}\n")
+        avg = prof.key_averages()
+        text = f"{self.tag}{name}: {n} steps\n"
+        if self.device.type == "cuda":
+            text += "-- by device time\n" + avg.table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=90)
+        text += "\n-- by host time\n" + avg.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90)
+        (self.profile / f"profile_{self.tag}{name}.txt").write_text(text + "\n")
 
     # ----------------------------------------------------------------------------- runs
     def run(self, batches, parts, modes, graphs, images=64, sample_steps=250):
@@ -399,7 +438,7 @@ class Bench:
                         row["fx_cache_hit"], row["fx_cache_miss"] = h1[0] - h0[0], h1[1] - h0[1]
                         ms, times = self._time(fn)
                         flops = 3 * fwd[g]
-                        row.update(ms=round(ms, 2), ms_min=round(min(times), 2), img_s=round(B / ms * 1e3, 1),
+                        row.update(ms=round(ms, 2), ms_min=round(min(times), 2), host_ms=round(self.host_ms, 2), img_s=round(B / ms * 1e3, 1),
                                    tflops=_sig(flops / ms / 1e9), mfu=_sig(flops / ms * 1e3 / self.peak),
                                    gflop_per_img=_sig(flops / B / 1e9), peak_mem_gb=self._mem())
                         if mode == "compiled" and "first_step_s" in row:
