@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import math
 import operator
+import re
 import sys
 import traceback
 import typing
@@ -33,7 +34,7 @@ from torch.utils import _pytree as pytree
 import sprintc.passes  # noqa: F401  (registers the passes)
 from sprintc import routing
 from sprintc.errors import PassError, SpecError, SprintcError
-from sprintc.graph import BlockTracer, _module_meta, bind, compile_forward, run_meta
+from sprintc.graph import BlockTracer, _module_meta, bind, run_meta
 from sprintc.pipeline import REGISTRY, Context, install, routed_forward, run_pipeline, uninstall
 from sprintc.spec import FusePass, PartitionPass, PassSpec, PathDropPass, PDGPass, RoutePass, Strict
 
@@ -185,7 +186,7 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
 
     inputs = _inputs(model, example_inputs, grid, notes)
     stacks = _candidates(model) if blocks is None else _named_stack(model, blocks)
-    gm, out = _trace(model, stacks, inputs)
+    gm, out, stacks = _trace_some(model, stacks, inputs)
     prefix, n_tokens, width = _choose_stack(model, gm, stacks, inputs, blocks is not None)
     stack = model.get_submodule(prefix)
 
@@ -202,6 +203,7 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
                   null_class=null is not None, protected=prot)
     try:
         gm, _ = run_pipeline(gm, passes, ctx)
+        routed = _flops(gm, example, ctx.plan)
     except SprintcError:
         if "sprint" in model._modules:  # the passes may have attached it before failing
             del model._modules["sprint"]
@@ -223,7 +225,7 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
         model=type(model).__name__, blocks=prefix, stages=stages, tokens=n_tokens,
         kept=ctx.plan.kept if ctx.plan else n_tokens, grid=tuple(grid), protected=tuple(prot),
         passes=list(ctx.applied), new_parameters={f"sprint.{k}": v.numel() for k, v in model.sprint.named_parameters()},
-        flops_dense=dense, flops_routed=_flops(gm, example, ctx.plan), notes=notes)
+        flops_dense=dense, flops_routed=routed, notes=notes)
 
 
 def untransform(model: nn.Module) -> nn.Module:
@@ -522,6 +524,23 @@ def _trace(model, stacks, inputs: _Inputs):
     return gm, _single_output(gm, model)
 
 
+def _trace_some(model, stacks, inputs: _Inputs):
+    """Trace with every candidate list's blocks as leaves; if that fails, with one list at a time (a list
+    that is no block stack, e.g. in a time embedder, makes its owner traced code instead of one call)."""
+    try:
+        return (*_trace(model, stacks, inputs), stacks)
+    except TransformError as e:
+        if len(stacks) < 2:
+            raise
+        first = e
+    for path, m in sorted(stacks.items(), key=lambda kv: -len(kv[1])):
+        try:
+            return (*_trace(model, {path: m}, inputs), {path: m})
+        except TransformError:
+            continue
+    raise first
+
+
 def _tidy(gm, inputs: _Inputs):
     """Remove the placeholders of the parameters traced with fixed values (and fx's asserts on them: the
     installed forward checks those values itself, with a clearer message), and dead or repeated nodes."""
@@ -571,13 +590,12 @@ def _fx_failure(model, e) -> str:
 
 # ------------------------------------------------------------------------------------------ the stack
 def _candidates(model) -> dict[str, nn.Module]:
-    """Lists (ModuleList / Sequential) of two or more blocks of one class (not torch.nn's own layers),
-    outermost first: a list inside another list's blocks is part of those blocks."""
+    """Lists (ModuleList / Sequential) of two or more blocks of one class, a block being a module with
+    submodules (not a bare Linear), outermost only: a list inside another list's blocks is part of them."""
     found = {}
     for path, m in model.named_modules():
         if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2:
-            kinds = {type(c) for c in m}
-            if len(kinds) == 1 and not next(iter(kinds)).__module__.startswith("torch.nn"):
+            if len({type(c) for c in m}) == 1 and any(True for _ in m[0].children()):
                 found[path] = m
     return {p: m for p, m in found.items() if not any(p.startswith(q + ".") for q in found if q != p)}
 
@@ -610,7 +628,11 @@ def _choose_stack(model, gm, stacks, inputs, named: bool):
     try:
         shapes = run_meta(gm, **inputs.make(2)).shapes
     except Exception as e:
-        raise TransformError(f"shape propagation of {cls}'s block graph failed on meta tensors: {type(e).__name__}: {e}") from None
+        where = re.search(r"call_module\[target=([\w.]+)\]", str(e))
+        where = f" in {where.group(1)} ({type(model.get_submodule(where.group(1))).__name__})" if where else ""
+        raise TransformError(f"shape propagation of {cls} on meta tensors failed{where}: {type(e).__name__}: {str(e).splitlines()[0]}. "
+                             "sprintc runs the model without data to learn its shapes, so its modules must not read tensor "
+                             "values (.item(), branches on values)") from None
     good, bad = {}, {}
     for prefix, stack in stacks.items():
         calls = _block_calls(gm, prefix)

@@ -407,6 +407,34 @@ class Branchy(Tokens):
         return h.mean(1)
 
 
+class TimeEmbed(nn.Module):
+    """Holds a list of identical composite modules (a false block-stack candidate) and code fx cannot trace."""
+
+    def __init__(self, data_dependent=False):
+        super().__init__()
+        self.layers, self.data_dependent = nn.ModuleList([MlpBlock(), MlpBlock()]), data_dependent
+
+    def forward(self, t):
+        h = t[:, None, None].expand(-1, 1, 32)
+        if (h.abs().max() > 100) if self.data_dependent else len(t) > 1:  # len of the batch: not fx-traceable
+            h = h / 100
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+
+class Timed(Tokens):
+    def __init__(self, data_dependent=False):
+        super().__init__(nn.ModuleList([MlpBlock() for _ in range(4)]))
+        self.temb = TimeEmbed(data_dependent)
+
+    def forward(self, x, t):
+        h = self.embed(x).flatten(2).transpose(1, 2) + self.temb(t)
+        for b in self.blocks:
+            h = b(h)
+        return h.mean(1)
+
+
 EX = (torch.randn(2, 4, 8, 8),)
 MIN = [{"name": "partition", "encoder": 1, "decoder": 1}, {"name": "route", "drop": 0.5, "sampler": "random"}]
 
@@ -440,6 +468,14 @@ def test_bad_models_get_clear_errors():
         sprintc.transform(ok, [MIN[0], {"name": "route", "drop": 0.3}], example_inputs=EX)
     with pytest.raises(SprintcError, match=r"passes\.pdg: Tokens has no null class"):
         sprintc.transform(ok, [MIN[0], {"name": "pdg"}], example_inputs=EX)
+
+
+def test_a_list_that_is_no_stack_stays_an_opaque_call():
+    ex = (torch.randn(2, 4, 8, 8), torch.rand(2))
+    rep = sprintc.transform(Timed(), MIN, example_inputs=ex)
+    assert rep.blocks == "blocks" and rep.grid == (4, 4)
+    with pytest.raises(TransformError, match=r"shape propagation of Timed on meta tensors failed in temb \(TimeEmbed\).*must not read tensor values"):
+        sprintc.transform(Timed(data_dependent=True), MIN, example_inputs=ex)
 
 
 def test_bad_configs():
