@@ -9,12 +9,13 @@ grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/ex
 rm -rf .gpu/whl && mkdir -p .gpu/whl
 cp ../shared/bench/anchor_dit.py .gpu/anchor_dit.py
 cp ../shared/wheels/gpu-py312/*.whl .gpu/whl/
-tmp=$(mktemp -d)  # build from a copy: no build/ or egg-info in the checkout
-mkdir "$tmp/src" && cp -r pyproject.toml README.md sprintc passes targets specs "$tmp/src/"
-find "$tmp/src" -name __pycache__ -prune -exec rm -rf {} +
+tmp=$(mktemp -d)  # build from the committed tree (HEAD): others' uncommitted edits stay out; no build/ here
+mkdir "$tmp/src" && git archive HEAD pyproject.toml README.md sprintc passes targets specs | tar -x -C "$tmp/src"
 python -m pip wheel -q --no-deps --no-build-isolation -w "$tmp" "$tmp/src" >/dev/null
 cp "$tmp"/sprintc-*.whl .gpu/whl/
 rm -rf "$tmp"
 unzip -l .gpu/whl/sprintc-*.whl | grep -q 'sprintc/targets/inductor.py' || { echo "wheel lacks sprintc.targets"; exit 1; }
-ls -la .gpu .gpu/whl
+rm -rf /tmp/sprintc_whl_check && python -m pip install -q --no-index --no-deps --target /tmp/sprintc_whl_check .gpu/whl/sprintc-*.whl
+(cd /tmp && PYTHONPATH=/tmp/sprintc_whl_check python -c "import sprintc.targets.inductor, sprintc.passes, sprintc.bench; print('wheel imports from', sprintc.bench.__file__)")
+ls -la .gpu/whl
 du -sh .gpu
