@@ -186,6 +186,9 @@ def transform(model: nn.Module, config=None, *, blocks: str | None = None, filte
 
     inputs = _inputs(model, example_inputs, grid, notes)
     stacks = _candidates(model) if blocks is None else _named_stack(model, blocks)
+    if not stacks:
+        raise TransformError(f"{type(model).__name__} has no block stack: no nn.ModuleList / nn.Sequential of two or more "
+                             "identical blocks; pass blocks='path.to.list' if its blocks live elsewhere")
     gm, out, stacks = _trace_some(model, stacks, inputs)
     prefix, n_tokens, width = _choose_stack(model, gm, stacks, inputs, blocks is not None)
     stack = model.get_submodule(prefix)
@@ -274,7 +277,7 @@ class _Inputs:
 
 def _inputs(model, example_inputs, grid, notes) -> _Inputs:
     sig = inspect.signature(type(model).forward)
-    params = [p for p in list(sig.parameters.values())[1:]]
+    params = list(sig.parameters.values())[1:]
     cls = type(model).__name__
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
         raise TransformError(f"{cls}.forward takes *args/**kwargs; sprintc.transform needs named parameters. "
@@ -447,12 +450,12 @@ class _ShapeTracer(BlockTracer):
                 return s if len(args) == 1 else s[args[1]]
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if isinstance(p, fx.Proxy):
-            v = [self._meta(i, kind, target, args, kwargs, p.node) for i in (0, 1)]
+            v = [self._meta(i, kind, target, args, kwargs) for i in (0, 1)]
             if v[0] is not None and v[1] is not None:
                 self.vals[p.node] = tuple(v)
         return p
 
-    def _meta(self, i, kind, target, args, kwargs, node):
+    def _meta(self, i, kind, target, args, kwargs):
         """The op on meta tensors (batch 2 when i == 0, 3 when i == 1); None when unknown."""
         missing = []
 
@@ -514,7 +517,7 @@ def _trace(model, stacks, inputs: _Inputs):
     finally:
         for m, t in modes:
             m.training = t
-        added = set(model.__dict__) - before - {"training"}
+        added = set(model.__dict__) - before
         consts = {k: model.__dict__.pop(k) for k in added}  # fx stores tensor constants on the root
     if consts:
         raise TransformError(f"{type(model).__name__}.forward creates tensors from Python values ({', '.join(sorted(consts))}); "
@@ -582,10 +585,10 @@ def _fx_failure(model, e) -> str:
     where = f" at {user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else ""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return (f"torch.fx could not trace {type(model).__name__}.forward with the blocks as leaves: {type(e).__name__}: {msg}{where}. "
-            "sprintc traces with static shapes (only the batch size is symbolic) and runs every module that holds no block "
-            "as one opaque call, so the forward itself must be plain tensor code: no Python branches on tensor values and "
-            "no data-dependent shapes (a branch on self.training counts too). To proceed: move that code into a submodule (it then runs as an opaque call), or "
-            "wrap the model in a module whose forward calls the embedders, the blocks and the head")
+            "sprintc traces with static shapes (only the batch size is symbolic) and runs every module that holds no "
+            "block as one opaque call, so the forward itself must be plain tensor code: no Python branches on tensor "
+            "values or on self.training, no data-dependent shapes. To proceed: move that code into a submodule (it then "
+            "runs as one opaque call), or wrap the model in a module whose forward calls the embedders, the blocks and the head")
 
 
 # ------------------------------------------------------------------------------------------ the stack
@@ -622,9 +625,6 @@ def _block_calls(gm, prefix):
 def _choose_stack(model, gm, stacks, inputs, named: bool):
     """The candidate list whose blocks the forward runs one after another on a (B, N, D) token stream."""
     cls = type(model).__name__
-    if not stacks:
-        raise TransformError(f"{cls} has no block stack: no nn.ModuleList / nn.Sequential of two or more identical blocks; "
-                             "pass blocks='path.to.list' if its blocks live elsewhere")
     try:
         shapes = run_meta(gm, **inputs.make(2)).shapes
     except Exception as e:
