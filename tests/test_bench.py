@@ -1,0 +1,83 @@
+"""`sprintc bench` on the CPU (tiny model, eager: no compile) and its bad input. Speed itself is not
+tested (figures live in docs/PERFORMANCE.md); the figures' consistency is."""
+import json
+
+import pytest
+import torch
+
+from sprintc.bench import graph_flops, tiny_version
+from sprintc.cli import main
+from sprintc.compiler import compile_spec
+from sprintc.spec import load_spec
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "2",
+               "--warmup", "0", "--batch", "3", "--parts", "train,sample", "--json", str(out)])
+    assert rc == 0
+    d = json.loads(out.read_text())
+    assert d["meta"]["size"] == "tiny" and d["meta"]["device"] == "cpu" and d["meta"]["matmul_peak_tflops"] > 0
+    rows = {r["graph"]: r for r in d["train"]}
+    assert set(rows) == {"routed", "dense"}
+    for r in rows.values():
+        assert r["mode"] == "eager" and r["batch"] == 3 and "error" not in r
+        assert r["ms"] > 0 and r["img_s"] == pytest.approx(3 / r["ms"] * 1e3, rel=0.01)
+        assert r["tflops"] > 0 and 0 < r["mfu"]
+    # routing drops 75% of the middle blocks' tokens: a routed image costs fewer FLOPs than a dense one
+    assert rows["routed"]["gflop_per_img"] < rows["dense"]["gflop_per_img"]
+    (s,) = d["sample"]
+    assert s["cfg_ms"] > 0 and s["pdg_ms"] > 0 and s["pdg_over_cfg"] == pytest.approx(s["pdg_ms"] / s["cfg_ms"], abs=2e-3)
+    assert 0.5 < s["flops_pdg_over_cfg"] < 1
+    assert d["summary"][0]["batch"] == 3
+    assert "training step" in capsys.readouterr().out
+
+
+def test_graph_flops_count_the_routed_and_guidance_graphs():
+    built = compile_spec(tiny_version(load_spec("sit_xl_sprint")))
+    dense, routed = graph_flops(built, 2, routed=False), graph_flops(built, 2, routed=True)
+    pdg, cfg = graph_flops(built, 2, routed=False, guidance=True), graph_flops(built, 4, routed=False)
+    assert routed < dense and pdg < cfg
+    assert graph_flops(built, 4, routed=False) == pytest.approx(2 * dense, rel=1e-6)  # linear in the batch
+
+
+def test_tiny_version_keeps_the_passes():
+    spec = load_spec("sit_xl_sprint")
+    tiny = tiny_version(spec)
+    assert [p.name for p in tiny.passes] == [p.name for p in spec.passes]
+    assert tiny.model.width == 64 and tiny.model.depth == 4 and tiny.target.dtype == spec.target.dtype
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--modes", "warp"], "--modes: unknown 'warp'"),
+    (["--parts", "train,fly"], "--parts: unknown 'fly'"),
+    (["--batch", "0"], "--batch: each value must be >= 1"),
+    (["--batch", "two"], "--batch: expected comma-separated integers"),
+    (["--mode", "fast"], "--mode: unknown mode 'fast'"),
+    (["--steps", "0"], "--steps: 0 must be >= 1"),
+    (["--inductor-config", "no_such_knob=1"], "no setting 'no_such_knob'"),
+    (["--device", "tpu"], "device: 'tpu'"),
+])
+def test_bad_input_exits_2_with_a_message(args, message, capsys):
+    assert main(["bench", "specs/digits_sprint.yaml", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_exits_2(capsys):
+    assert main(["bench", "specs/digits_sprint.yaml", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert ("no CUDA GPU" in err or "without CUDA" in err) and "Traceback" not in err
+
+
+def test_unknown_spec_exits_2(capsys):
+    assert main(["bench", "specs/no_such_spec.yaml", "--device", "cpu"]) == 2

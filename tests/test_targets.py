@@ -1,0 +1,249 @@
+"""Targets: lowering in place (eager, inductor regional on the CPU), no recompiles after warm-up, no graph
+breaks inside blocks, compiled == eager, the sampling step, clipping folded into fused AdamW, and the AOT
+package running without sprintc. The Inductor tests compile on the CPU (slow cold; Inductor's FX graph
+cache makes reruns fast)."""
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import tiny_spec
+from sprintc.compiler import compile_spec
+from sprintc.errors import SprintcError
+from sprintc.targets_api import (SamplingStep, TargetError, clip_and_step, lower, lower_sampling_step, lowering_of,
+                                 prepare_inference, resolve_device, resolve_target)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls on shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+def small(**over):
+    """Width 32, depth 4 (1 dense + 2 routed + 1 dense), 16 tokens; weights drawn so nothing is zero."""
+    spec = tiny_spec(**{"model__width": 32, "model__heads": 2, **over})
+    built = compile_spec(spec)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in built.model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return built
+
+
+def inputs(batch=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 4, 8, 8, generator=g), torch.rand(batch, generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+
+def guidance_inputs(x, t, y):
+    return torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, 10)])
+
+
+# --------------------------------------------------------------------------------------- resolution
+def test_bad_targets_modes_dtypes_devices_raise_clear_errors():
+    with pytest.raises(TargetError, match="unknown target 'tpu'.*eager, inductor, aot"):
+        resolve_target("tpu")
+    with pytest.raises(TargetError, match="unknown mode 'fast'"):
+        resolve_target({"name": "inductor", "mode": "fast"})
+    with pytest.raises(TargetError, match="unknown dtype 'int8'"):
+        resolve_target({"dtype": "int8"})
+    with pytest.raises(TargetError, match="not a device|not supported"):
+        resolve_device(None, "tpu")
+    assert issubclass(TargetError, SprintcError)
+    model = small().model
+    with pytest.raises(TargetError, match="float16 on the CPU"):
+        lower(model, {"name": "eager", "dtype": "float16"}, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(TargetError, match="cuda.*(without CUDA|no CUDA GPU)"):
+            lower(model, "eager", device="cuda")
+
+
+def test_lower_is_in_place_keeps_state_dict_and_refuses_twice():
+    built = small()
+    model = built.model
+    keys = list(model.state_dict())
+    ref = copy.deepcopy(model).eval()
+    out = lower(model, {"name": "eager", "dtype": "float32"}, device="cpu")
+    assert out is model and list(model.state_dict()) == keys and lowering_of(model).target.name == "eager"
+    model.eval()
+    x, t, y = inputs()
+    torch.testing.assert_close(model(x, t, y), ref(x, t, y), rtol=0, atol=0)
+    with pytest.raises(TargetError, match="already lowered"):
+        lower(model, "eager", device="cpu")
+
+
+def test_bf16_autocast_output_is_float32_and_close_to_float32():
+    built = small()
+    ref = copy.deepcopy(built.model).eval()
+    model = lower(built.model, {"name": "eager", "dtype": "bfloat16"}, device="cpu").eval()
+    x, t, y = inputs()
+    out, want = model(x, t, y), ref(x, t, y)
+    assert out.dtype == torch.float32
+    assert (out - want).norm() / want.norm() < 3e-2
+    g = model.forward_guidance(*guidance_inputs(x, t, y))
+    assert g.dtype == torch.float32 and g.shape == (4, 4, 8, 8)
+
+
+def test_deep_copy_of_a_lowered_model_runs_its_own_weights():
+    """An EMA copy made after lowering must compute with the copy's parameters, not the original's."""
+    model = lower(small().model, {"name": "eager", "dtype": "float32"}, device="cpu").eval()
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.5)
+    x, t, y = inputs()
+    fresh = small().model.eval()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.mul_(0.5)
+    torch.testing.assert_close(ema(x, t, y), fresh(x, t, y))
+    assert not torch.allclose(ema(x, t, y), model(x, t, y))
+
+
+# --------------------------------------------------------------------------------------- inductor
+@pytest.mark.slow
+def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_breaks_equals_eager():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    built = small()
+    ref = copy.deepcopy(built.model)
+    model = lower(built.model, {"name": "inductor", "dtype": "float32"}, device="cpu")
+    assert len(lowering_of(model).regions) == 4 + 4  # 4 blocks, x/t embedders, final layer, fusion
+    model.train(), ref.train()
+    x, t, y = inputs()
+    ids = torch.tensor([[0, 3, 9, 14], [5, 6, 8, 15]])
+    pd = torch.tensor([False, True])
+
+    def step(m, **kw):
+        m.zero_grad(set_to_none=True)
+        out = m(x, t, y, **kw)
+        out.square().mean().backward()
+        return out, [p.grad for p in m.parameters()]
+
+    out, grads = step(model, ids_keep=ids, path_drop=pd)  # warm-up: compiles
+    want, wgrads = step(ref, ids_keep=ids, path_drop=pd)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads, wgrads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    # identical blocks share one graph per input shape: 2 block graphs (16 and 4 tokens) + 4 head graphs
+    assert counters["stats"]["unique_graphs"] == 6
+    assert not counters["graph_break"]
+    warm = dict(counters["stats"])
+    model.sprint.generator = torch.Generator().manual_seed(0)
+    for _ in range(3):  # routed training: fresh token choice and path drop from the model's generator
+        step(model)
+    model.sprint.routing = False  # full-token fine-tuning: the middle blocks see 16 tokens, a known shape
+    step(model)
+    assert dict(counters["stats"]) == warm, "recompiled after warm-up in training"
+    model.eval(), ref.eval()
+    with torch.no_grad():  # sampling: CFG (dense, 2B) and PDG (guidance graph) steps
+        g_in = guidance_inputs(x, t, y)
+        cfg, pdg = model(*g_in), model.forward_guidance(*g_in)
+        torch.testing.assert_close(cfg, ref(*g_in), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pdg, ref.forward_guidance(*g_in), rtol=1e-4, atol=1e-5)
+        warm = dict(counters["stats"])
+        for _ in range(2):
+            model(*guidance_inputs(*inputs(seed=7)))
+            model.forward_guidance(*guidance_inputs(*inputs(seed=8)))
+        assert dict(counters["stats"]) == warm, "recompiled after warm-up in sampling"
+    assert not counters["graph_break"]
+
+
+@pytest.mark.slow
+def test_inductor_bf16_sampling_step_equals_eager_within_bf16_tolerance():
+    built = small()
+    target = {"name": "inductor", "dtype": "bfloat16"}
+    step_c = lower_sampling_step(built.model, target, batch=2, guidance="pdg", device="cpu")
+    step_e = lower_sampling_step(built.model, {"name": "eager", "dtype": "bfloat16"}, batch=2, guidance="pdg", device="cpu")
+    assert next(built.model.parameters()).dtype == torch.float32  # the inference copies are separate
+    x, t, y = inputs()
+    a, b = step_c(x, t, y, 1.5), step_e(x, t, y, 1.5)
+    assert a.dtype == torch.float32 and a.shape == x.shape
+    assert (a - b).norm() / b.norm() < 2e-2
+
+
+# --------------------------------------------------------------------------------------- sampling
+def test_sampling_step_is_the_guided_prediction():
+    built = small()
+    ref = copy.deepcopy(built.model).eval()
+    x, t, y = inputs()
+    x2, t2, y2 = guidance_inputs(x, t, y)
+    with torch.no_grad():
+        for guidance, out in (("pdg", ref.forward_guidance(x2, t2, y2)), ("cfg", ref(x2, t2, y2))):
+            step = lower_sampling_step(built.model, {"name": "eager", "dtype": "float32"}, batch=2, guidance=guidance, device="cpu")
+            c, u = out.chunk(2)
+            torch.testing.assert_close(step(x, t, y, 2.0), u + 2.0 * (c - u))
+    with pytest.raises(TargetError, match="lowered for"):
+        step(*inputs(batch=3), 2.0)
+    plain = compile_spec(tiny_spec(passes=[])).model
+    with pytest.raises(TargetError, match="pdg needs|no path-drop guidance"):
+        lower_sampling_step(plain, {"name": "eager", "dtype": "float32"}, batch=2, guidance="pdg", device="cpu")
+
+
+def test_prepare_inference_leaves_the_training_model_alone():
+    model = small().model
+    inf = prepare_inference(model, {"name": "eager", "dtype": "bfloat16"}, device="cpu")
+    assert inf is not model and not inf.training
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in inf.parameters())
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    assert lowering_of(model) is None and lowering_of(inf) is not None
+    assert isinstance(lower_sampling_step(inf, "eager", batch=1, guidance="none", device="cpu", copy_model=False), SamplingStep)
+
+
+# --------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("max_norm", [0.05, 100.0])
+def test_clip_folded_into_fused_adamw_equals_clip_grad_norm(max_norm):
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.AdamW(n.parameters(), lr=1e-2, weight_decay=0.1, fused=True) for n in nets]
+    for _ in range(3):
+        x = torch.randn(8, 6)
+        for n in nets:
+            n.zero_grad()
+            n(x).square().sum().backward()
+        norm0 = torch.nn.utils.clip_grad_norm_(nets[0].parameters(), max_norm)
+        opts[0].step()
+        norm1 = clip_and_step(opts[1], nets[1].parameters(), max_norm)
+        torch.testing.assert_close(norm1, norm0)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert opts[1].grad_scale is None  # nothing left behind for a later plain step
+
+
+# --------------------------------------------------------------------------------------- aot
+@pytest.mark.slow
+def test_aot_package_runs_without_sprintc(tmp_path):
+    """The package loads and runs in a process that never imports sprintc; the batch size is dynamic."""
+    from sprintc.targets.aot import GuidedStep, export_aot
+
+    built = small(model__depth=3)
+    info = export_aot(built, tmp_path / "model.pt2", target={"name": "aot", "dtype": "float32"}, device="cpu")
+    assert info["guidance"] == "pdg" and (tmp_path / "model.pt2").stat().st_size > 0
+    x, t, y = inputs(batch=3)
+    with torch.no_grad():
+        want = GuidedStep(copy.deepcopy(built.model).eval(), "pdg", 10, 4, torch.float32)(x, t, y, torch.tensor(1.5))
+    torch.save({"x": x, "t": t, "y": y, "want": want}, tmp_path / "io.pt")
+    code = textwrap.dedent(f"""
+        import sys, torch
+        r = torch._inductor.aoti_load_package({str(tmp_path / 'model.pt2')!r})
+        d = torch.load({str(tmp_path / 'io.pt')!r})
+        out = r(d["x"], d["t"], d["y"], torch.tensor(1.5))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        torch.testing.assert_close(out, d["want"], rtol=1e-4, atol=1e-5)
+        assert r.get_metadata()["sprintc.guidance"] == "pdg"
+        assert not any(m.startswith("sprintc") for m in sys.modules), "sprintc was imported"
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
