@@ -242,7 +242,7 @@ def load_for_inference(ckpt_path, spec=None, device="cpu", ema: bool = True) -> 
     spec = ck.spec if spec is None else load_spec(spec)
     ref = _model_ref(ck.path)
     if ref:
-        model = user_model(ref)
+        model = user_model(ref, spec)
     else:
         from sprintc.compiler import build
 
@@ -261,11 +261,19 @@ def _model_ref(path: Path) -> str | None:
     return _read_verified(path, "model_ref.txt", manifest).decode().strip()
 
 
-def user_model(ref: str):
-    """A user model from `pkg.module:factory`, transformed by sprintc.transform.load_user_model."""
+def user_model(ref: str, spec=None):
+    """A user model from `pkg.module:factory` (sprintc.transform.load_user_model), rewritten in place with
+    the spec's passes unless the factory already did that or the spec lists none."""
     try:
-        from sprintc.transform import load_user_model
+        from sprintc.transform import load_user_model, transform
     except ImportError:
         raise CheckpointError(f"--model {ref}: user models need sprintc.transform.load_user_model, which this "
                               "installation lacks") from None
-    return load_user_model(ref)
+    model = load_user_model(ref)
+    if spec is not None and spec.passes and "sprint" not in model._modules:
+        from sprintc.compiler import example_inputs
+
+        x, t, y = example_inputs(spec, 2)  # the spec's input: one batch tells transform the shapes
+        transform(model, {"passes": [p.model_dump() for p in spec.passes]}, grid=spec.model.grid,
+                  example_inputs=(x, t) if y is None else (x, t, y))
+    return model

@@ -53,7 +53,7 @@ def run_train(args) -> int:
         raise SprintcError(f"--steps: {args.steps} must be >= 1")
     model = None
     if args.model:
-        model = ckpt.user_model(args.model)
+        model = ckpt.user_model(args.model, spec)
     out = Path(args.out or Path("runs") / spec.name)
     res = train(spec, out, resume=args.resume, model=model, max_steps=args.steps, device=args.device,
                 model_ref=args.model, tensorboard=args.tensorboard, progress=not args.no_progress)
@@ -167,12 +167,25 @@ def peak_flops(device) -> float | None:
 
 
 def _lower(net, spec, device):
-    """Compile the blocks in place through sprintc.targets_api when it is installed; eager otherwise."""
+    """Compile the blocks in place through sprintc.targets_api when it is installed; eager otherwise.
+    On the CPU the model trains in float32 whatever target.dtype says."""
     try:
         from sprintc.targets_api import lower
     except ImportError:
         return net
-    return lower(net, spec.target, device=device)
+    target = spec.target if device.type == "cuda" else spec.target.model_copy(update={"dtype": "float32"})
+    return lower(net, target, device=device)
+
+
+def _clip_and_step(opt, params, max_norm):
+    """Clip to `max_norm` and step; targets_api folds the clip into a fused AdamW when it is there."""
+    try:
+        from sprintc.targets_api import clip_and_step
+    except ImportError:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm > 0 else None
+        opt.step()
+        return norm
+    return clip_and_step(opt, params, max_norm)
 
 
 class Stop:
@@ -429,7 +442,6 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 loss = obj.loss(pred, x0, x_t, noise, t).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tr.grad_clip) if tr.grad_clip > 0 else None
                 loss_v, stop_all = _reduce(loss.detach(), stop.requested, world, device)
                 if not math.isfinite(loss_v):
                     last = ckpt.list_checkpoints(ckpt_root)
@@ -437,7 +449,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                                         + (f"The last good checkpoint is {last[-1]}; resume from it with --resume "
                                            "(perhaps with a lower lr or more warm-up)" if last else "No checkpoint was written yet")
                                         + ".")
-                opt.step()
+                gnorm = _clip_and_step(opt, list(net.parameters()), tr.grad_clip)
                 update_ema(ema, net, ema_decay(tr.ema, step))
                 step += 1
                 cursor += B

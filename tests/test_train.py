@@ -241,3 +241,23 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
     assert "stopped by signal at step" in stdout
     c = ckpt.load(out)
     assert c.step >= 2 and c.state["step"] == c.step and c.state["cursor"] == 4 * c.step
+
+
+def test_user_model_flag(tmp_path, monkeypatch):
+    """--model file.py:factory: the user's model, rewritten with the spec's passes, trains and reloads."""
+    (tmp_path / "mymodels.py").write_text(
+        "from sprintc.model import DiT\nfrom sprintc.spec import ModelSpec\n\n"
+        "def small():\n    m = DiT(ModelSpec(input={'channels': 1, 'size': 8}, patch=2, width=64, depth=4, heads=4,\n"
+        "                   pos='rope', qk_norm='rms', num_classes=10))\n"
+        "    m.y_embedder.num_classes = 10  # as facebookresearch/DiT's LabelEmbedder has it\n"
+        "    return m\n")
+    f = tmp_path / "s.yaml"
+    yaml.safe_dump(spec(stages=((2, 4, True),)), f.open("w"))
+    monkeypatch.chdir(tmp_path)
+    ref = f"{tmp_path / 'mymodels.py'}:small"
+    assert main(["train", str(f), "--out", "run", "--device", "cpu", "--no-progress", "--model", ref]) == 0
+    m = ckpt.load_for_inference(tmp_path / "run")
+    assert type(m).__name__ == "DiT" and "sprint" in m._modules and not m.training
+    assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model_ref.txt").read_text() == ref
+    # resuming needs the same model
+    assert main(["train", str(f), "--out", "run", "--device", "cpu", "--resume", "--steps", "3"]) == 2
