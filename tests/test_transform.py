@@ -563,8 +563,6 @@ def test_train_a_transformed_user_model(tmp_path):
     assert res["samples"] and (tmp_path / "run" / "samples" / "final.png").stat().st_size > 0
 
 
-@pytest.mark.xfail(strict=True, reason="sprintc train --model loads the user model but does not apply the spec's passes: "
-                                       "checkpoint.user_model should return sprintc.transform(load_user_model(ref), {'passes': spec.passes})")
 def test_train_cli_applies_the_spec_passes_to_a_user_model(tmp_path, monkeypatch):
     import yaml
 
@@ -574,3 +572,9 @@ def test_train_cli_applies_the_spec_passes_to_a_user_model(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert main(["train", "spec.yaml", "--model", "test_transform:digits_dit", "--out", "run", "--no-progress"]) == 0
     assert _sprint_keys(tmp_path / "run") == {"sprint.mask_token", "sprint.fuse.linear.weight", "sprint.fuse.linear.bias"}
+    # inference rebuilds the transformed user model from the checkpoint's model reference
+    from sprintc.checkpoint import load_for_inference
+
+    model = load_for_inference(tmp_path / "run")
+    x, t, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([3, 10])
+    assert isinstance(model, DiT) and model.forward_guidance(x, t, y).shape == x.shape
