@@ -37,10 +37,10 @@ PRESETS = {
     "cpu": dict(width=64, depth=8, heads=4, batch=32, lr=1e-3, dense_steps=600, finetune=0.15, seeds=(0, 1),
                 points=3, ckpt_every=25, n_eval=400, eval_steps=12, scales=(1.5, 2.0, 3.0), ablation_scale=2.0,
                 workers=2, threads=1, ema=0.995),
-    # width 128 on one GPU: 4 runs at a time (launch-bound tiny kernels), all 1,797 digits' worth of samples
+    # width 128 on one GPU: 6 runs at a time (launch-bound tiny kernels), all 1,797 digits' worth of samples
     "gpu": dict(width=128, depth=8, heads=4, batch=64, lr=1e-3, dense_steps=2500, finetune=0.15, seeds=(0, 1, 2),
                 points=4, ckpt_every=50, n_eval=1797, eval_steps=30, scales=(1.5, 2.0, 3.0, 4.0),
-                ablation_scale=2.0, workers=4, threads=3, ema=0.999),
+                ablation_scale=2.0, workers=6, threads=2, ema=0.999),
     "smoke": dict(width=32, depth=4, heads=2, batch=16, lr=1e-3, dense_steps=24, finetune=0.25, seeds=(0,),
                   points=2, ckpt_every=4, n_eval=40, eval_steps=3, scales=(2.0,), ablation_scale=2.0,
                   workers=2, threads=1, ema=0.9),
@@ -68,8 +68,11 @@ def make_spec(cfg, variant: str | None, seed: int, steps: tuple[int, int]):
               "target": {"name": "eager", "device": "auto", "dtype": "float32"}}
     train = {"seed": seed, "ema": ema, "log_every": 10_000, "checkpoint_every": cfg["ckpt_every"], "keep_checkpoints": 10_000}
     warm = max(1, min(50, steps[0] // 5))
+    # both runs end with the same lower-lr stage, so the only difference is routing in the first stage
+    second = {"steps": steps[1], "batch": cfg["batch"], "lr": cfg["lr"] / 2, "warmup": max(1, steps[1] // 10), "routing": False}
     if variant is None:
-        train["stages"] = [{"name": "dense", "steps": steps[0], "batch": cfg["batch"], "lr": cfg["lr"], "warmup": warm, "routing": False}]
+        train["stages"] = [{"name": "dense", "steps": steps[0], "batch": cfg["batch"], "lr": cfg["lr"], "warmup": warm, "routing": False},
+                           {"name": "dense_lowlr", **second}]
         return load_spec({"extends": "digits", "name": "dense", **common, "train": train})
     v = VARIANTS[variant]
     enc = dec = 2 if cfg["depth"] >= 6 else 1
@@ -79,8 +82,7 @@ def make_spec(cfg, variant: str | None, seed: int, steps: tuple[int, int]):
               {"name": "path_drop", "p": v["p"]},
               {"name": "pdg"}]
     train["stages"] = [{"name": "pretrain", "steps": steps[0], "batch": cfg["batch"], "lr": cfg["lr"], "warmup": warm, "routing": True},
-                       {"name": "finetune", "steps": steps[1], "batch": cfg["batch"], "lr": cfg["lr"] / 2,
-                        "warmup": max(1, steps[1] // 10), "routing": False}]
+                       {"name": "finetune", **second}]
     return load_spec({"extends": "digits_sprint", "name": variant, **common, "passes": passes, "train": train})
 
 
@@ -113,7 +115,8 @@ def flops_per_image(spec) -> dict:
 
 def schedule(cfg, fl_dense: float, fl_routed: float) -> tuple[int, int]:
     """(routed steps, fine-tune steps) of a SPRINT run with the dense run's training FLOPs: the fine-tune
-    takes `finetune` of the budget, the routed stage the rest at its lower cost per step."""
+    takes `finetune` of the budget (the dense run's last stage, at the same half lr, has the same length),
+    the routed stage the rest at its lower cost per step."""
     S = cfg["dense_steps"]
     ft = max(1, round(cfg["finetune"] * S))
     return round((S - ft) * fl_dense / fl_routed), ft
@@ -412,11 +415,16 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the gpu preset is meant for cuda)")
     ap.add_argument("--workers", type=int, default=None, help="parallel runs (default: the preset's)")
     ap.add_argument("--cache", default=None, help="digits classifier cache folder (default ~/.cache/sprintc)")
+    ap.add_argument("--only", type=lambda t: t.split(","), default=None,
+                    help="comma-separated SPRINT variants to run besides dense (default: all: " + ",".join(VARIANTS) + ")")
     ap.add_argument("--runs", default="runs/quality_digits", help="where the training runs go (checkpoints; reused when rerun)")
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset], device=args.device, cache=args.cache, preset=args.preset)
     if args.workers:
         cfg["workers"] = args.workers
+    bad = [v for v in args.only or [] if v not in VARIANTS]
+    if bad:
+        ap.error(f"--only {bad[0]}: unknown variant; known: {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(args.runs) / args.preset
@@ -431,17 +439,17 @@ def main(argv=None):
     floor = real_floor(cfg, fd)
 
     # FLOPs per image of each variant and the equal-compute schedules
-    dense_spec = make_spec(cfg, None, 0, (cfg["dense_steps"], 0))
-    fl_by = {"dense": flops_per_image(dense_spec)}
+    fl_by = {"dense": flops_per_image(make_spec(cfg, None, 0, (1, 1)))}
     jobs = []
     S, w_ab, scales = cfg["dense_steps"], cfg["ablation_scale"], cfg["scales"]
-    for variant in ["sprint", *[v for v in VARIANTS if v != "sprint"]]:
-        probe = make_spec(cfg, variant, 0, (1, 1))
-        fl_by[variant] = flops_per_image(probe)
-    for variant in [None, *VARIANTS]:
+    variants = [v for v in VARIANTS if not args.only or v in args.only]
+    for variant in variants:
+        fl_by[variant] = flops_per_image(make_spec(cfg, variant, 0, (1, 1)))
+    for variant in [None, *variants]:
         name = variant or "dense"
         fl = fl_by[name]
-        steps = (S, 0) if variant is None else schedule(cfg, fl_by["dense"]["dense"], fl["routed"])
+        ft = max(1, round(cfg["finetune"] * S))
+        steps = (S - ft, ft) if variant is None else schedule(cfg, fl_by["dense"]["dense"], fl["routed"])
         seeds = cfg["seeds"] if name in ("dense", "sprint") else cfg["seeds"][:1]
         for seed in seeds:
             spec = make_spec(cfg, variant, seed, steps)
