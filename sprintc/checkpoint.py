@@ -262,12 +262,12 @@ def _model_ref(path: Path) -> str | None:
 
 
 def user_model(ref: str, spec=None):
-    """A user model from `pkg.module:factory` (sprintc.transform.load_user_model), rewritten in place with
+    """A user model from `pkg.module:factory` (sprintc.transforms.load_user_model), rewritten in place with
     the spec's passes unless the factory already did that or the spec lists none."""
     try:
-        from sprintc.transform import load_user_model, transform
+        from sprintc.transforms import load_user_model, transform
     except ImportError:
-        raise CheckpointError(f"--model {ref}: user models need sprintc.transform.load_user_model, which this "
+        raise CheckpointError(f"--model {ref}: user models need sprintc.transforms.load_user_model, which this "
                               "installation lacks") from None
     model = load_user_model(ref)
     if spec is not None and spec.passes and "sprint" not in model._modules:

@@ -842,14 +842,3 @@ def load_user_model(ref: str) -> nn.Module:
         raise TransformError(f"--model {ref!r}: {modname}.{attr}() returned a {type(model).__name__}, not an nn.Module")
     return model
 
-
-class _CallableModule(type(sys)):
-    """Importing this module binds `sprintc.transform` to the module, shadowing the function the package
-    exports under the same name; calling the module calls the function, so `sprintc.transform(model)`
-    works whichever of the two the name holds."""
-
-    def __call__(self, *args, **kwargs):
-        return transform(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import sprintc
 from sprintc.errors import SpecError, SprintcError
-from sprintc.transform import TransformConfig, TransformError, load_user_model
+from sprintc.transforms import TransformConfig, TransformError, load_user_model
 
 IDENTITY = [{"name": "partition", "encoder": 1, "decoder": 1}, {"name": "route", "drop": 0.0},
             {"name": "fuse", "kind": "concat_linear", "init": "identity"}]

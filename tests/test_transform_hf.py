@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import sprintc
-from sprintc.transform import TransformError
+from sprintc.transforms import TransformError
 
 IDENTITY = [{"name": "partition", "encoder": 1, "decoder": 1}, {"name": "route", "drop": 0.0},
             {"name": "fuse", "kind": "concat_linear", "init": "identity"}]
