@@ -44,6 +44,12 @@ def run_build(args) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=120)  # pipes: no 80-column wrap
     print_report(report, console)
     console.print(f"wrote {', '.join(report['files'].values())}")
+    if spec.target.name == "aot":  # the deployable artefact: the guided sampling step as an AOTInductor package
+        from sprintc.targets_api import export_aot
+
+        info = export_aot(compile_spec(spec), out / "model.pt2")
+        console.print(f"wrote {info['path']} ({info['bytes'] / 2**20:.1f} MiB; guided step, guidance {info['guidance']}, "
+                      f"{info['dtype']} on {info['device']}; {info['total_s']} s)")
     if args.dump_after:
         code = dict(built.history)[args.dump_after]
         console.rule(f"graph after {args.dump_after}")

@@ -247,3 +247,26 @@ def test_aot_package_runs_without_sprintc(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def test_build_target_aot_writes_model_pt2(tmp_path, monkeypatch):
+    """`sprintc build SPEC --target aot` hands a built model (real weights) to export_aot with OUT/model.pt2
+    (export_aot itself is tested above; here it is replaced to keep the test fast)."""
+    import yaml
+
+    import sprintc.targets_api as api
+    from sprintc.cli import main
+
+    calls = []
+
+    def fake_export(built, out_path, **kw):
+        calls.append((built, out_path))
+        return {"path": str(out_path), "bytes": 1, "guidance": "pdg", "dtype": "float32", "device": "cpu", "total_s": 0.0}
+
+    monkeypatch.setattr(api, "export_aot", fake_export)
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec(**{"model__width": 32, "model__heads": 2})))
+    assert main(["build", str(spec), "--target", "aot", "--out", str(tmp_path / "out")]) == 0
+    (built, out_path), = calls
+    assert out_path == tmp_path / "out" / "model.pt2" and built.spec.target.name == "aot"
+    assert next(built.model.parameters()).device.type != "meta"
