@@ -47,7 +47,11 @@ BENCH="python3 -m sprintc bench $SPEC $DEV"
 anchor() { echo env OUT="$W/anchor_b$1" python3 "$REPO/.gpu/anchor_dit.py" --model XL --batch "$1" --steps 20 --modes compile; }
 mkdir -p "$W/anchor_b128" "$W/anchor_b64" "$W/anchor_b32"
 
-if [ "$PHASE" = 1 ]; then
+if [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)
+  CAP=${CAP:-240}
+  piece ddp_w1 $(( CAP / 2 )) 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w1.json"
+  piece ddp_w2 $(( CAP - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w2.json"
+elif [ "$PHASE" = 1 ]; then
   if [ $TINY = 0 ]; then
     nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
   fi
