@@ -137,8 +137,11 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 
 def resolve(path: str | Path) -> Path:
-    """A checkpoint folder from a run folder (its newest checkpoint), a checkpoints/ folder, or a step folder."""
+    """A checkpoint folder from a run folder (its newest checkpoint), a checkpoints/ folder (or
+    checkpoints/last), or a step folder."""
     p = Path(path)
+    if p.name in ("last", "latest") and not p.exists() and p.parent.is_dir():
+        p = p.parent  # runs/NAME/checkpoints/last: the newest checkpoint there
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint or run folder")
     if (p / "manifest.json").exists() or STEP_RE.match(p.name):

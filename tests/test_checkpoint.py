@@ -39,6 +39,7 @@ def test_keeps_the_last_n_and_never_overwrites(tmp_path):
     write(tmp_path, 4, keep=2, sd={"w": torch.zeros(1)})  # same step again: the existing one stays
     assert (tmp_path / "step_000004" / "model.safetensors").read_bytes() == before
     assert ckpt.resolve(tmp_path).name == "step_000004"
+    assert ckpt.resolve(tmp_path / "last").name == "step_000004"
 
 
 def test_full_disk_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
