@@ -145,17 +145,25 @@ def draw_routing(sprint, batch: int, device, generator) -> dict:
     return out
 
 
-def forward_flops(net, spec, sprint, device) -> float:
-    """FLOPs of one image's forward in the current stage (routed or dense), counted on a batch of 1."""
+def forward_flops(ema, spec, routing: bool, device) -> float:
+    """FLOPs of one image's forward in a stage (routed or dense), counted on a batch of 1 of the EMA copy
+    (eager: counting on the compiled model would compile it for batch 1)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sprintc.compiler import example_inputs
 
+    sprint = getattr(ema, "sprint", None)
+    if sprint is not None:
+        sprint.routing = routing
     x, t, y = example_inputs(spec, 1, device)
     kw = draw_routing(sprint, 1, device, torch.Generator(device).manual_seed(0))
     args = (x, t) if y is None else (x, t, y)
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        net(*args, **kw)
+    ema.train()
+    try:
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            ema(*args, **kw)
+    finally:
+        ema.eval()
     return float(fc.get_total_flops())
 
 
@@ -410,7 +418,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
 
     losses, saved, samples_path = [], None, None
     wrapped, cur, flops_img, peak = net, -1, None, peak_flops(device)
-    window = [0.0, 0, time.perf_counter()]  # loss sum, steps, start time of the log window
+    window = [0.0, 0, 0, time.perf_counter()]  # loss sum, steps, images, start time of the log window
     img_total, t_loop = 0, time.perf_counter()
     loss_v, stopped = float("nan"), "done"
     try:
@@ -421,7 +429,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 if si != cur:  # a new stage: routing on/off, re-wrap once (never per step)
                     cur = si
                     wrapped = _enter_stage(net, sprint, stage, world, device, fsdp)
-                    flops_img = 3 * forward_flops(net, spec, sprint, device) if peak else None
+                    flops_img = 3 * forward_flops(ema, spec, stage.routing, device) if peak else None
                     log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
                 lr = lr_at(stage, step - starts[si])
                 for g in opt.param_groups:
@@ -457,15 +465,16 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 losses.append(loss_v)
                 window[0] += loss_v
                 window[1] += 1
+                window[2] += B
                 rec = None
                 if step % tr.log_every == 0 or step == total:
                     now = time.perf_counter()
-                    ips = window[1] * B / max(now - window[2], 1e-9)
+                    ips = window[2] / max(now - window[3], 1e-9)
                     gn = float(_local(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)) if gnorm is not None else None
                     rec = {"step": step, "stage": stage.name, "loss": window[0] / window[1], "loss_last": loss_v,
                            "lr": lr, "grad_norm": gn, "images_per_s": ips, "time": round(now - t_start, 3),
                            "mfu": ips * flops_img / (peak * world) if peak and flops_img else None}
-                    window[:] = [0.0, 0, now]
+                    window[:] = [0.0, 0, 0, now]
                 log.step(step, stage.name, rec)
                 if stop_all:
                     stopped = "signal"

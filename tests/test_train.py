@@ -20,7 +20,7 @@ from sprintc.errors import CheckpointError, SprintcError
 from sprintc.objectives import Objective, ddpm_betas
 from sprintc.pipeline import routed_forward
 from sprintc.spec import load_spec
-from sprintc.train import DivergedError, ema_decay, lr_at, train
+from sprintc.train import DivergedError, ema_decay, forward_flops, lr_at, train
 
 
 def spec(stages=((3, 8, True), (2, 4, False)), **train_over):
@@ -103,6 +103,14 @@ def test_schedules():
     assert [lr_at(st2, i) for i in range(5)] == pytest.approx([1.25e-4, 2.5e-4, 3.75e-4, 5e-4, 5e-4])
     e = load_spec(spec()).train.ema  # decay 0.9, warmup 2
     assert [ema_decay(e, s) for s in range(4)] == pytest.approx([0.0, 0.45, 0.9, 0.9])
+
+
+def test_forward_flops_of_a_stage():
+    """MFU's numerator (used on CUDA): the routed forward costs less than the dense one; the EMA stays in eval."""
+    s = load_spec(spec())
+    ema = build(s).eval()
+    routed, dense = forward_flops(ema, s, True, torch.device("cpu")), forward_flops(ema, s, False, torch.device("cpu"))
+    assert 0 < routed < dense and not ema.training
 
 
 # ------------------------------------------------------------------------------------ training
