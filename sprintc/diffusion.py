@@ -76,7 +76,8 @@ class Guided:
 
     def __call__(self, x: torch.Tensor, t: float, model_t: float | None = None) -> torch.Tensor:
         B = x.shape[0]
-        tt = torch.full((B,), t if model_t is None else model_t, dtype=self.dtype, device=x.device)
+        # time stays float32 even for bf16 weights: bf16 cannot hold DDPM steps above 256 exactly
+        tt = torch.full((B,), t if model_t is None else model_t, dtype=torch.float32, device=x.device)
         xin = x.to(self.dtype)
         kind = self.guidance if self.guided_at(t) else "none"
         self.calls["guidance" if kind == "pdg" else "forward"] += B * (1 if kind == "none" else 2)
