@@ -136,6 +136,7 @@ class LabelEmbedder(nn.Module):
 
     def __init__(self, num_classes, d):
         super().__init__()
+        self.num_classes = num_classes  # the null label's index (what transform and samplers look for)
         self.embedding_table = nn.Embedding(num_classes + 1, d)
 
     def forward(self, y):

@@ -257,7 +257,6 @@ def test_user_model_flag(tmp_path, monkeypatch):
         "from sprintc.model import DiT\nfrom sprintc.spec import ModelSpec\n\n"
         "def small():\n    m = DiT(ModelSpec(input={'channels': 1, 'size': 8}, patch=2, width=64, depth=4, heads=4,\n"
         "                   pos='rope', qk_norm='rms', num_classes=10))\n"
-        "    m.y_embedder.num_classes = 10  # as facebookresearch/DiT's LabelEmbedder has it\n"
         "    return m\n")
     f = tmp_path / "s.yaml"
     yaml.safe_dump(spec(stages=((2, 4, True),)), f.open("w"))
