@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from sprintc.errors import CheckpointError, SprintcError
+from sprintc.targets_api import resolve_device
 
 
 def add_sample_arguments(p):
@@ -48,18 +49,6 @@ def add_sampling_options(p):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SprintcError(f"--device {name!r}: not a device; allowed: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SprintcError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return dev
-
-
 def parse_floats(text: str, what: str, count: int) -> tuple[float, ...]:
     try:
         vals = tuple(float(v) for v in text.split(","))
@@ -237,7 +226,7 @@ def prepare(args, spec):
         warn(f"guidance {guidance} with scale {scale}, but the model was trained without label dropout "
              "(model.class_dropout: 0): its null-label predictions were never trained, so guidance will likely hurt; "
              "use --guidance none or retrain with class_dropout > 0")
-    device = pick_device(args.device)
+    device = resolve_device(None, args.device)
     model = load_model(spec, args.ckpt, device=device, ema=not args.no_ema)
     check_guidance(model, spec, guidance, scale)
     model, step_for = lower_for_sampling(model, spec, device, args.target, args.dtype)

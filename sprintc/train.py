@@ -24,6 +24,7 @@ import torch.distributed as dist
 from sprintc import checkpoint as ckpt
 from sprintc.data import Stream, describe, load_data
 from sprintc.errors import CheckpointError, SprintcError
+from sprintc.targets_api import clip_and_step, lower, resolve_device
 from sprintc.objectives import Objective
 from sprintc.spec import dump_spec, load_spec
 
@@ -69,15 +70,6 @@ def run_train(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def resolve_device(name: str | None, spec) -> torch.device:
-    name = name or spec.target.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SprintcError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False); use --device cpu")
-    return torch.device(name)
-
-
 def init_distributed(device: torch.device):
     """(rank, world, device, created) from torchrun's environment; one process: (0, 1, device, False)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -175,25 +167,10 @@ def peak_flops(device) -> float | None:
 
 
 def _lower(net, spec, device):
-    """Compile the blocks in place through sprintc.targets_api when it is installed; eager otherwise.
-    On the CPU the model trains in float32 whatever target.dtype says."""
-    try:
-        from sprintc.targets_api import lower
-    except ImportError:
-        return net
+    """Compile the blocks in place (the spec's target). On the CPU the model trains in float32 whatever
+    target.dtype says."""
     target = spec.target if device.type == "cuda" else spec.target.model_copy(update={"dtype": "float32"})
     return lower(net, target, device=device)
-
-
-def _clip_and_step(opt, params, max_norm):
-    """Clip to `max_norm` and step; targets_api folds the clip into a fused AdamW when it is there."""
-    try:
-        from sprintc.targets_api import clip_and_step
-    except ImportError:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if max_norm > 0 else None
-        opt.step()
-        return norm
-    return clip_and_step(opt, params, max_norm)
 
 
 class Stop:
@@ -298,7 +275,7 @@ def train(spec, out_dir, *, resume: bool = False, model=None, max_steps: int | N
             from torch.utils.tensorboard import SummaryWriter  # noqa: F401
         except ImportError:
             raise SprintcError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)") from None
-    device = resolve_device(device, spec)
+    device = resolve_device(spec.target, device)
     rank, world, device, created_pg = init_distributed(device)
     threads = torch.get_num_threads()
     if device.type == "cpu":
@@ -457,7 +434,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                                         + (f"The last good checkpoint is {last[-1]}; resume from it with --resume "
                                            "(perhaps with a lower lr or more warm-up)" if last else "No checkpoint was written yet")
                                         + ".")
-                gnorm = _clip_and_step(opt, list(net.parameters()), tr.grad_clip)
+                gnorm = clip_and_step(opt, list(net.parameters()), tr.grad_clip)
                 update_ema(ema, net, ema_decay(tr.ema, step))
                 step += 1
                 cursor += B
