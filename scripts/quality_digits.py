@@ -27,6 +27,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import yaml
+
 try:
     import sprintc.compiler  # noqa: F401  (pip install -e . puts sprintc and sprintc.passes on the path)
 except ImportError:
@@ -66,7 +68,8 @@ def make_spec(cfg, variant: str | None, seed: int, steps: tuple[int, int]):
     common = {"model": {"width": cfg["width"], "depth": cfg["depth"], "heads": cfg["heads"]},
               "sample": {"sampler": "euler", "steps": cfg["eval_steps"], "guidance": "none", "scale": 1.0},
               "target": {"name": "eager", "device": "auto", "dtype": "float32"}}
-    train = {"seed": seed, "ema": ema, "log_every": 10_000, "checkpoint_every": cfg["ckpt_every"], "keep_checkpoints": 10_000}
+    train = {"seed": seed, "ema": ema, "log_every": 10_000, "checkpoint_every": cfg["ckpt_every"], "keep_checkpoints": 10_000,
+             "sample_every": 0}
     warm = max(1, min(50, steps[0] // 5))
     # both runs end with the same lower-lr stage, so the only difference is routing in the first stage
     second = {"steps": steps[1], "batch": cfg["batch"], "lr": cfg["lr"] / 2, "warmup": max(1, steps[1] // 10), "routing": False}
@@ -168,22 +171,31 @@ def evaluate(model, spec, fd, cfg, *, guidance="none", scale=1.0, seed=0) -> dic
     return r
 
 
+def training_identity(d: dict) -> dict:
+    """What decides the trained weights in a spec dump (not logging, checkpoint or sample-grid settings)."""
+    t = d.get("train") or {}
+    keep = ("objective", "time_sampling", "stages", "betas", "weight_decay", "eps", "grad_clip", "ema", "data", "seed")
+    return {"model": d.get("model"), "passes": d.get("passes"), "train": {k: t.get(k) for k in keep}}
+
+
 def run_job(job: dict) -> dict:
     """Train one run (or reuse it), then evaluate its checkpoints as `job['evals']` asks."""
     from sprintc import checkpoint as ckpt
     from sprintc.evaluate import DigitsFD
-    from sprintc.spec import load_spec
+    from sprintc.spec import dump_spec, load_spec
     from sprintc.train import train
 
     cfg, out = job["cfg"], Path(job["out"])
     spec = load_spec(job["spec"])
+    lock = out / "spec.lock.yaml"  # reuse a finished run only if it trained this model the same way
+    same = lock.is_file() and training_identity(yaml.safe_load(lock.read_text())) == training_identity(yaml.safe_load(dump_spec(spec)))
     done = out / "result.json"
-    if done.is_file():
+    if same and done.is_file():
         prev = json.loads(done.read_text())
         if prev.get("key") == job["key"]:
             return prev
     t0 = time.perf_counter()
-    if not ckpt.list_checkpoints(out / "checkpoints") or not (out / "checkpoints" / f"step_{job['total']:06d}").exists():
+    if not same or not (out / "checkpoints" / f"step_{job['total']:06d}").exists():
         if out.exists():
             import shutil
 
@@ -210,18 +222,19 @@ def run_job(job: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ report
 def real_floor(cfg, fd, reps=5) -> dict:
-    """FD of random n_eval-subsets of the real digits against all of them: the floor and its spread."""
+    """FD of n_eval real digits drawn with replacement (a bootstrap) against all of them: roughly what a
+    perfect sampler would score at this sample size, and its spread."""
     import numpy as np
     import torch
 
     from sprintc.evaluate import real_digits
 
-    x, y = real_digits()
+    x, _ = real_digits()
     vals = []
     for r in range(reps):
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(100 + r))[: cfg["n_eval"]]
+        idx = torch.randint(0, len(x), (cfg["n_eval"],), generator=torch.Generator().manual_seed(100 + r))
         vals.append(fd.score(x[idx])["fd"])
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if reps > 1 else 0.0, "values": vals}
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)), "values": vals}
 
 
 def mean_sd(vals):
@@ -256,7 +269,7 @@ def plots(results, cfg, out: Path, floor):
             ys = np.array([[c["fd"] for c in r["curve"]] for r in runs])
             ax.errorbar(xs, ys.mean(0), yerr=ys.std(0, ddof=1) if len(runs) > 1 else None, fmt="s-", color=color, lw=2,
                         capsize=3, label=f"{'SPRINT (routed, then fine-tune)' if name == 'sprint' else 'dense'} (mean of {len(runs)} seeds)")
-    ax.axhline(floor["mean"], ls=":", color="k", label=f"real digits, {cfg['n_eval']} images")
+    ax.axhline(floor["mean"], ls=":", color="k", label=f"real digits, {cfg['n_eval']} drawn (floor)")
     ax.set_xlabel("training compute (TFLOPs)")
     ax.set_ylabel(f"FD (digits features, {cfg['n_eval']} samples)")
     ax.set_title("(a) equal training compute: SPRINT vs dense, no guidance")
@@ -265,12 +278,13 @@ def plots(results, cfg, out: Path, floor):
     files["a"] = out / "fd_vs_train_flops.png"
     fig.savefig(files["a"], dpi=120)
     plt.close(fig)
-    # (b) FD vs sampling FLOPs, PDG vs CFG on the SPRINT finals (and CFG on dense)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    # (b) PDG vs CFG on the SPRINT finals (and CFG on dense): FD against the guidance scale (left) and
+    # against sampling FLOPs per image (right; every scale of one method costs the same, dashed lines join
+    # CFG and PDG at equal scale)
+    fig, (axl, ax) = plt.subplots(1, 2, figsize=(10, 4))
+    pts_by = {}
     for variant, guid, color, mark in (("sprint", "pdg", "tab:red", "o"), ("sprint", "cfg", "tab:blue", "s"), ("dense", "cfg", "tab:gray", "^")):
         runs = [r for r in results if r["variant"] == variant]
-        if not runs:
-            continue
         pts = []
         for w in (1.0, *cfg["scales"]):
             key = "none" if w == 1.0 else f"{guid}{w:g}"
@@ -278,22 +292,37 @@ def plots(results, cfg, out: Path, floor):
             if vals:
                 fl = sampling_flops(runs[0]["flops"], "none" if w == 1.0 else guid, cfg["eval_steps"])
                 pts.append((fl / 1e9, *mean_sd(vals), w))
-        if pts:
-            xs, ms, ss, ws = zip(*pts)
-            ax.errorbar(xs, ms, yerr=ss if len(runs) > 1 else None, fmt=mark + "-", color=color, capsize=3,
-                        label=f"{variant} {guid.upper()}")
-            for x_, m_, w_ in zip(xs, ms, ws):
-                ax.annotate(f"w={w_:g}", (x_, m_), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
-    ax.set_xlabel("sampling compute per image (GFLOPs)")
+        if not pts:
+            continue
+        pts_by[variant, guid] = pts
+        xs, ms, ss, ws = zip(*pts)
+        yerr = [0 if s_ != s_ else s_ for s_ in ss]
+        lab = f"{variant} {guid.upper()} (w=1: no guidance)"
+        axl.errorbar(ws, ms, yerr=yerr, fmt=mark + "-", color=color, capsize=3, label=lab)
+        ax.errorbar(xs[1:], ms[1:], yerr=yerr[1:], fmt=mark, color=color, capsize=3, label=f"{variant} {guid.upper()}")
+        ax.errorbar(xs[:1], ms[:1], yerr=yerr[:1], fmt=mark, mfc="white", color=color, capsize=3)
+        for x_, m_, w_ in zip(xs, ms, ws):
+            ax.annotate(f"w={w_:g}", (x_, m_), textcoords="offset points", xytext=(4, 2), fontsize=7, color=color)
+    a, b = pts_by.get(("sprint", "cfg"), []), pts_by.get(("sprint", "pdg"), [])
+    for pa, pb in zip(a[1:], b[1:]):
+        ax.plot([pa[0], pb[0]], [pa[1], pb[1]], ":", color="k", lw=0.8)
+    axl.set_xlabel("guidance scale w")
+    axl.set_ylabel(f"FD ({cfg['n_eval']} samples)")
+    axl.set_title(f"(b) PDG vs CFG, Euler {cfg['eval_steps']} steps")
+    axl.legend(fontsize=8)
+    ax.set_xlabel("sampling compute per image (GFLOPs; hollow: no guidance)")
     ax.set_ylabel(f"FD ({cfg['n_eval']} samples)")
-    ax.set_title(f"(b) PDG vs CFG, Euler {cfg['eval_steps']} steps")
+    ax.set_title("the same points against sampling compute")
     ax.legend(fontsize=8)
     fig.tight_layout()
     files["b"] = out / "fd_vs_sampling_flops.png"
     fig.savefig(files["b"], dpi=120)
     plt.close(fig)
-    # (c) ablations: bars of FD without guidance and with PDG
-    names = ["sprint", "drop0.5", "drop0.875", "random", "nofuse", "pathdrop0", "dense"]
+    # (c) ablations: bars of FD without guidance and with PDG (when any ablation ran)
+    names = [n for n in ["sprint", "drop0.5", "drop0.875", "random", "nofuse", "pathdrop0", "dense"]
+             if any(r["variant"] == n for r in results)]
+    if not set(names) - {"sprint", "dense"}:
+        return files
     fig, ax = plt.subplots(figsize=(7, 3.8))
     w_ab = cfg["ablation_scale"]
     for j, (key, color, lab) in enumerate((("none", "tab:gray", "no guidance"), (f"pdg{w_ab:g}", "tab:red", f"PDG w={w_ab:g}"),
@@ -350,8 +379,8 @@ def grids(results, cfg, out: Path):
 def tables(results, cfg, floor, fl_by) -> str:
     w = cfg["ablation_scale"]
     L = []
-    L.append(f"Real-digit floor: FD of {cfg['n_eval']} random real digits vs all 1,797: {fmt(floor['mean'], floor['std'])} "
-             f"(5 subsets). Sampling spread: FD of the same model with two sampling seeds is listed as `none` / `none@seed1`.\n")
+    L.append(f"Real-digit floor: FD of {cfg['n_eval']} real digits drawn with replacement vs all 1,797: {fmt(floor['mean'], floor['std'])} "
+             f"(5 draws). Sampling spread: FD of the same model with two sampling seeds is listed as `none` / `none@seed1`.\n")
     L.append("### (a) equal training compute\n")
     L.append("| run | seed | steps (routed + dense) | train TFLOPs | FD along training (checkpoint TFLOPs: FD) | final FD, no guidance | sampling seed 1 |")
     L.append("|---|---|---|---|---|---|---|")
@@ -407,6 +436,24 @@ def tables(results, cfg, floor, fl_by) -> str:
     return "\n".join(L) + "\n"
 
 
+def report_only(out: Path, cache=None):
+    """Tables and plots again from a finished OUT/results.json (the floor is recomputed here)."""
+    from sprintc.evaluate import DigitsFD
+
+    data = json.loads((out / "results.json").read_text())
+    cfg, results = data["cfg"], data["runs"]
+    fd = DigitsFD(cache, log=print)
+    floor = real_floor(cfg, fd)
+    plots(results, cfg, out, floor)
+    md = tables(results, cfg, floor, data["flops"])
+    text = (out / "results.md").read_text() if (out / "results.md").exists() else ""
+    header = text.split("Real-digit floor")[0] if "Real-digit floor" in text else ""
+    (out / "results.md").write_text(header + md)
+    data["floor"] = floor
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str))
+    print(md)
+
+
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -417,6 +464,8 @@ def main(argv=None):
     ap.add_argument("--cache", default=None, help="digits classifier cache folder (default ~/.cache/sprintc)")
     ap.add_argument("--only", type=lambda t: t.split(","), default=None,
                     help="comma-separated SPRINT variants to run besides dense (default: all: " + ",".join(VARIANTS) + ")")
+    ap.add_argument("--report-only", action="store_true",
+                    help="redo OUT/results.md and the plots from OUT/results.json (no training or sampling)")
     ap.add_argument("--runs", default="runs/quality_digits", help="where the training runs go (checkpoints; reused when rerun)")
     args = ap.parse_args(argv)
     cfg = dict(PRESETS[args.preset], device=args.device, cache=args.cache, preset=args.preset)
@@ -426,6 +475,8 @@ def main(argv=None):
     if bad:
         ap.error(f"--only {bad[0]}: unknown variant; known: {', '.join(VARIANTS)}")
     out = Path(args.out)
+    if args.report_only:
+        return report_only(out, args.cache)
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(args.runs) / args.preset
     t0 = time.perf_counter()
@@ -464,7 +515,8 @@ def main(argv=None):
             else:
                 evals += [(f"pdg{w_ab:g}", "pdg", w_ab, 0), (f"cfg{w_ab:g}", "cfg", w_ab, 0)]
             total = sum(steps)
-            key = json.dumps([cfg, name, seed, steps, evals], sort_keys=True, default=str)
+            same_work = {k: v for k, v in cfg.items() if k not in ("workers", "threads", "cache")}  # not results
+            key = json.dumps([same_work, name, seed, steps, evals], sort_keys=True, default=str)
             jobs.append({"name": f"{name}-s{seed}", "variant": name, "seed": seed, "cfg": cfg, "flops": fl,
                          "spec": spec.model_dump(mode="json", exclude={"extends"}), "out": str(runs_dir / f"{name}-s{seed}"),
                          "total": total, "evals": evals, "key": key,
