@@ -83,9 +83,7 @@ def load_model(spec, ckpt, device="cpu", ema: bool = True) -> torch.nn.Module:
     """The spec's model with the weights of `ckpt`: a sprintc checkpoint folder (sprintc.checkpoint), or a
     single .safetensors / .pt state dict (sprintc's layout or the reference SPRINT layout)."""
     path = Path(ckpt)
-    if not path.exists():
-        raise CheckpointError(f"--ckpt {ckpt}: no such file or folder")
-    if path.is_dir():
+    if path.is_dir() or (path.name in ("last", "latest") and path.parent.is_dir()):  # a run / checkpoint folder
         from sprintc import checkpoint
 
         stored = checkpoint.load(path, parts=()).spec
@@ -93,6 +91,8 @@ def load_model(spec, ckpt, device="cpu", ema: bool = True) -> torch.nn.Module:
         if diff:
             warn(f"the spec differs from the one the checkpoint was trained with ({'; '.join(diff[:4])})")
         return checkpoint.load_for_inference(path, spec=spec, device=device, ema=ema)
+    if not path.exists():
+        raise CheckpointError(f"--ckpt {ckpt}: no such file or folder")
     from sprintc.compiler import build
     from sprintc.reference import _STAGE, load_reference, read_state
 

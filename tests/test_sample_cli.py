@@ -68,6 +68,11 @@ def test_writes_grid_pngs_and_adm_npz_deterministically(work, capsys):
     # the checkpoint folder (EMA weights, same values) gives the same images for the same seed
     with np.load(b / "samples_5x8x8x3.npz") as z:
         assert np.array_equal(z["arr_0"], arr)
+    # the README's form: RUN/checkpoints/last is the newest checkpoint
+    e = work / "e"
+    assert run(work / "tiny.yaml", "--ckpt", work / "run" / "checkpoints" / "last", "--n", 5, "--batch", 3, "--seed", 1, "--out", e) == 0
+    with np.load(e / "samples_5x8x8x3.npz") as z:
+        assert np.array_equal(z["arr_0"], arr)
     rec = json.loads((a / "sample.json").read_text())
     assert rec["guidance"] == "pdg" and rec["model_rows"] == {"forward": 0, "guidance": 30}
     assert rec["target"]["name"] == "eager" and rec["cuda_graphs"] is False
