@@ -233,6 +233,8 @@ def install(root: nn.Module, gm: fx.GraphModule, ctx: Context):
     sprint.graph_fn = compile_forward(gm.graph, root)
     sprint.guidance_fn = compile_forward(ctx.guidance, root) if ctx.guidance is not None else None
     sprint.applied = list(ctx.applied)
+    staged = [n.meta["stage"] for n in gm.graph.nodes if n.op == "call_module" and "stage" in n.meta]
+    sprint.stages = tuple(staged.count(s) for s in ("encoder", "middle", "decoder")) if staged else None
     root.__dict__["forward"] = bind(routed_forward, root)
     if sprint.guidance_fn is not None:
         root.__dict__["forward_guidance"] = bind(guidance_forward, root)

@@ -125,3 +125,10 @@ def test_corrupt_reference_checkpoint(tmp_path):
         sprintc.load_reference(model, bad)
     with pytest.raises(CheckpointError, match="not found"):
         sprintc.load_reference(model, tmp_path / "missing.safetensors")
+
+
+def test_reference_split_must_match_the_partition(fixture):
+    cfg, _, weights = fixture
+    other = dict(cfg, encoder_depth=2, middle_depth=1, decoder_depth=1)
+    with pytest.raises(CheckpointError, match=r"splits its blocks 1/2/1 .* partitioned 2/1/1"):
+        sprintc.load_reference(sprintc.build(spec_from_config(other)), weights)
