@@ -11,13 +11,6 @@ from sprintc.compiler import compile_spec
 from sprintc.spec import load_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
     out = tmp_path / "bench.json"

@@ -9,14 +9,6 @@ from sprintc.errors import SprintcError
 from conftest import tiny_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny matmuls on shared cores: one thread is ~10x faster than two (no OpenMP spin contention)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def gauss_spec(objective="flow", channels=1, size=1, num_classes=2, sampler="euler"):
     return sprintc.load_spec({

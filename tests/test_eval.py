@@ -17,13 +17,6 @@ from sprintc.images import save_npz, to_rgb, to_uint8
 from conftest import tiny_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on shared cores: one thread is much faster
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

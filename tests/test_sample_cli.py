@@ -17,13 +17,6 @@ from sprintc.spec import dump_spec
 from conftest import tiny_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on shared cores: one thread is much faster
-    yield
-    torch.set_num_threads(n)
-
 
 def write_spec(path, **over):
     d = tiny_spec(model__input={"channels": 1, "size": 8}, sample={"sampler": "euler", "steps": 3, "guidance": "pdg", "scale": 2.0}, **over)

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import ROOT, tiny_spec
 from sprintc import cli
 from sprintc.errors import SpecError
-from sprintc.spec import Spec, dump_spec, json_schema, load_spec, preset_names
+from sprintc.spec import dump_spec, json_schema, load_spec, preset_names
 
 BAD = "tests/specs_bad"
 PRESETS = "digits, digits_sprint, dit_b, dit_l, dit_s, dit_xl, sit_xl, sit_xl_sprint, tread_digits"

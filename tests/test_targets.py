@@ -18,13 +18,6 @@ from sprintc.targets_api import (SamplingStep, TargetError, clip_and_step, lower
                                  prepare_inference, resolve_device, resolve_target)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on shared cores
-    yield
-    torch.set_num_threads(n)
-
 
 def small(**over):
     """Width 32, depth 4 (1 dense + 2 routed + 1 dense), 16 tokens; weights drawn so nothing is zero."""
