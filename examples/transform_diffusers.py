@@ -12,16 +12,10 @@ import copy
 
 import torch
 from diffusers import DiTTransformer2DModel
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import sprintc
+from sprintc.graph import count_flops
 
-
-def flops(fn):
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):  # CPU's fused attention is not counted
-        fn()
-    return fc.get_total_flops()
 
 
 def main():
@@ -40,8 +34,8 @@ def main():
 
     x, t, y = torch.randn(8, 4, 16, 16), torch.randint(0, 1000, (8,)), torch.randint(0, 10, (8,))
     model.train()
-    before = flops(lambda: dense(x, t, y, return_dict=False))
-    after = flops(lambda: model(x, t, y, return_dict=False))
+    before = count_flops(lambda: dense(x, t, y, return_dict=False))
+    after = count_flops(lambda: model(x, t, y, return_dict=False))
     print(f"\ntraining forward, batch 8: {before / 1e9:.3f} GFLOP dense -> {after / 1e9:.3f} GFLOP routed "
           f"(x{after / before:.3f}; the report predicted x{report.flop_ratio:.3f})")
 

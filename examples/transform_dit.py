@@ -12,10 +12,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import sprintc
+from sprintc.graph import count_flops
 
 
 def modulate(x, shift, scale):
@@ -77,11 +76,6 @@ class DiT(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", h).reshape(h.shape[0], self.channels, g * p, g * p)
 
 
-def flops(fn):
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):  # CPU's fused attention is not counted
-        fn()
-    return fc.get_total_flops()
-
 
 def main():
     torch.manual_seed(0)
@@ -92,7 +86,7 @@ def main():
 
     x, t, y = torch.randn(8, 4, 16, 16), torch.rand(8), torch.randint(0, 10, (8,))
     model.train()
-    before, after = flops(lambda: dense(x, t, y)), flops(lambda: model(x, t, y))
+    before, after = count_flops(lambda: dense(x, t, y)), count_flops(lambda: model(x, t, y))
     print(f"\ntraining forward, batch 8: {before / 1e9:.3f} GFLOP dense -> {after / 1e9:.3f} GFLOP routed "
           f"(x{after / before:.3f}; the report predicted x{report.flop_ratio:.3f})")
 

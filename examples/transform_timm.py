@@ -12,16 +12,10 @@ import copy
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import sprintc
+from sprintc.graph import count_flops
 
-
-def flops(fn):
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):  # CPU's fused attention is not counted
-        fn()
-    return fc.get_total_flops()
 
 
 def main():
@@ -33,7 +27,7 @@ def main():
 
     x, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     model.train()
-    before, after = flops(lambda: dense(x)), flops(lambda: model(x))
+    before, after = count_flops(lambda: dense(x)), count_flops(lambda: model(x))
     print(f"\ntraining forward, batch 16: {before / 1e9:.3f} GFLOP dense -> {after / 1e9:.3f} GFLOP routed "
           f"(x{after / before:.3f}; the report predicted x{report.flop_ratio:.3f})")
 

@@ -12,6 +12,7 @@ import networkx as nx
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from sprintc.errors import PassError
@@ -137,6 +138,14 @@ def _call_key(mod: nn.Module, args, kwargs):
     params = tuple((name, tuple(p.shape), p.dtype) for name, p in [*mod.named_parameters(), *mod.named_buffers()])
     flags = tuple(sorted((k, v) for k, v in vars(mod).items() if isinstance(v, (int, float, bool, str, tuple))))
     return (type(mod), structure, params, flags, inputs)
+
+
+def count_flops(fn, *args, **kwargs) -> int:
+    """FLOPs of one real call (FlopCounterMode). Attention runs on the math kernel, whose FLOPs are
+    counted on every device (CPU's fused attention kernel is not counted)."""
+    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
+        fn(*args, **kwargs)
+    return fc.get_total_flops()
 
 
 def _shape(v):

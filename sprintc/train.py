@@ -140,9 +140,8 @@ def draw_routing(sprint, batch: int, device, generator) -> dict:
 def forward_flops(ema, spec, routing: bool, device) -> float:
     """FLOPs of one image's forward in a stage (routed or dense), counted on a batch of 1 of the EMA copy
     (eager: counting on the compiled model would compile it for batch 1)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from sprintc.compiler import example_inputs
+    from sprintc.graph import count_flops
 
     sprint = getattr(ema, "sprint", None)
     if sprint is not None:
@@ -152,11 +151,10 @@ def forward_flops(ema, spec, routing: bool, device) -> float:
     args = (x, t) if y is None else (x, t, y)
     ema.train()
     try:
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            ema(*args, **kw)
+        with torch.no_grad():
+            return float(count_flops(ema, *args, **kw))
     finally:
         ema.eval()
-    return float(fc.get_total_flops())
 
 
 def peak_flops(device) -> float | None:

@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import sprintc
+from sprintc.graph import count_flops
 from sprintc.errors import SpecError, SprintcError
 from sprintc.transforms import TransformConfig, TransformError, load_user_model
 
@@ -174,11 +173,6 @@ def inputs(batch=2, seed=0):
     return torch.randn(batch, 4, 8, 8, generator=g), torch.rand(batch, generator=g), torch.randint(0, 10, (batch,), generator=g)
 
 
-def flops(fn):
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):  # CPU's fused SDPA is not counted
-        fn()
-    return fc.get_total_flops()
-
 
 # ------------------------------------------------------------------------------- equivalence
 def test_identity_at_drop_0_then_untransform_restores():
@@ -242,22 +236,22 @@ def test_routed_training_step_and_flops_fall_as_predicted():
     # prediction from the stage sizes: the dense model, minus two middle blocks at 16 tokens, plus the same two
     # at 4 tokens, plus the fusion at 16 tokens (gathers, scatters and the mask token cost no FLOPs)
     c = torch.randn(4, 64)
-    blk = lambda n: flops(lambda: m.blocks[1](torch.randn(4, n, 64), c))  # noqa: E731
-    fuse = flops(lambda: m.sprint.fuse(torch.randn(4, 16, 64), torch.randn(4, 16, 64)))
-    f_dense = flops(lambda: dense.train()(x, t, y))
-    f_routed = flops(lambda: m(x, t, y))
+    blk = lambda n: count_flops(lambda: m.blocks[1](torch.randn(4, n, 64), c))  # noqa: E731
+    fuse = count_flops(lambda: m.sprint.fuse(torch.randn(4, 16, 64), torch.randn(4, 16, 64)))
+    f_dense = count_flops(lambda: dense.train()(x, t, y))
+    f_routed = count_flops(lambda: m(x, t, y))
     predicted = f_dense - 2 * (blk(16) - blk(4)) + fuse
     assert f_routed == predicted
     assert f_routed / f_dense == pytest.approx(rep.flop_ratio, rel=1e-9)
     assert rep.flops_dense * 4 == f_dense and f_routed / f_dense < 0.75
     # the training step (forward + backward) falls by the same ratio, up to the input-gradient-free stem
-    step = lambda model: flops(lambda: (model(x, t, y) - x).square().mean().backward())  # noqa: E731
+    step = lambda model: count_flops(lambda: (model(x, t, y) - x).square().mean().backward())  # noqa: E731
     assert step(m) / step(dense) == pytest.approx(rep.flop_ratio, rel=0.01)
     # routing off (full-token fine-tuning) and eval are dense
     m.sprint.routing = False
     assert m(x, t, y).shape == x.shape
     m.eval()
-    assert flops(lambda: m(x, t, y)) == f_dense + fuse
+    assert count_flops(lambda: m(x, t, y)) == f_dense + fuse
 
 
 def test_pdg_guidance_halves():

@@ -5,10 +5,9 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 import sprintc
+from sprintc.graph import count_flops
 from sprintc.transforms import TransformError
 
 IDENTITY = [{"name": "partition", "encoder": 1, "decoder": 1}, {"name": "route", "drop": 0.0},
@@ -16,11 +15,6 @@ IDENTITY = [{"name": "partition", "encoder": 1, "decoder": 1}, {"name": "route",
 ROUTED = [{"name": "partition", "encoder": 1, "decoder": 1}, {"name": "route", "sampler": "structured", "drop": 0.75},
           {"name": "fuse", "kind": "concat_linear"}, {"name": "path_drop", "p": 0.1}]
 
-
-def flops(fn):
-    with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):  # CPU's fused SDPA is not counted
-        fn()
-    return fc.get_total_flops()
 
 
 def randomise(model):
@@ -73,10 +67,10 @@ def test_diffusers_dit_routed_training_flops_and_pdg():
     assert torch.isfinite(loss) and m.sprint.fuse.linear.weight.grad is not None
 
     # FLOPs: the dense model minus two middle blocks at 16 tokens plus the same at 4, plus the fusion
-    blk = lambda n: flops(lambda: m.transformer_blocks[1](torch.randn(4, n, 32), timestep=t, class_labels=y))  # noqa: E731
-    fuse = flops(lambda: m.sprint.fuse(torch.randn(4, 16, 32), torch.randn(4, 16, 32)))
-    f_dense = flops(lambda: dense.train()(x, t, y))
-    f_routed = flops(lambda: m(x, t, y))
+    blk = lambda n: count_flops(lambda: m.transformer_blocks[1](torch.randn(4, n, 32), timestep=t, class_labels=y))  # noqa: E731
+    fuse = count_flops(lambda: m.sprint.fuse(torch.randn(4, 16, 32), torch.randn(4, 16, 32)))
+    f_dense = count_flops(lambda: dense.train()(x, t, y))
+    f_routed = count_flops(lambda: m(x, t, y))
     assert f_routed == f_dense - 2 * (blk(16) - blk(4)) + fuse
     assert f_routed / f_dense == pytest.approx(rep.flop_ratio, rel=1e-9)
 
@@ -145,10 +139,10 @@ def test_timm_vit_classification_training_keeps_prefix_tokens(kw, prefix):
     assert torch.isfinite(loss) and got["mid"].shape == (4, 16 + prefix, 64)
     assert torch.equal(got["mid"][:, :prefix], got["enc"][:, :prefix])  # class / register tokens always kept
 
-    blk = lambda n: flops(lambda: m.blocks[1](torch.randn(4, n, 64)))  # noqa: E731
-    fuse = flops(lambda: m.sprint.fuse(torch.randn(4, 64 + prefix, 64), torch.randn(4, 64 + prefix, 64)))
-    f_dense = flops(lambda: dense.train()(x))
-    f_routed = flops(lambda: m(x))
+    blk = lambda n: count_flops(lambda: m.blocks[1](torch.randn(4, n, 64)))  # noqa: E731
+    fuse = count_flops(lambda: m.sprint.fuse(torch.randn(4, 64 + prefix, 64), torch.randn(4, 64 + prefix, 64)))
+    f_dense = count_flops(lambda: dense.train()(x))
+    f_routed = count_flops(lambda: m(x))
     assert f_routed == f_dense - 2 * (blk(64 + prefix) - blk(16 + prefix)) + fuse
     assert f_routed / f_dense == pytest.approx(rep.flop_ratio, rel=1e-9)
 
