@@ -250,6 +250,13 @@ def fmt(m, s=None):
     return f"{m:.2f}" if s is None or s != s else f"{m:.2f} ± {s:.2f}"
 
 
+def save_figure(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plots(results, cfg, out: Path, floor):
     import matplotlib
 
@@ -274,10 +281,7 @@ def plots(results, cfg, out: Path, floor):
     ax.set_ylabel(f"FD (digits features, {cfg['n_eval']} samples)")
     ax.set_title("(a) equal training compute: SPRINT vs dense, no guidance")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    files["a"] = out / "fd_vs_train_flops.png"
-    fig.savefig(files["a"], dpi=120)
-    plt.close(fig)
+    files["a"] = save_figure(plt, fig, out / "fd_vs_train_flops.png")
     # (b) PDG vs CFG on the SPRINT finals (and CFG on dense): FD against the guidance scale (left) and
     # against sampling FLOPs per image (right; every scale of one method costs the same, dashed lines join
     # CFG and PDG at equal scale)
@@ -314,10 +318,7 @@ def plots(results, cfg, out: Path, floor):
     ax.set_ylabel(f"FD ({cfg['n_eval']} samples)")
     ax.set_title("the same points against sampling compute")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    files["b"] = out / "fd_vs_sampling_flops.png"
-    fig.savefig(files["b"], dpi=120)
-    plt.close(fig)
+    files["b"] = save_figure(plt, fig, out / "fd_vs_sampling_flops.png")
     # (c) ablations: bars of FD without guidance and with PDG (when any ablation ran)
     names = [n for n in ["sprint", "drop0.5", "drop0.875", "random", "nofuse", "pathdrop0", "dense"]
              if any(r["variant"] == n for r in results)]
@@ -337,10 +338,7 @@ def plots(results, cfg, out: Path, floor):
     ax.set_ylabel(f"FD ({cfg['n_eval']} samples)")
     ax.set_title("(c) ablations at equal training FLOPs (sprint, dense: mean ± sd over seeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    files["c"] = out / "ablations.png"
-    fig.savefig(files["c"], dpi=120)
-    plt.close(fig)
+    files["c"] = save_figure(plt, fig, out / "ablations.png")
     return files
 
 
