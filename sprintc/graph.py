@@ -176,8 +176,6 @@ def _default(gm, name):
 
 
 def _meta_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    with torch.device("meta"):
-        pass
     memo = {}
     for name, p in list(gm.named_parameters()) + list(gm.named_buffers()):
         memo[id(p)] = torch.empty_like(p, device="meta")

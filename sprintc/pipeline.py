@@ -268,12 +268,3 @@ def uninstall(root: nn.Module):
     root.__dict__.pop("forward_guidance", None)
     if "sprint" in root._modules:
         del root._modules["sprint"]
-
-
-def is_installed(root: nn.Module) -> bool:
-    return "sprint" in root._modules and "forward" in root.__dict__
-
-
-def count_tokens(plan: routing.RoutePlan | None, n: int) -> int:
-    return n if plan is None else plan.kept
-
