@@ -32,7 +32,7 @@ else
   DEV=""; MODES=eager,compiled,cudagraph; TINY=0; DDPDEV=""
 fi
 
-pack() { tar czf "$OUT/results.tgz" -C "$W" . 2>/dev/null; }
+pack() { tar czf "$OUT/results.tgz" --exclude=latents --exclude=checkpoints -C "$W" . 2>/dev/null; }
 piece() {  # piece NAME TIMEOUT GPU CMD...
   local name=$1 t=$2 gpu=$3; shift 3
   local s=$(date +%s)
@@ -47,7 +47,64 @@ BENCH="python3 -m sprintc bench $SPEC $DEV"
 anchor() { echo env OUT="$W/anchor_b$1" python3 "$REPO/.gpu/anchor_dit.py" --model XL --batch "$1" --steps 20 --modes compile; }
 mkdir -p "$W/anchor_b128" "$W/anchor_b64" "$W/anchor_b32"
 
-if [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)
+BASE=$([ "${GPU_SUITE_TINY:-0}" = 1 ] && echo digits_sprint || echo sit_xl_sprint)
+latents() {  # synthetic latents shaped as the base spec's input (SD-VAE 4x32x32, 1000 classes for XL), a short spec
+  python3 - "$W" "$BASE" <<'PY'
+import sys, torch
+from pathlib import Path
+from safetensors.torch import save_file
+from sprintc.spec import load_spec
+w, m = Path(sys.argv[1]), load_spec(sys.argv[2]).model
+(w / "latents").mkdir(exist_ok=True)
+g = torch.Generator().manual_seed(0)
+for i in range(2):
+    save_file({"latents": torch.randn(2048, m.input.channels, m.input.size, m.input.size, generator=g),
+               "labels": torch.randint(0, m.num_classes, (2048,), generator=g)}, str(w / "latents" / f"shard{i}.safetensors"))
+PY
+  for d in ddp fsdp; do cat > "$W/xl_$d.yaml" <<YML
+extends: $BASE
+name: ${BASE}_$d
+train:
+  distributed: $d
+  data: {kind: latents, path: $W/latents}
+  stages:
+    - {name: pretrain, steps: ${XL_STEPS:-60}, batch: ${XL_BATCH:-128}, lr: 1.0e-4, warmup: 10, routing: true}
+    - {name: finetune, steps: ${XL_FT_STEPS:-20}, batch: ${XL_BATCH:-128}, lr: 1.0e-4, routing: false}
+  log_every: 10
+  checkpoint_every: 1000000
+  keep_checkpoints: 1
+YML
+  done
+}
+if [ "$PHASE" = a ]; then  # this session's first call: the fused attention, its A/B, the CUDA tests
+  AMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
+  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
+  python3 -c "import torch, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+  (
+    piece bench_b128 270 0 $BENCH --batch 128 --modes $AMODES --parts train,sample --json "$W/bench_b128.json" --profile "$W/prof"
+    [ $TINY = 0 ] && piece anchor_b128 $(( 480 - ($(date +%s) - T0) )) 0 $(anchor 128)
+    piece bench_b32 $(( 580 - ($(date +%s) - T0) )) 0 $BENCH --batch 32 --modes $AMODES --parts train --json "$W/bench_b32.json"
+  ) &
+  (
+    piece pytest_cuda 150 1 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py" "$REPO/tests/test_model.py"
+    piece ab_old_b128 170 1 python3 "$REPO/scripts/gpu_ab_attention.py" bench $SPEC $DEV --batch 128 --modes $AMODES --parts train --json "$W/ab_old_b128.json"
+    piece bench_b64 110 1 $BENCH --batch 64 --modes $AMODES --parts train --json "$W/bench_b64.json"
+    [ $TINY = 0 ] && piece anchor_b64 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 64)
+  ) &
+  wait
+elif [ "$PHASE" = b ]; then  # this session's second call: sprintc train on XL (1 GPU, CUDA graphs), DDP 1 -> 2, FSDP2
+  latents
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  piece ddp_w1 130 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w1.json" &
+  piece train_xl 200 1 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_xl1" &
+  wait
+  piece ddp_w2 140 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w2.json"
+  [ $TINY = 0 ] && XL_BATCH=256 XL_STEPS=30 XL_FT_STEPS=10 latents
+  piece train_fsdp $(( 560 - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_fsdp.yaml" --out "$W/run_fsdp"
+  for r in run_xl1 run_fsdp; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
+  rm -rf "$W/latents"
+elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)
   CAP=${CAP:-240}
   piece ddp_w1 $(( CAP / 2 )) 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w1.json"
   piece ddp_w2 $(( CAP - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w2.json"

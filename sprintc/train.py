@@ -122,6 +122,82 @@ def update_ema(ema, net, decay: float):
     torch._foreach_lerp_(e, m, 1.0 - decay)
 
 
+def set_lr(opt, lr: float, on_device: bool = False):
+    """on_device: the lr lives in a device tensor (what a captured step reads); else a float."""
+    for g in opt.param_groups:
+        if not on_device:
+            g["lr"] = lr
+        elif isinstance(g["lr"], torch.Tensor) and g["lr"].device == g["params"][0].device:
+            g["lr"].fill_(lr)
+        else:
+            g["lr"] = torch.tensor(lr, device=g["params"][0].device)
+
+
+def current_lr(opt) -> float:
+    return float(opt.param_groups[0]["lr"])
+
+
+ROUTE_KEYS = ("ids_keep", "path_drop")
+
+
+def train_step(wrapped, opt, obj, params, clip: float, autocast, b: dict):
+    """Forward, loss, backward, clipping and the optimizer step; no host sync (returns device tensors)."""
+    with autocast:
+        pred = wrapped(b["x_t"], b["t_in"], *((b["y"],) if "y" in b else ()), **{k: b[k] for k in ROUTE_KEYS if k in b})
+    loss = obj.loss(pred, b["x0"], b["x_t"], b["noise"], b["t"]).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach(), clip_and_step(opt, params, clip)
+
+
+class StepRunner:
+    """Runs a stage's training steps. With `graphs` (one CUDA GPU, target.cuda_graphs) the first
+    WARMUP steps run as they are (on a side stream), then the step is captured once in a CUDA graph and
+    replayed with each step's batch copied into its static buffers: one launch instead of thousands, so
+    the GPU never waits for Python. The learning rate lives in a device tensor the graph reads. If the
+    capture fails (an op that syncs with the host, say), the stage goes on without the graph."""
+
+    WARMUP = 3
+
+    def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None):
+        self.args = (wrapped, opt, obj, list(net.parameters()), clip, autocast)
+        self.opt, self.graphs, self.log, self.runs, self.graph = opt, graphs, log, 0, None
+
+    def __call__(self, b: dict):
+        if not self.graphs:
+            return train_step(*self.args, b)
+        if self.graph is not None:
+            for k, v in b.items():
+                self.static[k].copy_(v, non_blocking=True)
+            self.graph.replay()
+            return self.out
+        dev = b["x_t"].device
+        if self.runs < self.WARMUP:
+            self.runs += 1
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                out = train_step(*self.args, b)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            return out
+        self.static = {k: v.clone() for k, v in b.items()}
+        graph = torch.cuda.CUDAGraph()
+        try:
+            self.opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                self.out = train_step(*self.args, self.static)
+        except Exception as e:  # noqa: BLE001 - any capture failure: train on without the graph
+            self.graphs = False
+            set_lr(self.opt, float(self.opt.param_groups[0]["lr"]))
+            if self.log is not None:
+                self.log.note(f"CUDA graph capture of the training step failed ({type(e).__name__}: {e}); "
+                              "training without it (set target.cuda_graphs: false to skip the attempt)")
+            return train_step(*self.args, b)
+        self.graph = graph
+        graph.replay()
+        return self.out
+
+
 def draw_routing(sprint, batch: int, device, generator) -> dict:
     """ids_keep and path_drop for the global batch (the draws `routed_forward` would make itself)."""
     if sprint is None or not sprint.routing:
@@ -354,8 +430,9 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     if fsdp:
         _shard(net, world, device)
         _shard(ema, world, device)
+    graphs = device.type == "cuda" and world == 1 and spec.target.cuda_graphs  # capture the step per stage
     opt = torch.optim.AdamW(net.parameters(), lr=stages[0].lr, betas=tuple(tr.betas), eps=tr.eps,
-                            weight_decay=tr.weight_decay, fused=device.type == "cuda")
+                            weight_decay=tr.weight_decay, fused=device.type == "cuda", capturable=graphs)
     step, cursor = 0, 0
     if state is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -392,10 +469,30 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
         log.event(event="resume" if ck else "start", step=step, world=world, device=str(device))
 
     losses, saved, samples_path = [], None, None
-    wrapped, cur, flops_img, peak = net, -1, None, peak_flops(device)
+    wrapped, cur, flops_img, peak, runner = net, -1, None, peak_flops(device), None
     window = [0.0, 0, 0, time.perf_counter()]  # loss sum, steps, images, start time of the log window
     img_total, t_loop = 0, time.perf_counter()
-    loss_v, stopped = float("nan"), "done"
+    loss_v, stopped, stop_all = float("nan"), "done", False
+    pending = []  # (step, [loss, stop] on the device) not read yet: reading waits for the GPU, so it lags a step
+
+    def settle(upto: int):
+        """Read the losses of the steps <= upto; a NaN/inf stops training with the step it happened at."""
+        nonlocal loss_v, stop_all
+        while pending and pending[0][0] <= upto:
+            s, flags = pending.pop(0)
+            loss_v, flag = flags.tolist()
+            loss_v /= world
+            if not math.isfinite(loss_v):
+                last = ckpt.list_checkpoints(ckpt_root)
+                raise DivergedError(f"step {s} ({stages[stage_at(starts, s - 1)].name}): the loss is {loss_v}; training stopped. "
+                                    + (f"The last good checkpoint is {last[-1]}; resume from it with --resume "
+                                       "(perhaps with a lower lr or more warm-up)" if last else "No checkpoint was written yet")
+                                    + ".")
+            losses.append(loss_v)
+            window[0] += loss_v
+            window[1] += 1
+            stop_all = stop_all or flag > 0
+
     try:
         with Stop() as stop:
             while step < total:
@@ -404,11 +501,10 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 if si != cur:  # a new stage: routing on/off, re-wrap once (never per step)
                     cur = si
                     wrapped = _enter_stage(net, sprint, stage, world, device, fsdp)
+                    runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None)
                     flops_img = 3 * forward_flops(ema, spec, stage.routing, device) if peak else None
                     log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
-                lr = lr_at(stage, step - starts[si])
-                for g in opt.param_groups:
-                    g["lr"] = lr
+                set_lr(opt, lr_at(stage, step - starts[si]), on_device=runner.graphs)
                 B, b = stage.batch, stage.batch // world
                 sl = slice(rank * b, (rank + 1) * b)
                 # the global batch's draws, sliced to this rank
@@ -420,45 +516,40 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 x0, y = data.batch(idx, device)
                 y = torch.where(drop, torch.full_like(y, m.num_classes), y) if m.num_classes else None
                 x_t, t_in = obj.noisy(x0, noise, t)
-                with autocast:
-                    pred = wrapped(x_t, t_in, *(() if y is None else (y,)), **route)
-                loss = obj.loss(pred, x0, x_t, noise, t).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                loss_v, stop_all = _reduce(loss.detach(), stop.requested, world, device)
-                if not math.isfinite(loss_v):
-                    last = ckpt.list_checkpoints(ckpt_root)
-                    raise DivergedError(f"step {step + 1} ({stage.name}): the loss is {loss_v}; training stopped. "
-                                        + (f"The last good checkpoint is {last[-1]}; resume from it with --resume "
-                                           "(perhaps with a lower lr or more warm-up)" if last else "No checkpoint was written yet")
-                                        + ".")
-                gnorm = clip_and_step(opt, list(net.parameters()), tr.grad_clip)
+                batch = {"x_t": x_t, "t_in": t_in, "x0": x0, "noise": noise, "t": t, **({} if y is None else {"y": y}), **route}
+                loss, gnorm = runner(batch)
+                flags = torch.stack([loss.float(), torch.full_like(loss.float(), float(stop.requested))])
+                if world > 1:
+                    dist.all_reduce(flags)
                 update_ema(ema, net, ema_decay(tr.ema, step))
                 step += 1
                 cursor += B
                 img_total += B
-                losses.append(loss_v)
-                window[0] += loss_v
-                window[1] += 1
                 window[2] += B
+                pending.append((step, flags))
+                log_now = step % tr.log_every == 0 or step == total
+                save_now = step % tr.checkpoint_every == 0 and step < total
+                sample_now = tr.sample_every and step % tr.sample_every == 0 and step < total
+                settle(step if (log_now or save_now or sample_now) else step - 1)
                 rec = None
-                if step % tr.log_every == 0 or step == total:
+                if log_now:
                     now = time.perf_counter()
                     ips = window[2] / max(now - window[3], 1e-9)
                     gn = float(_local(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)) if gnorm is not None else None
                     rec = {"step": step, "stage": stage.name, "loss": window[0] / window[1], "loss_last": loss_v,
-                           "lr": lr, "grad_norm": gn, "images_per_s": ips, "time": round(now - t_start, 3),
+                           "lr": current_lr(opt), "grad_norm": gn, "images_per_s": ips, "time": round(now - t_start, 3),
                            "mfu": ips * flops_img / (peak * world) if peak and flops_img else None}
                     window[:] = [0.0, 0, 0, now]
                 log.step(step, stage.name, rec)
                 if stop_all:
                     stopped = "signal"
                     break
-                if step % tr.checkpoint_every == 0 and step < total:
+                if save_now:
                     saved = _save(ckpt_root, step, si, cursor, net, ema, opt, gen, sprint, spec_text, tr, rank, world,
                                   fsdp, model_ref) or saved
-                if tr.sample_every and step % tr.sample_every == 0 and step < total:
+                if sample_now:
                     samples_path = _samples(ema, spec, out / "samples" / f"step_{step:06d}.png", rank, fsdp, log) or samples_path
+            settle(step)
         saved = _save(ckpt_root, step, stage_at(starts, max(step - 1, 0)), cursor, net, ema, opt, gen, sprint,
                       spec_text, tr, rank, world, fsdp, model_ref) or saved
         if stopped == "done":
@@ -502,15 +593,6 @@ def _enter_stage(net, sprint, stage, world, device, fsdp):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _reduce(loss, stop_requested: bool, world: int, device) -> tuple[float, bool]:
-    """The global batch's mean loss and whether any rank was asked to stop (one collective per step)."""
-    if world == 1:
-        return float(loss), stop_requested
-    buf = torch.stack([loss.float(), torch.tensor(float(stop_requested), device=loss.device)])
-    dist.all_reduce(buf)
-    return float(buf[0]) / world, bool(buf[1] > 0)
 
 
 def _full_state(net, ema, opt, fsdp):
