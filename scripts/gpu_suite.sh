@@ -93,9 +93,9 @@ if [ "$PHASE" = a ]; then  # this session's first call: the fused attention, its
   ) &
   wait
 elif [ "$PHASE" = b ]; then  # this session's second call: sprintc train on XL (1 GPU, CUDA graphs), DDP 1 -> 2, FSDP2
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
   latents
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
   piece ddp_w1 130 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w1.json" &
   piece train_xl 200 1 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_xl1" &
   wait
