@@ -14,7 +14,7 @@ mkdir "$tmp/src" && git archive HEAD pyproject.toml README.md sprintc passes tar
 python -m pip wheel -q --no-deps --no-build-isolation -w "$tmp" "$tmp/src" >/dev/null
 cp "$tmp"/sprintc-*.whl .gpu/whl/
 rm -rf "$tmp"
-unzip -l .gpu/whl/sprintc-*.whl | grep -q 'sprintc/targets/inductor.py' || { echo "wheel lacks sprintc.targets"; exit 1; }
+unzip -l .gpu/whl/sprintc-*.whl | grep 'sprintc/targets/inductor.py' >/dev/null || { echo "wheel lacks sprintc.targets"; exit 1; }
 rm -rf /tmp/sprintc_whl_check && python -m pip install -q --no-index --no-deps --target /tmp/sprintc_whl_check .gpu/whl/sprintc-*.whl
 (cd /tmp && PYTHONPATH=/tmp/sprintc_whl_check python -c "import sprintc.targets.inductor, sprintc.passes, sprintc.bench; print('wheel imports from', sprintc.bench.__file__)")
 ls -la .gpu/whl
