@@ -97,11 +97,15 @@ elif [ "$PHASE" = b ]; then  # this session's second call: sprintc train on XL (
   latents
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
   piece ddp_w1 130 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w1.json" &
-  piece train_xl 200 1 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_xl1" &
+  (
+    piece pytest_cuda 90 1 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py"
+    piece train_xl 200 1 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_xl1"
+  ) &
   wait
   piece ddp_w2 140 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w2.json"
   [ $TINY = 0 ] && XL_BATCH=256 XL_STEPS=30 XL_FT_STEPS=10 latents
   piece train_fsdp $(( 560 - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_fsdp.yaml" --out "$W/run_fsdp"
+  [ $TINY = 0 ] && piece bench_b128_cdt $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
   for r in run_xl1 run_fsdp; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
   rm -rf "$W/latents"
 elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)

@@ -16,7 +16,7 @@ def test_cuda_graph_training_equals_plain_steps(tmp_path, dtype):
     runs = {}
     for graphs in (False, True):
         s = spec(stages=((8, 8, True), (6, 4, False)), checkpoint_every=5)
-        s = s.model_copy(update={"target": s.target.model_copy(update={"cuda_graphs": graphs, "dtype": dtype, "name": "eager"})})
+        s["target"] = {"name": "eager", "dtype": dtype, "cuda_graphs": graphs}
         runs[graphs] = train(s, tmp_path / str(graphs), device="cuda", progress=False)
     a, b = runs[False]["losses"], runs[True]["losses"]
     assert len(a) == len(b) == 14
