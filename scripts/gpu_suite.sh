@@ -108,6 +108,18 @@ elif [ "$PHASE" = b ]; then  # this session's second call: sprintc train on XL (
   [ $TINY = 0 ] && piece bench_b128_cdt $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
   for r in run_xl1 run_fsdp; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
   rm -rf "$W/latents"
+elif [ "$PHASE" = c ]; then  # this session's third call: DDP 1 -> 2 with nothing beside it, FSDP2 training on 2 GPUs
+  XL_BATCH=256 XL_STEPS=30 XL_FT_STEPS=10
+  [ $TINY = 1 ] && XL_BATCH=4 XL_STEPS=2 XL_FT_STEPS=1
+  export XL_BATCH XL_STEPS XL_FT_STEPS
+  latents
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  piece ddp_w1 120 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w1.json"
+  piece ddp_w2 110 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w2.json"
+  piece train_fsdp $(( 400 - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_fsdp.yaml" --out "$W/run_fsdp"
+  [ -f "$W/run_fsdp/metrics.jsonl" ] && cp "$W/run_fsdp/metrics.jsonl" "$W/run_fsdp_metrics.jsonl"
+  rm -rf "$W/run_fsdp/checkpoints" "$W/latents"
+  [ $TINY = 0 ] && piece bench_b128_cdt $(( 470 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
 elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)
   CAP=${CAP:-240}
   piece ddp_w1 $(( CAP / 2 )) 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w1.json"

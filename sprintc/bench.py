@@ -402,14 +402,11 @@ class Bench:
         clips = ["fused", "standard"] if self.clip == "both" else [self.clip]
         compiled = None
         for mode in modes:
-            if mode == "cudagraph" and compiled is None:
-                continue
             self._reset_mem()
             if mode == "eager":
                 model = self._model("eager")
-            elif mode == "compiled":
-                model = compiled = self._model("inductor")
-            else:
+            else:  # compiled and cudagraph share one lowered model (cudagraph alone compiles it too)
+                compiled = compiled or self._model("inductor")
                 model = compiled
             model.train()
             for g in graphs:

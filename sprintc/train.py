@@ -425,6 +425,10 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
         sprint.generator = torch.Generator(device).manual_seed(tr.seed + 2)  # kept tokens, path drop
     fsdp = world > 1 and tr.distributed == "fsdp"
 
+    # FLOPs per image for MFU, counted now on the plain EMA copy (once sharded, a forward outside training
+    # would leave its root parameters gathered)
+    flops = {r: 3 * forward_flops(ema, spec, r, device) for r in {st.routing for st in stages}} if peak_flops(device) else {}
+
     # ---- compile, then wrap, then the optimizer
     net = _lower(net, spec, device)
     if fsdp:
@@ -502,7 +506,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                     cur = si
                     wrapped = _enter_stage(net, sprint, stage, world, device, fsdp)
                     runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None)
-                    flops_img = 3 * forward_flops(ema, spec, stage.routing, device) if peak else None
+                    flops_img = flops.get(stage.routing)
                     log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
                 set_lr(opt, lr_at(stage, step - starts[si]), on_device=runner.graphs)
                 B, b = stage.batch, stage.batch // world
@@ -645,7 +649,11 @@ def _samples(ema, spec, path: Path, rank: int, fsdp: bool, log) -> Path | None:
     device = next(ema.parameters()).device
     g = torch.Generator(device).manual_seed(spec.train.seed + 3)  # the same noise at every step: comparable grids
     noise = None if m.num_classes else torch.randn((2 * n, m.input.channels, m.input.size, m.input.size), generator=g, device=device)
-    images = sample(ema, spec, labels, generator=g, noise=noise)
+    try:
+        images = sample(ema, spec, labels, generator=g, noise=noise)
+    finally:
+        if fsdp:  # FSDP2 keeps the root's parameters gathered after a forward: back to shards for update_ema
+            ema.reshard()
     if rank != 0:
         return None
     return save_grid(images, path, nrow=n, scale=max(1, 64 // m.input.size))
