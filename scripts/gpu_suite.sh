@@ -9,6 +9,10 @@
 # Phase 2 (ends by ~480 s): DDP of the routed XL step at batch 128 per GPU on 1 GPU (GPU0, beside the
 #   anchor at batch 32 on GPU1), then on 2 GPUs; then sprintc bench at batch 32 (GPU1, host-time
 #   profiles) beside max-autotune on the routed step at batch 128 (GPU0).
+# Phase a: the fused-attention A/B (GPU0 fused variant + anchor 128, GPU1 shipped code + anchor 64) and the
+#   CUDA tests. Phase b: the CUDA tests, `sprintc train` on XL (1 GPU, CUDA-graph step) beside DDP on 1 GPU,
+#   DDP on 2, FSDP2 training on 2 (synthetic latents). Phase c: DDP 1 then 2 GPUs alone, FSDP2 training,
+#   then coordinate-descent tuning with the time left. Phase ddp: DDP alone.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -76,18 +80,20 @@ train:
 YML
   done
 }
-if [ "$PHASE" = a ]; then  # this session's first call: the fused attention, its A/B, the CUDA tests
+if [ "$PHASE" = a ]; then  # the A/B of the fused QK-norm + RoPE attention (GPU 0) against the shipped one (GPU 1), CUDA tests
+  # (as run on 2026-11-25, except that the shipped attention then came from a patch script and the rows at
+  # batch 64 / 32 ran with the fused variant)
   AMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
   [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
   python3 -c "import torch, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
   (
-    piece bench_b128 270 0 $BENCH --batch 128 --modes $AMODES --parts train,sample --json "$W/bench_b128.json" --profile "$W/prof"
+    piece ab_fused_b128 270 0 python3 "$REPO/scripts/gpu_ab_fused_attention.py" bench $SPEC $DEV --batch 128 --modes $AMODES --parts train,sample --json "$W/ab_fused_b128.json" --profile "$W/prof"
     [ $TINY = 0 ] && piece anchor_b128 $(( 480 - ($(date +%s) - T0) )) 0 $(anchor 128)
     piece bench_b32 $(( 580 - ($(date +%s) - T0) )) 0 $BENCH --batch 32 --modes $AMODES --parts train --json "$W/bench_b32.json"
   ) &
   (
     piece pytest_cuda 150 1 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py" "$REPO/tests/test_model.py"
-    piece ab_old_b128 170 1 python3 "$REPO/scripts/gpu_ab_attention.py" bench $SPEC $DEV --batch 128 --modes $AMODES --parts train --json "$W/ab_old_b128.json"
+    piece bench_b128 170 1 $BENCH --batch 128 --modes $AMODES --parts train --json "$W/bench_b128.json"
     piece bench_b64 110 1 $BENCH --batch 64 --modes $AMODES --parts train --json "$W/bench_b64.json"
     [ $TINY = 0 ] && piece anchor_b64 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 64)
   ) &

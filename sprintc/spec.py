@@ -119,7 +119,7 @@ class TargetSpec(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     regional: bool = Field(True, description="compile each distinct block once instead of the whole model")
-    cuda_graphs: bool = Field(True, description="capture the fixed-shape sampling step in CUDA graphs")
+    cuda_graphs: bool = Field(True, description="capture fixed-shape steps in CUDA graphs: sampling, and training on one GPU")
 
 
 # ----------------------------------------------------------------------------------------- recipes
