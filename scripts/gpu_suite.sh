@@ -12,7 +12,8 @@
 # Phase a: the fused-attention A/B (GPU0 fused variant + anchor 128, GPU1 shipped code + anchor 64) and the
 #   CUDA tests. Phase b: the CUDA tests, `sprintc train` on XL (1 GPU, CUDA-graph step) beside DDP on 1 GPU,
 #   DDP on 2, FSDP2 training on 2 (synthetic latents). Phase c: DDP 1 then 2 GPUs alone, FSDP2 training,
-#   then coordinate-descent tuning with the time left. Phase ddp: DDP alone.
+#   then coordinate-descent tuning with the time left. Phase next: what is still unmeasured (max-autotune and
+#   coordinate-descent tuning on GPU0; batch 64/32, sampling and the anchor at 32 on GPU1). Phase ddp: DDP alone.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -126,6 +127,18 @@ elif [ "$PHASE" = c ]; then  # this session's third call: DDP 1 -> 2 with nothin
   [ -f "$W/run_fsdp/metrics.jsonl" ] && cp "$W/run_fsdp/metrics.jsonl" "$W/run_fsdp_metrics.jsonl"
   rm -rf "$W/run_fsdp/checkpoints" "$W/latents"
   [ $TINY = 0 ] && piece bench_b128_cdt $(( 470 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
+elif [ "$PHASE" = next ]; then  # what is still unmeasured (docs/PERFORMANCE.md, "Not measured"), one call
+  AMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
+  (
+    [ $TINY = 0 ] && piece bench_b128_autotune 330 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --mode max-autotune-no-cudagraphs --json "$W/bench_b128_autotune.json"
+    [ $TINY = 0 ] && piece bench_b128_cdt $(( 580 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
+  ) &
+  (
+    piece bench_b64_32 200 1 $BENCH --batch 64,32 --modes $AMODES --parts train --json "$W/bench_b64_32.json"
+    piece sample_b128 100 1 $BENCH --batch 128 --modes $AMODES --parts sample --json "$W/sample_b128.json"
+    [ $TINY = 0 ] && piece anchor_b32 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 32)
+  ) &
+  wait
 elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)
   CAP=${CAP:-240}
   piece ddp_w1 $(( CAP / 2 )) 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w1.json"
