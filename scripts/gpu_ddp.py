@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--graph", choices=["routed", "dense"], default="routed")
     ap.add_argument("--target", default="inductor", choices=["eager", "inductor"])
+    ap.add_argument("--mode", default=None, help="target.mode, e.g. reduce-overhead (CUDA graphs per compiled region)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -56,7 +57,7 @@ def main():
         for p in built.model.parameters():
             if p.dim() > 1 and not p.abs().sum():
                 p.normal_(0, 0.02)
-    model = lower(built.model, resolve_target(spec.target, name=a.target), device=dev)
+    model = lower(built.model, resolve_target(spec.target, name=a.target, mode=a.mode), device=dev)
     model.train()
     if getattr(model, "sprint", None) is not None:
         model.sprint.routing = a.graph == "routed"
@@ -94,7 +95,7 @@ def main():
     ms = torch.tensor([statistics.median(times)], device=dev)
     dist.all_reduce(ms, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
     ms = float(ms)
-    res = dict(world=world, batch_per_gpu=a.batch, graph=a.graph, target=a.target, ms=round(ms, 2),
+    res = dict(world=world, batch_per_gpu=a.batch, graph=a.graph, target=a.target, mode=a.mode or spec.target.mode, ms=round(ms, 2),
                img_s=round(world * a.batch / ms * 1e3, 1), first_step_s=round(first, 2),
                compile_s=round(first - ms / 1e3, 2), spec=spec.name, torch=torch.__version__,
                device_name=torch.cuda.get_device_name(dev) if cuda else "cpu",

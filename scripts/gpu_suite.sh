@@ -13,7 +13,8 @@
 #   CUDA tests. Phase b: the CUDA tests, `sprintc train` on XL (1 GPU, CUDA-graph step) beside DDP on 1 GPU,
 #   DDP on 2, FSDP2 training on 2 (synthetic latents). Phase c: DDP 1 then 2 GPUs alone, FSDP2 training,
 #   then coordinate-descent tuning with the time left. Phase next: what is still unmeasured (max-autotune and
-#   coordinate-descent tuning on GPU0; batch 64/32, sampling and the anchor at 32 on GPU1). Phase ddp: DDP alone.
+#   coordinate-descent tuning on GPU0; batch 64/32, sampling and the anchor at 32 on GPU1). Phase ddp: DDP alone;
+#   ddp-ro: DDP with target.mode reduce-overhead (CUDA graphs per compiled region, the all-reduce between).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -139,6 +140,9 @@ elif [ "$PHASE" = next ]; then  # what is still unmeasured (docs/PERFORMANCE.md,
     [ $TINY = 0 ] && piece anchor_b32 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 32)
   ) &
   wait
+elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
+  piece ddp_ro_w1 150 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --mode reduce-overhead $DDPDEV --json "$W/ddp_ro_w1.json"
+  piece ddp_ro_w2 150 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --mode reduce-overhead $DDPDEV --json "$W/ddp_ro_w2.json"
 elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)
   CAP=${CAP:-240}
   piece ddp_w1 $(( CAP / 2 )) 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w1.json"
