@@ -133,10 +133,6 @@ def set_lr(opt, lr: float, on_device: bool = False):
             g["lr"] = torch.tensor(lr, device=g["params"][0].device)
 
 
-def current_lr(opt) -> float:
-    return float(opt.param_groups[0]["lr"])
-
-
 ROUTE_KEYS = ("ids_keep", "path_drop")
 
 
@@ -187,8 +183,7 @@ class StepRunner:
             with torch.cuda.graph(graph):
                 self.out = train_step(*self.args, self.static)
         except Exception as e:  # noqa: BLE001 - any capture failure: train on without the graph
-            self.graphs = False
-            set_lr(self.opt, float(self.opt.param_groups[0]["lr"]))
+            self.graphs = False  # the loop sets a float lr from the next step on
             if self.log is not None:
                 self.log.note(f"CUDA graph capture of the training step failed ({type(e).__name__}: {e}); "
                               "training without it (set target.cuda_graphs: false to skip the attempt)")
@@ -427,7 +422,8 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
 
     # FLOPs per image for MFU, counted now on the plain EMA copy (once sharded, a forward outside training
     # would leave its root parameters gathered)
-    flops = {r: 3 * forward_flops(ema, spec, r, device) for r in {st.routing for st in stages}} if peak_flops(device) else {}
+    peak = peak_flops(device)
+    flops = {r: 3 * forward_flops(ema, spec, r, device) for r in {st.routing for st in stages}} if peak else {}
 
     # ---- compile, then wrap, then the optimizer
     net = _lower(net, spec, device)
@@ -473,7 +469,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
         log.event(event="resume" if ck else "start", step=step, world=world, device=str(device))
 
     losses, saved, samples_path = [], None, None
-    wrapped, cur, flops_img, peak, runner = net, -1, None, peak_flops(device), None
+    wrapped, cur, runner = net, -1, None
     window = [0.0, 0, 0, time.perf_counter()]  # loss sum, steps, images, start time of the log window
     img_total, t_loop = 0, time.perf_counter()
     loss_v, stopped, stop_all = float("nan"), "done", False
@@ -506,7 +502,6 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                     cur = si
                     wrapped = _enter_stage(net, sprint, stage, world, device, fsdp)
                     runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None)
-                    flops_img = flops.get(stage.routing)
                     log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
                 set_lr(opt, lr_at(stage, step - starts[si]), on_device=runner.graphs)
                 B, b = stage.batch, stage.batch // world
@@ -541,8 +536,8 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                     ips = window[2] / max(now - window[3], 1e-9)
                     gn = float(_local(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)) if gnorm is not None else None
                     rec = {"step": step, "stage": stage.name, "loss": window[0] / window[1], "loss_last": loss_v,
-                           "lr": current_lr(opt), "grad_norm": gn, "images_per_s": ips, "time": round(now - t_start, 3),
-                           "mfu": ips * flops_img / (peak * world) if peak and flops_img else None}
+                           "lr": float(opt.param_groups[0]["lr"]), "grad_norm": gn, "images_per_s": ips, "time": round(now - t_start, 3),
+                           "mfu": ips * flops[stage.routing] / (peak * world) if flops else None}
                     window[:] = [0.0, 0, 0, now]
                 log.step(step, stage.name, rec)
                 if stop_all:

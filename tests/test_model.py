@@ -42,7 +42,7 @@ def test_attention_matches_textbook(norm, rope_kind):
         assert torch.allclose(attn(x, rope), textbook(attn, x, rope), atol=1e-5)
 
 
-def test_fused_rms_rope_gradients_match_textbook():
+def test_rms_rope_attention_gradients_match_textbook():
     torch.manual_seed(1)
     attn = Attention(32, 4, "rms")
     attn.q_norm.weight.data.uniform_(0.5, 1.5)
