@@ -50,6 +50,11 @@ piece() {  # piece NAME TIMEOUT GPU CMD...
   pack
 }
 BENCH="python3 -m sprintc bench $SPEC $DEV"
+ddp_piece() {  # ddp_piece NAME TIMEOUT GPUS [gpu_ddp.py args]: the routed XL step, 128 per GPU, one process per GPU
+  local name=$1 t=$2 gpus=$3; shift 3
+  piece "$name" "$t" "$gpus" torchrun --nproc_per_node $(( $(tr -cd , <<< "$gpus" | wc -c) + 1 )) "$REPO/scripts/gpu_ddp.py" \
+    "$SPEC" --batch 128 --steps 10 "$@" $DDPDEV --json "$W/$name.json"
+}
 anchor() { echo env OUT="$W/anchor_b$1" python3 "$REPO/.gpu/anchor_dit.py" --model XL --batch "$1" --steps 20 --modes compile; }
 mkdir -p "$W/anchor_b128" "$W/anchor_b64" "$W/anchor_b32"
 
@@ -104,13 +109,13 @@ elif [ "$PHASE" = b ]; then  # this session's second call: sprintc train on XL (
   [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
   latents
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  piece ddp_w1 130 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w1.json" &
+  ddp_piece ddp_w1 130 0 &
   (
     piece pytest_cuda 90 1 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py"
     piece train_xl 200 1 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_xl1"
   ) &
   wait
-  piece ddp_w2 140 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w2.json"
+  ddp_piece ddp_w2 140 0,1
   [ $TINY = 0 ] && XL_BATCH=256 XL_STEPS=30 XL_FT_STEPS=10 latents
   piece train_fsdp $(( 560 - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_fsdp.yaml" --out "$W/run_fsdp"
   [ $TINY = 0 ] && piece bench_b128_cdt $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
@@ -122,8 +127,8 @@ elif [ "$PHASE" = c ]; then  # this session's third call: DDP 1 -> 2 with nothin
   export XL_BATCH XL_STEPS XL_FT_STEPS
   latents
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  piece ddp_w1 120 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w1.json"
-  piece ddp_w2 110 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w2.json"
+  ddp_piece ddp_w1 120 0
+  ddp_piece ddp_w2 110 0,1
   piece train_fsdp $(( 400 - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_fsdp.yaml" --out "$W/run_fsdp"
   [ -f "$W/run_fsdp/metrics.jsonl" ] && cp "$W/run_fsdp/metrics.jsonl" "$W/run_fsdp_metrics.jsonl"
   rm -rf "$W/run_fsdp/checkpoints" "$W/latents"
@@ -141,12 +146,12 @@ elif [ "$PHASE" = next ]; then  # what is still unmeasured (docs/PERFORMANCE.md,
   ) &
   wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
-  piece ddp_ro_w1 150 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --mode reduce-overhead $DDPDEV --json "$W/ddp_ro_w1.json"
-  piece ddp_ro_w2 150 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --mode reduce-overhead $DDPDEV --json "$W/ddp_ro_w2.json"
+  ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
+  ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
 elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, default 240)
   CAP=${CAP:-240}
-  piece ddp_w1 $(( CAP / 2 )) 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w1.json"
-  piece ddp_w2 $(( CAP - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 --warmup 2 $DDPDEV --json "$W/ddp_w2.json"
+  ddp_piece ddp_w1 $(( CAP / 2 )) 0 --warmup 2
+  ddp_piece ddp_w2 $(( CAP - ($(date +%s) - T0) )) 0,1 --warmup 2
 elif [ "$PHASE" = 1 ]; then
   if [ $TINY = 0 ]; then
     nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
@@ -164,10 +169,10 @@ elif [ "$PHASE" = 1 ]; then
   wait
 else
   left() { local r=$(( ${1:-470} - ($(date +%s) - T0) )); [ $r -lt 10 ] && r=10; echo $r; }
-  piece ddp_w1 120 0 torchrun --nproc_per_node 1 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w1.json" &
+  ddp_piece ddp_w1 120 0 &
   [ $TINY = 0 ] && piece anchor_b32 230 1 $(anchor 32) &
   wait
-  piece ddp_w2 130 0,1 torchrun --nproc_per_node 2 "$REPO/scripts/gpu_ddp.py" "$SPEC" --batch 128 --steps 10 $DDPDEV --json "$W/ddp_w2.json"
+  ddp_piece ddp_w2 130 0,1
   if [ $TINY = 0 ]; then
     piece bench_b32 $(left) 1 $BENCH --batch 32 --modes compiled,cudagraph --parts train --json "$W/bench_b32.json" --profile "$W/prof" --tag b32_ &
     piece bench_b128_autotune $(left) 0 $BENCH --batch 128 --modes compiled,cudagraph --graphs routed --mode max-autotune-no-cudagraphs --parts train --json "$W/bench_b128_autotune.json" &
