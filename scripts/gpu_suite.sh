@@ -26,6 +26,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 REPO=$PWD
 OUT=${OUT:-/tmp/gpu_suite_out}
 W=/tmp/gpu_suite_work
+rm -rf /tmp/site "$W"  # a stale install or old results from an earlier run on this machine would be read instead
 mkdir -p "$OUT" "$W/prof"
 T0=$(date +%s)
 SPEC=$REPO/specs/sit_xl_sprint.yaml
