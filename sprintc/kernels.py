@@ -18,131 +18,116 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-BLOCK_ROWS = 32  # (b, n, h) rows per program
+@triton.jit
+def _rotate(y, R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(y0, y1, y2, y3, ...) -> (-y1, y0, -y3, y2, ...): RoPE's partner of each element (pairs stay in-thread)."""
+    even, odd = tl.split(tl.reshape(y, [R, BLOCK_D // 2, 2]))
+    return tl.reshape(tl.join(-odd, even), [R, BLOCK_D])
 
 
 @triton.jit
-def _pairs(ptr, offs, p, mask):
-    """The even and odd elements of each row (RoPE rotates interleaved pairs), in float32."""
-    even = tl.load(ptr + offs[:, None] + 2 * p[None, :], mask=mask, other=0.0).to(tl.float32)
-    odd = tl.load(ptr + offs[:, None] + 2 * p[None, :] + 1, mask=mask, other=0.0).to(tl.float32)
-    return even, odd
+def _norm_rope_fwd(src, w, cos, sin, dst, eps, H: tl.constexpr, DH: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HAS_ROPE: tl.constexpr, DST_H: tl.constexpr):
+    """One token's H heads: RMSNorm with weight w, then RoPE; src rows are contiguous, dst rows DST_H apart."""
+    h = tl.arange(0, H)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    mask = (d < DH) & (h >= 0)
+    x = tl.load(src + h * DH + d, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, 1) / DH + eps)[:, None]
+    y = x * rstd * tl.load(w + d, mask=d < DH, other=0.0).to(tl.float32)
+    if HAS_ROPE:
+        y = y * cos + _rotate(y, H, BLOCK_D) * sin
+    tl.store(dst + h * DST_H + d, y, mask=mask)
+
+
+ONE_TOKEN = [triton.Config({}, num_warps=8)]  # a token's 3 x 16 x 72 values: 8 warps keep registers and shuffles low
+
+
+@triton.autotune(configs=ONE_TOKEN, key=[])
+@triton.jit
+def _fwd_kernel(qkv, wq, wk, rope, out_q, out_k, out_v, s_tok, s_rb, s_rn, eps, N: tl.constexpr, H: tl.constexpr,
+                DH: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
+    # one token per program: its q, k and v heads are 3 x H contiguous rows of DH in qkv
+    tok = tl.program_id(0)
+    b, n = tok // N, tok % N
+    d = tl.arange(0, BLOCK_D)[None, :]
+    cos, sin = d * 0.0, d * 0.0
+    if HAS_ROPE:
+        table = rope + b * s_rb + n * s_rn + d
+        cos = tl.load(table, mask=d < DH, other=0.0)
+        sin = tl.load(table + DH, mask=d < DH, other=0.0)
+    src = qkv + tok * s_tok
+    dst = (b * H * N + n) * DH  # head h of token (b, n) in (B, H, N, DH) is at dst + h * N * DH
+    _norm_rope_fwd(src, wq, cos, sin, out_q + dst, eps, H, DH, BLOCK_D, HAS_ROPE, N * DH)
+    _norm_rope_fwd(src + H * DH, wk, cos, sin, out_k + dst, eps, H, DH, BLOCK_D, HAS_ROPE, N * DH)
+    h = tl.arange(0, H)[:, None]
+    mask = (d < DH) & (h >= 0)
+    tl.store(out_v + dst + h * (N * DH) + d, tl.load(src + 2 * H * DH + h * DH + d, mask=mask), mask=mask)
 
 
 @triton.jit
-def _store_pairs(ptr, offs, p, mask, even, odd):
-    tl.store(ptr + offs[:, None] + 2 * p[None, :], even, mask=mask)
-    tl.store(ptr + offs[:, None] + 2 * p[None, :] + 1, odd, mask=mask)
+def _norm_rope_bwd(g, src, w, cos, sin, dsrc, dw_part, eps, H: tl.constexpr, DH: tl.constexpr,
+                   BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
+    """Gradients of one token's H heads: g rows (head stride s_gh) in, dsrc rows out, dw partial sum stored."""
+    h = tl.arange(0, H)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    mask = (d < DH) & (h >= 0)
+    gy = tl.load(g + d, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ROPE:  # the rotation's transpose: dy = g cos + partner'(g sin), partner'(z) = (z1, -z0, z3, -z2, ...)
+        gy = gy * cos - _rotate(gy * sin, H, BLOCK_D)
+    x = tl.load(src + h * DH + d, mask=mask, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, 1) / DH + eps)[:, None]
+    tl.store(dw_part + d, tl.sum(gy * x * rstd, 0)[None, :], mask=d < DH)
+    u = gy * tl.load(w + d, mask=d < DH, other=0.0).to(tl.float32)
+    dot = tl.sum(u * x, 1)[:, None] / DH
+    tl.store(dsrc + h * DH + d, rstd * u - x * (rstd * rstd * rstd * dot), mask=mask)
 
 
+@triton.autotune(configs=ONE_TOKEN, key=[])
 @triton.jit
-def _weight_pairs(w, p, DH: tl.constexpr):
-    even = tl.load(w + 2 * p, mask=p < DH // 2, other=0.0).to(tl.float32)
-    odd = tl.load(w + 2 * p + 1, mask=p < DH // 2, other=0.0).to(tl.float32)
-    return even[None, :], odd[None, :]
-
-
-@triton.jit
-def _rope_table(rope, b, n, s_rb, s_rn, p, mask, DH: tl.constexpr):
-    offs = b * s_rb + n * s_rn
-    cos_e, cos_o = _pairs(rope, offs, p, mask)
-    sin_e, sin_o = _pairs(rope + DH, offs, p, mask)
-    return cos_e, cos_o, sin_e, sin_o
-
-
-@triton.jit
-def _fwd_kernel(qkv, wq, wk, rope, out_q, out_k, out_v, R, N, H, s_qb, s_qn, s_rb, s_rn, eps,
-                D: tl.constexpr, DH: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
-                HAS_ROPE: tl.constexpr):
-    which = tl.program_id(1)  # 0: q, 1: k, 2: v
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # rows over (b, n, h)
-    b, n, h = rows // (N * H), (rows // H) % N, rows % H
-    p = tl.arange(0, BLOCK_P)
-    mask = (rows < R)[:, None] & (p < DH // 2)[None, :]
-    src = b * s_qb + n * s_qn + which * D + h * DH
-    dst = ((b * H + h) * N + n) * DH
-    xe, xo = _pairs(qkv, src, p, mask)
-    if which == 2:
-        _store_pairs(out_v, dst, p, mask, xe, xo)
-    else:
-        if which == 0:
-            we, wo = _weight_pairs(wq, p, DH)
-        else:
-            we, wo = _weight_pairs(wk, p, DH)
-        rstd = tl.rsqrt(tl.sum(xe * xe + xo * xo, 1) / DH + eps)[:, None]
-        ye, yo = xe * rstd * we, xo * rstd * wo
-        if HAS_ROPE:
-            cos_e, cos_o, sin_e, sin_o = _rope_table(rope, b, n, s_rb, s_rn, p, mask, DH)
-            ye, yo = ye * cos_e - yo * sin_e, yo * cos_o + ye * sin_o
-        if which == 0:
-            _store_pairs(out_q, dst, p, mask, ye, yo)
-        else:
-            _store_pairs(out_k, dst, p, mask, ye, yo)
-
-
-@triton.jit
-def _bwd_rows(g, s_gb, s_gh, s_gn, qkv, w, rope, dqkv, dw_part, src, b, n, h, p, mask, s_rb, s_rn, eps,
-              DH: tl.constexpr, HAS_ROPE: tl.constexpr):
-    ge, go = _pairs(g, b * s_gb + h * s_gh + n * s_gn, p, mask)
-    if HAS_ROPE:  # the rotation's transpose
-        cos_e, cos_o, sin_e, sin_o = _rope_table(rope, b, n, s_rb, s_rn, p, mask, DH)
-        ge, go = ge * cos_e + go * sin_o, go * cos_o - ge * sin_e
-    xe, xo = _pairs(qkv, src, p, mask)
-    we, wo = _weight_pairs(w, p, DH)
-    rstd = tl.rsqrt(tl.sum(xe * xe + xo * xo, 1) / DH + eps)[:, None]
-    part = dw_part + tl.program_id(0) * DH + 2 * p  # this program's share of the weight's gradient
-    tl.store(part, tl.sum(ge * xe * rstd, 0), mask=p < DH // 2)
-    tl.store(part + 1, tl.sum(go * xo * rstd, 0), mask=p < DH // 2)
-    ue, uo = ge * we, go * wo
-    dot = tl.sum(ue * xe + uo * xo, 1)[:, None] / DH
-    _store_pairs(dqkv, src, p, mask, rstd * ue - xe * rstd * rstd * rstd * dot,
-                 rstd * uo - xo * rstd * rstd * rstd * dot)
-
-
-@triton.jit
-def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dwq_part, dwk_part, R, N, H, s_qb, s_qn, s_rb, s_rn, eps,
+def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dwq_part, dwk_part, s_tok, s_rb, s_rn, eps,
                 s_qgb, s_qgh, s_qgn, s_kgb, s_kgh, s_kgn, s_vgb, s_vgh, s_vgn,
-                D: tl.constexpr, DH: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr,
-                HAS_ROPE: tl.constexpr):
-    which = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    b, n, h = rows // (N * H), (rows // H) % N, rows % H
-    p = tl.arange(0, BLOCK_P)
-    mask = (rows < R)[:, None] & (p < DH // 2)[None, :]
-    src = b * s_qb + n * s_qn + which * D + h * DH  # dqkv has qkv's (contiguous) layout
-    if which == 0:
-        _bwd_rows(dq, s_qgb, s_qgh, s_qgn, qkv, wq, rope, dqkv, dwq_part, src, b, n, h, p, mask, s_rb, s_rn, eps,
-                  DH, HAS_ROPE)
-    elif which == 1:
-        _bwd_rows(dk, s_kgb, s_kgh, s_kgn, qkv, wk, rope, dqkv, dwk_part, src, b, n, h, p, mask, s_rb, s_rn, eps,
-                  DH, HAS_ROPE)
-    else:
-        ge, go = _pairs(dv, b * s_vgb + h * s_vgh + n * s_vgn, p, mask)
-        _store_pairs(dqkv, src, p, mask, ge, go)
+                N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
+    tok = tl.program_id(0)
+    b, n = tok // N, tok % N
+    h = tl.arange(0, H)[:, None]
+    d = tl.arange(0, BLOCK_D)[None, :]
+    cos, sin = d * 0.0, d * 0.0
+    if HAS_ROPE:
+        table = rope + b * s_rb + n * s_rn + d
+        cos = tl.load(table, mask=d < DH, other=0.0)
+        sin = tl.load(table + DH, mask=d < DH, other=0.0)
+    src, dsrc = qkv + tok * s_tok, dqkv + tok * s_tok  # dqkv has qkv's (contiguous) layout
+    _norm_rope_bwd(dq + b * s_qgb + n * s_qgn + h * s_qgh, src, wq, cos, sin, dsrc, dwq_part + tok * DH, eps,
+                   H, DH, BLOCK_D, HAS_ROPE)
+    _norm_rope_bwd(dk + b * s_kgb + n * s_kgn + h * s_kgh, src + H * DH, wk, cos, sin, dsrc + H * DH,
+                   dwk_part + tok * DH, eps, H, DH, BLOCK_D, HAS_ROPE)
+    mask = (d < DH) & (h >= 0)
+    gv = tl.load(dv + b * s_vgb + n * s_vgn + h * s_vgh + d, mask=mask)
+    tl.store(dsrc + 2 * H * DH + h * DH + d, gv, mask=mask)
 
 
 def _shapes(qkv, wq, rope):
     B, N, D3 = qkv.shape
     D, DH = D3 // 3, wq.shape[0]
-    if D3 != 3 * D or D % DH or DH % 2:
-        raise ValueError(f"qk_norm_rope: qkv {tuple(qkv.shape)} does not split into 3 x heads x {DH}")
+    H = D // DH
+    if D3 != 3 * D or D % DH or DH % 2 or H & (H - 1):
+        raise ValueError(f"qk_norm_rope: qkv {tuple(qkv.shape)} does not split into 3 x heads x {DH} "
+                         "with an even head width and a power-of-two number of heads")
     if rope is None:
-        return B, N, D, DH, 0, 0, qkv
+        return B, N, H, DH, 0, 0, qkv
     rope = rope.contiguous()
-    return B, N, D, DH, (rope.stride(0) if rope.dim() == 3 else 0), rope.stride(-2), rope
+    return B, N, H, DH, (rope.stride(0) if rope.dim() == 3 else 0), rope.stride(-2), rope
 
 
 @triton_op("sprintc::qk_norm_rope", mutates_args={})
 def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
-    B, N, D, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    H, R = D // DH, B * N * (D // DH)
+    B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     q, k, v = (qkv.new_empty(B, H, N, DH) for _ in range(3))
-    grid = (triton.cdiv(R, BLOCK_ROWS), 3)
-    wrap_triton(_fwd_kernel)[grid](qkv, wq, wk, table, q, k, v, R, N, H, qkv.stride(0), qkv.stride(1), s_rb, s_rn,
-                                   eps, D=D, DH=DH, BLOCK_P=triton.next_power_of_2(DH // 2), BLOCK_R=BLOCK_ROWS,
-                                   HAS_ROPE=rope is not None)
+    wrap_triton(_fwd_kernel)[(B * N,)](qkv, wq, wk, table, q, k, v, qkv.stride(1), s_rb, s_rn, eps, N=N, H=H, DH=DH,
+                                       BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None)
     return q, k, v
 
 
@@ -152,16 +137,13 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     dq, dk, dv = (g if g.stride(-1) == 1 else g.contiguous() for g in (dq, dk, dv))
-    B, N, D, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    H, R = D // DH, B * N * (D // DH)
-    blocks = triton.cdiv(R, BLOCK_ROWS)
+    B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     dqkv = torch.empty_like(qkv)
-    dwq_part, dwk_part = (qkv.new_empty(blocks, DH, dtype=torch.float32) for _ in range(2))
+    dwq_part, dwk_part = (qkv.new_empty(B * N, DH, dtype=torch.float32) for _ in range(2))
     strides = [s for g in (dq, dk, dv) for s in (g.stride(0), g.stride(1), g.stride(2))]
-    wrap_triton(_bwd_kernel)[(blocks, 3)](dq, dk, dv, qkv, wq, wk, table, dqkv, dwq_part, dwk_part, R, N, H,
-                                          qkv.stride(0), qkv.stride(1), s_rb, s_rn, eps, *strides, D=D, DH=DH,
-                                          BLOCK_P=triton.next_power_of_2(DH // 2), BLOCK_R=BLOCK_ROWS,
-                                          HAS_ROPE=rope is not None)
+    wrap_triton(_bwd_kernel)[(B * N,)](dq, dk, dv, qkv, wq, wk, table, dqkv, dwq_part, dwk_part, qkv.stride(1),
+                                       s_rb, s_rn, eps, *strides, N=N, H=H, DH=DH,
+                                       BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None)
     return dqkv, dwq_part.sum(0).to(wq.dtype), dwk_part.sum(0).to(wk.dtype)
 
 

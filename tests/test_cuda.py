@@ -7,6 +7,8 @@ import torch
 from test_train import spec
 from sprintc.model import Attention, rope_angles
 from sprintc.targets_api import lower
+
+use_kernels = pytest.importorskip("sprintc.kernels").use_kernels if torch.cuda.is_available() else None
 from sprintc.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -48,7 +50,7 @@ def test_kernel_attention_matches_inductors_code(rope_kind):
     for w in (ref.q_norm.weight, ref.k_norm.weight):
         w.data.uniform_(0.5, 1.5)
     fused = copy.deepcopy(ref)
-    fused.fused_qk = True
+    assert use_kernels(fused) == 1
     table = rope_angles((8, 8), 72).cuda()
     rope = table if rope_kind == "shared" else table[torch.stack([torch.randperm(64, device="cuda")[:16] for _ in range(4)])]
     x = torch.randn(4, rope.shape[-2], 144, device="cuda")
