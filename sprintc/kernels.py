@@ -11,6 +11,7 @@ Importing this module imports triton: do it only when a CUDA lowering asks for t
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -153,9 +154,35 @@ def _setup_context(ctx, inputs, output):
     ctx.eps = eps
 
 
+def backward_expression(dq, dk, dv, qkv, wq, wk, rope, eps):
+    """qk_norm_rope_backward's numbers as torch ops, for Inductor to fuse into its own kernels."""
+    B, N, D3 = qkv.shape
+    DH = wq.shape[0]
+    x = qkv.view(B, N, 3, D3 // 3 // DH, DH).permute(2, 0, 3, 1, 4)  # (3, B, H, N, DH) view
+    grads = []
+    for g, xi, w in ((dq, x[0], wq), (dk, x[1], wk)):
+        g, xi = g.float(), xi.float()
+        if rope is not None:  # the rotation's transpose
+            cos, sin = rope.unsqueeze(-3).float().chunk(2, -1)
+            gs = g * sin
+            g = g * cos - torch.stack((-gs[..., 1::2], gs[..., 0::2]), -1).flatten(-2)
+        rstd = torch.rsqrt(xi.pow(2).mean(-1, keepdim=True) + eps)
+        u = g * w.float()
+        grads.append((rstd * u - xi * rstd.pow(3) * (u * xi).mean(-1, keepdim=True),
+                      (g * xi * rstd).sum((0, 1, 2)).to(w.dtype)))
+    dqkv = torch.stack((grads[0][0].to(qkv.dtype), grads[1][0].to(qkv.dtype), dv.to(qkv.dtype)))
+    return dqkv.permute(1, 3, 0, 2, 4).reshape(B, N, D3), grads[0][1], grads[1][1]
+
+
+# Which backward runs: "triton" (qk_norm_rope_backward) or "torch" (backward_expression, fused by Inductor).
+# A developer's switch for A/B runs on a GPU (docs/PERFORMANCE.md), read when the backward is traced.
+BACKWARD = os.environ.get("SPRINTC_QK_BACKWARD", "triton")
+
+
 def _backward(ctx, dq, dk, dv):
     qkv, wq, wk, rope = ctx.saved_tensors
-    dqkv, dwq, dwk = qk_norm_rope_backward(dq, dk, dv, qkv, wq, wk, rope, ctx.eps)
+    run = backward_expression if BACKWARD == "torch" else qk_norm_rope_backward
+    dqkv, dwq, dwk = run(dq, dk, dv, qkv, wq, wk, rope, ctx.eps)
     return dqkv, dwq, dwk, None, None
 
 
