@@ -48,11 +48,11 @@ def main():
             "triton forward": ms(lambda: K.qk_norm_rope(x, wq, wk, rope, 1e-6)),
             "inductor forward (expression)": ms(lambda: inductor_fwd(x)),
             "triton backward": ms(lambda: K.qk_norm_rope_backward(dq, dk, dv, x, wq, wk, rope, 1e-6)),
-            "triton backward, contiguous grads": ms(lambda: K.qk_norm_rope_backward(dq.contiguous(), dk.contiguous(), dv.contiguous(), x, wq, wk, rope, 1e-6)),
+            "triton backward, head-major grads (copied first)": ms(lambda: K.qk_norm_rope_backward(dq.contiguous(), dk.contiguous(), dv.contiguous(), x, wq, wk, rope, 1e-6)),
             "inductor backward (backward_expression)": ms(lambda: torch_bwd(dq, dk, dv, x, wq, wk, rope, 1e-6)),
         }
         for name, t in rows.items():
-            print(f"  N={N} B={B} {name}: {t} ms ({gbytes / t:.0f} GB/s at the forward's {gbytes:.2f} GB)")
+            print(f"  N={N} B={B} {name}: {t} ms (forward traffic {gbytes:.2f} GB: {gbytes / t:.2f} TB/s)")
 
 
 def attn_expr(attn, qkv, rope):

@@ -183,6 +183,19 @@ elif [ "$PHASE" = k2 ]; then  # the kernel's two backwards (Triton, torch ops fu
     piece nok_b64_32 110 1 $BENCH --batch 64,32 --modes $CG --parts train --kernels off --json "$W/nok_b64_32.json"
   ) &
   wait
+elif [ "$PHASE" = k3 ]; then  # the token-major kernels: A/B at 128 on GPU0 then the CUDA tests; alone and at 64/32 on GPU1
+  CG=$([ $TINY = 1 ] && echo eager || echo cudagraph)
+  (
+    piece nok_b128 80 0 $BENCH --batch 128 --modes $CG --parts train --kernels off --json "$W/nok_b128.json"
+    piece k_b128 80 0 $BENCH --batch 128 --modes $CG --parts train --json "$W/k_b128.json" --profile "$W/prof" --tag k_
+    piece pytest_cuda $(( 235 - ($(date +%s) - T0) )) 0 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py"
+  ) &
+  (
+    [ $TINY = 0 ] && piece kernel_bench 60 1 python3 "$REPO/scripts/gpu_kernel_bench.py"
+    piece k_b64_32 85 1 $BENCH --batch 64,32 --modes $CG --parts train --json "$W/k_b64_32.json"
+    piece nok_b64_32 $(( 235 - ($(date +%s) - T0) )) 1 $BENCH --batch 64,32 --modes $CG --parts train --kernels off --json "$W/nok_b64_32.json"
+  ) &
+  wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

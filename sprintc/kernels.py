@@ -58,12 +58,12 @@ def _fwd_kernel(qkv, wq, wk, rope, out_q, out_k, out_v, s_tok, s_rb, s_rn, eps, 
         cos = tl.load(table, mask=d < DH, other=0.0)
         sin = tl.load(table + DH, mask=d < DH, other=0.0)
     src = qkv + tok * s_tok
-    dst = (b * H * N + n) * DH  # head h of token (b, n) in (B, H, N, DH) is at dst + h * N * DH
-    _norm_rope_fwd(src, wq, cos, sin, out_q + dst, eps, H, DH, BLOCK_D, HAS_ROPE, N * DH)
-    _norm_rope_fwd(src + H * DH, wk, cos, sin, out_k + dst, eps, H, DH, BLOCK_D, HAS_ROPE, N * DH)
+    dst = tok * H * DH  # outputs are (B, H, N, DH) views of token-major (B, N, H, DH) memory
+    _norm_rope_fwd(src, wq, cos, sin, out_q + dst, eps, H, DH, BLOCK_D, HAS_ROPE, DH)
+    _norm_rope_fwd(src + H * DH, wk, cos, sin, out_k + dst, eps, H, DH, BLOCK_D, HAS_ROPE, DH)
     h = tl.arange(0, H)[:, None]
     mask = (d < DH) & (h >= 0)
-    tl.store(out_v + dst + h * (N * DH) + d, tl.load(src + 2 * H * DH + h * DH + d, mask=mask), mask=mask)
+    tl.store(out_v + dst + h * DH + d, tl.load(src + 2 * H * DH + h * DH + d, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -87,7 +87,6 @@ def _norm_rope_bwd(g, src, w, cos, sin, dsrc, dw_part, eps, H: tl.constexpr, DH:
 @triton.autotune(configs=ONE_TOKEN, key=[])
 @triton.jit
 def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dwq_part, dwk_part, s_tok, s_rb, s_rn, eps,
-                s_qgb, s_qgh, s_qgn, s_kgb, s_kgh, s_kgn, s_vgb, s_vgh, s_vgn,
                 N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
     tok = tl.program_id(0)
     b, n = tok // N, tok % N
@@ -99,12 +98,13 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dwq_part, dwk_part, s_tok, 
         cos = tl.load(table, mask=d < DH, other=0.0)
         sin = tl.load(table + DH, mask=d < DH, other=0.0)
     src, dsrc = qkv + tok * s_tok, dqkv + tok * s_tok  # dqkv has qkv's (contiguous) layout
-    _norm_rope_bwd(dq + b * s_qgb + n * s_qgn + h * s_qgh, src, wq, cos, sin, dsrc, dwq_part + tok * DH, eps,
+    gq = tok * H * DH + h * DH  # gradients in the outputs' token-major layout
+    _norm_rope_bwd(dq + gq, src, wq, cos, sin, dsrc, dwq_part + tok * DH, eps,
                    H, DH, BLOCK_D, HAS_ROPE)
-    _norm_rope_bwd(dk + b * s_kgb + n * s_kgn + h * s_kgh, src + H * DH, wk, cos, sin, dsrc + H * DH,
+    _norm_rope_bwd(dk + gq, src + H * DH, wk, cos, sin, dsrc + H * DH,
                    dwk_part + tok * DH, eps, H, DH, BLOCK_D, HAS_ROPE)
     mask = (d < DH) & (h >= 0)
-    gv = tl.load(dv + b * s_vgb + n * s_vgn + h * s_vgh + d, mask=mask)
+    gv = tl.load(dv + gq + d, mask=mask)
     tl.store(dsrc + 2 * H * DH + h * DH + d, gv, mask=mask)
 
 
@@ -121,12 +121,18 @@ def _shapes(qkv, wq, rope):
     return B, N, H, DH, (rope.stride(0) if rope.dim() == 3 else 0), rope.stride(-2), rope
 
 
+def _token_major(like, B, N, H, DH):
+    """A (B, H, N, DH) tensor whose memory is (B, N, H, DH): one token's heads are contiguous, as in qkv, so the
+    kernels read and write whole tokens; attention takes any layout with contiguous rows."""
+    return torch.empty_strided((B, H, N, DH), (N * H * DH, DH, H * DH, 1), dtype=like.dtype, device=like.device)
+
+
 @triton_op("sprintc::qk_norm_rope", mutates_args={})
 def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    q, k, v = (qkv.new_empty(B, H, N, DH) for _ in range(3))
+    q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
     wrap_triton(_fwd_kernel)[(B * N,)](qkv, wq, wk, table, q, k, v, qkv.stride(1), s_rb, s_rn, eps, N=N, H=H, DH=DH,
                                        BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None)
     return q, k, v
@@ -137,13 +143,13 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
                           wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
-    dq, dk, dv = (g if g.stride(-1) == 1 else g.contiguous() for g in (dq, dk, dv))
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     dqkv = torch.empty_like(qkv)
     dwq_part, dwk_part = (qkv.new_empty(B * N, DH, dtype=torch.float32) for _ in range(2))
-    strides = [s for g in (dq, dk, dv) for s in (g.stride(0), g.stride(1), g.stride(2))]
+    dq, dk, dv = (g if g.stride() == _token_major(g, B, N, H, DH).stride() else g.transpose(1, 2).contiguous().transpose(1, 2)
+                  for g in (dq, dk, dv))  # attention's backward gives them the layout of q, k, v: no copy
     wrap_triton(_bwd_kernel)[(B * N,)](dq, dk, dv, qkv, wq, wk, table, dqkv, dwq_part, dwk_part, qkv.stride(1),
-                                       s_rb, s_rn, eps, *strides, N=N, H=H, DH=DH,
+                                       s_rb, s_rn, eps, N=N, H=H, DH=DH,
                                        BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None)
     return dqkv, dwq_part.sum(0).to(wq.dtype), dwk_part.sum(0).to(wk.dtype)
 

@@ -42,7 +42,7 @@ CHECK = textwrap.dedent("""
         ref = expression(attn, qkv, rope)
         out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
         for name, a, b in zip("qkv", out, ref):
-            assert a.shape == b.shape and a.is_contiguous(), (kind, name, a.shape)
+            assert a.shape == b.shape and a.stride(-1) == 1, (kind, name, a.shape)  # rows contiguous for attention
             assert (a - b).abs().max() < 1e-5, (kind, name, (a - b).abs().max())
         # gradients, one of them in a transposed (non-contiguous) layout as attention backward may give
         grads = [torch.randn_like(o) for o in out]
