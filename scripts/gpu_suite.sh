@@ -15,10 +15,6 @@
 #   then coordinate-descent tuning with the time left. Phase next: what is still unmeasured (max-autotune and
 #   coordinate-descent tuning on GPU0; batch 64/32, sampling and the anchor at 32 on GPU1). Phase ddp: DDP alone;
 #   ddp-ro: DDP with target.mode reduce-overhead (CUDA graphs per compiled region, the all-reduce between).
-#   Phase k: the Triton q/k RMSNorm + RoPE kernel (sprintc/kernels.py): batch 128 with and without it, the anchor
-#   at 128 and 32 on GPU0; CUDA tests, batch 64/32 with and without it and the anchor at 64 on GPU1. Phase k2: the
-#   kernels alone (scripts/gpu_kernel_bench.py), then the training step with the Triton backward, with the torch-ops
-#   backward (SPRINTC_QK_BACKWARD=torch) and without the kernels, CUDA-graph mode only (~6 min).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -148,52 +144,6 @@ elif [ "$PHASE" = next ]; then  # what is still unmeasured (docs/PERFORMANCE.md,
     piece bench_b64_32 200 1 $BENCH --batch 64,32 --modes $AMODES --parts train --json "$W/bench_b64_32.json"
     piece sample_b128 100 1 $BENCH --batch 128 --modes $AMODES --parts sample --json "$W/sample_b128.json"
     [ $TINY = 0 ] && piece anchor_b32 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 32)
-  ) &
-  wait
-elif [ "$PHASE" = k ]; then  # the Triton q/k RMSNorm + RoPE kernel: CUDA tests, A/B at 128 on GPU0, the rest on GPU1
-  AMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
-  CG=$([ $TINY = 1 ] && echo eager || echo cudagraph)
-  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
-  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee "$W/versions.txt"
-  (
-    piece k_b128 200 0 $BENCH --batch 128 --modes $AMODES --parts train,sample --json "$W/k_b128.json" --profile "$W/prof" --tag k_
-    piece nok_b128 120 0 $BENCH --batch 128 --modes $CG --parts train --kernels off --json "$W/nok_b128.json" --profile "$W/prof" --tag nok_
-    [ $TINY = 0 ] && piece anchor_b128 240 0 $(anchor 128)
-    [ $TINY = 0 ] && piece anchor_b32 $(( 585 - ($(date +%s) - T0) )) 0 $(anchor 32)
-  ) &
-  (
-    piece pytest_cuda 150 1 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py" "$REPO/tests/test_model.py"
-    piece k_b64_32 150 1 $BENCH --batch 64,32 --modes $AMODES --parts train --json "$W/k_b64_32.json"
-    piece nok_b64_32 100 1 $BENCH --batch 64,32 --modes $CG --parts train --kernels off --json "$W/nok_b64_32.json"
-    [ $TINY = 0 ] && piece anchor_b64 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 64)
-  ) &
-  wait
-elif [ "$PHASE" = k2 ]; then  # the kernel's two backwards (Triton, torch ops fused by Inductor) against Inductor's code
-  CG=$([ $TINY = 1 ] && echo eager || echo cudagraph)
-  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
-  (
-    [ $TINY = 0 ] && piece kernel_bench 90 0 python3 "$REPO/scripts/gpu_kernel_bench.py"
-    piece k_b128 100 0 $BENCH --batch 128 --modes $CG --parts train --json "$W/k_b128.json"
-    piece kt_b128 100 0 env SPRINTC_QK_BACKWARD=torch $BENCH --batch 128 --modes $CG --parts train --json "$W/kt_b128.json" --profile "$W/prof" --tag kt_
-    piece nok_b128 100 0 $BENCH --batch 128 --modes $CG --parts train --kernels off --json "$W/nok_b128.json"
-  ) &
-  (
-    piece pytest_cuda 120 1 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py"
-    piece kt_b64_32 110 1 env SPRINTC_QK_BACKWARD=torch $BENCH --batch 64,32 --modes $CG --parts train --json "$W/kt_b64_32.json"
-    piece nok_b64_32 110 1 $BENCH --batch 64,32 --modes $CG --parts train --kernels off --json "$W/nok_b64_32.json"
-  ) &
-  wait
-elif [ "$PHASE" = k3 ]; then  # the token-major kernels: A/B at 128 on GPU0 then the CUDA tests; alone and at 64/32 on GPU1
-  CG=$([ $TINY = 1 ] && echo eager || echo cudagraph)
-  (
-    piece nok_b128 80 0 $BENCH --batch 128 --modes $CG --parts train --kernels off --json "$W/nok_b128.json"
-    piece k_b128 80 0 $BENCH --batch 128 --modes $CG --parts train --json "$W/k_b128.json" --profile "$W/prof" --tag k_
-    piece pytest_cuda $(( 235 - ($(date +%s) - T0) )) 0 python3 -m pytest -q -p no:cacheprovider "$REPO/tests/test_cuda.py"
-  ) &
-  (
-    [ $TINY = 0 ] && piece kernel_bench 60 1 python3 "$REPO/scripts/gpu_kernel_bench.py"
-    piece k_b64_32 85 1 $BENCH --batch 64,32 --modes $CG --parts train --json "$W/k_b64_32.json"
-    piece nok_b64_32 $(( 235 - ($(date +%s) - T0) )) 1 $BENCH --batch 64,32 --modes $CG --parts train --kernels off --json "$W/nok_b64_32.json"
   ) &
   wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)

@@ -37,8 +37,6 @@ def qk_norm(kind, dim):
 
 
 class Attention(nn.Module):
-    fused_qk = False  # set by the inductor target on CUDA: q/k RMSNorm + RoPE in one Triton kernel (sprintc.kernels)
-
     def __init__(self, dim, heads, norm="none"):
         super().__init__()
         self.heads = heads
@@ -46,16 +44,15 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = qk_norm(norm, dim // heads), qk_norm(norm, dim // heads)
 
     def forward(self, x, rope=None):
+        # Measured (docs/PERFORMANCE.md): this plain form, q/k/v permuted to (B, H, N, Dh), compiles to faster
+        # training steps than one fused RMSNorm + RoPE expression on the (B, N, 2, H, Dh) layout (H100) and than a
+        # hand-written Triton kernel for both (H200)
         B, N, D = x.shape
-        qkv = self.qkv(x)
-        if self.fused_qk and x.is_cuda:  # the expression below, in one kernel each way (sprintc/kernels.py)
-            q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
-        else:
-            q, k, v = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-            q, k = self.q_norm(q), self.k_norm(k)
-            if rope is not None:  # (N, 2*Dh) or routed (B, M, 2*Dh): [cos | sin]
-                cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
-                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # (N, 2*Dh) or routed (B, M, 2*Dh): [cos | sin]
+            cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 

@@ -120,8 +120,6 @@ class TargetSpec(Strict):
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     regional: bool = Field(True, description="compile each distinct block once instead of the whole model")
     cuda_graphs: bool = Field(True, description="capture fixed-shape steps in CUDA graphs: sampling, and training on one GPU")
-    kernels: bool = Field(True, description="inductor on CUDA: sprintc's Triton kernels where it has them (attention "
-                          "q/k RMSNorm + RoPE); false: Inductor's code for everything")
 
 
 # ----------------------------------------------------------------------------------------- recipes

@@ -11,9 +11,6 @@ cache (on by default, TORCHINDUCTOR_CACHE_DIR) makes later processes skip code g
 Whole model (regional: false): the model's forward (and forward_guidance) are compiled as one graph
 each, the glue fused into its neighbours, at the cost of compiling every block inline.
 
-On CUDA (target.kernels, the default) the attention's q/k RMSNorm + RoPE runs as one hand-written Triton
-kernel forward and one backward (sprintc/kernels.py), which Inductor traces into like its own code.
-
 Shapes are static (dynamic=False): a new batch size compiles a new variant once (no automatic dynamic
 shapes, which would give slower kernels); the recompile limit is raised so that training, fine-tuning
 and sampling variants all fit.
@@ -93,19 +90,8 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
     return [""]
 
 
-def use_kernels(model: nn.Module) -> int:
-    """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
-    try:
-        from sprintc.kernels import use_kernels
-    except ImportError:  # a torch build without triton: Inductor's code throughout
-        return 0
-    return use_kernels(model)
-
-
 def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
     _raise_limits()
-    if device.type == "cuda" and target.kernels:
-        use_kernels(model)
     regions = compile_regions(model, target) if target.regional else compile_whole(model, target)
     wrap_forwards(model, Lowering(target, device, dtype, regions=regions))
     return model
