@@ -17,7 +17,6 @@ import sprintc
 from sprintc.graph import count_flops
 
 
-
 def main():
     torch.manual_seed(0)
     model = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=32, in_channels=4, num_layers=6,

@@ -76,7 +76,6 @@ class DiT(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", h).reshape(h.shape[0], self.channels, g * p, g * p)
 
 
-
 def main():
     torch.manual_seed(0)
     model = DiT()

@@ -17,7 +17,6 @@ import sprintc
 from sprintc.graph import count_flops
 
 
-
 def main():
     torch.manual_seed(0)
     model = VisionTransformer(img_size=32, patch_size=4, embed_dim=64, depth=6, num_heads=2, num_classes=10)

@@ -517,7 +517,8 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 x_t, t_in = obj.noisy(x0, noise, t)
                 batch = {"x_t": x_t, "t_in": t_in, "x0": x0, "noise": noise, "t": t, **({} if y is None else {"y": y}), **route}
                 loss, gnorm = runner(batch)
-                flags = torch.stack([loss.float(), torch.full_like(loss.float(), float(stop.requested))])
+                loss = loss.float()
+                flags = torch.stack([loss, torch.full_like(loss, float(stop.requested))])
                 if world > 1:
                     dist.all_reduce(flags)
                 update_ema(ema, net, ema_decay(tr.ema, step))

@@ -11,7 +11,6 @@ from sprintc.compiler import compile_spec
 from sprintc.spec import load_spec
 
 
-
 def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "2",

@@ -9,7 +9,6 @@ from sprintc.errors import SprintcError
 from conftest import tiny_spec
 
 
-
 def gauss_spec(objective="flow", channels=1, size=1, num_classes=2, sampler="euler"):
     return sprintc.load_spec({
         "model": {"input": {"channels": channels, "size": size}, "patch": 1, "width": 8, "depth": 1, "heads": 1,

@@ -17,7 +17,6 @@ from sprintc.images import save_npz, to_rgb, to_uint8
 from conftest import tiny_spec
 
 
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")

@@ -17,7 +17,6 @@ from sprintc.spec import dump_spec
 from conftest import tiny_spec
 
 
-
 def write_spec(path, **over):
     d = tiny_spec(model__input={"channels": 1, "size": 8}, sample={"sampler": "euler", "steps": 3, "guidance": "pdg", "scale": 2.0}, **over)
     path.write_text(yaml.safe_dump(d))

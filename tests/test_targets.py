@@ -18,7 +18,6 @@ from sprintc.targets_api import (SamplingStep, TargetError, clip_and_step, lower
                                  prepare_inference, resolve_device, resolve_target)
 
 
-
 def small(**over):
     """Width 32, depth 4 (1 dense + 2 routed + 1 dense), 16 tokens; weights drawn so nothing is zero."""
     spec = tiny_spec(**{"model__width": 32, "model__heads": 2, **over})

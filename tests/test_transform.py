@@ -173,7 +173,6 @@ def inputs(batch=2, seed=0):
     return torch.randn(batch, 4, 8, 8, generator=g), torch.rand(batch, generator=g), torch.randint(0, 10, (batch,), generator=g)
 
 
-
 # ------------------------------------------------------------------------------- equivalence
 def test_identity_at_drop_0_then_untransform_restores():
     torch.manual_seed(0)

@@ -16,7 +16,6 @@ ROUTED = [{"name": "partition", "encoder": 1, "decoder": 1}, {"name": "route", "
           {"name": "fuse", "kind": "concat_linear"}, {"name": "path_drop", "p": 0.1}]
 
 
-
 def randomise(model):
     torch.manual_seed(0)
     for p in model.parameters():  # no zero-initialised layers that would hide a wrong wiring
