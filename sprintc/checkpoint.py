@@ -136,12 +136,17 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def is_newest_alias(p: Path) -> bool:
+    """runs/NAME/checkpoints/last (or latest), not itself a file or folder: the newest checkpoint there."""
+    return p.name in ("last", "latest") and not p.exists() and p.parent.is_dir()
+
+
 def resolve(path: str | Path) -> Path:
     """A checkpoint folder from a run folder (its newest checkpoint), a checkpoints/ folder (or
     checkpoints/last), or a step folder."""
     p = Path(path)
-    if p.name in ("last", "latest") and not p.exists() and p.parent.is_dir():
-        p = p.parent  # runs/NAME/checkpoints/last: the newest checkpoint there
+    if is_newest_alias(p):
+        p = p.parent
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint or run folder")
     if (p / "manifest.json").exists() or STEP_RE.match(p.name):

@@ -82,10 +82,10 @@ def parse_classes(text: str | None, num_classes: int) -> list[int] | None:
 def load_model(spec, ckpt, device="cpu", ema: bool = True) -> torch.nn.Module:
     """The spec's model with the weights of `ckpt`: a sprintc checkpoint folder (sprintc.checkpoint), or a
     single .safetensors / .pt state dict (sprintc's layout or the reference SPRINT layout)."""
-    path = Path(ckpt)
-    if path.is_dir() or (path.name in ("last", "latest") and path.parent.is_dir()):  # a run / checkpoint folder
-        from sprintc import checkpoint
+    from sprintc import checkpoint
 
+    path = Path(ckpt)
+    if path.is_dir() or checkpoint.is_newest_alias(path):  # a run / checkpoint folder
         stored = checkpoint.load(path, parts=()).spec
         diff = checkpoint.spec_differences(stored, spec)
         if diff:
