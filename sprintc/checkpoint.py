@@ -155,7 +155,7 @@ def resolve(path: str | Path) -> Path:
         found = list_checkpoints(root)
         if found:
             return found[-1]
-    raise CheckpointError(f"{p}: holds no checkpoint (expected step_NNNNNN folders in {p / 'checkpoints'})")
+    raise CheckpointError(f"{p}: holds no checkpoint (expected step_NNNNNN folders in it or in {p / 'checkpoints'})")
 
 
 def _read_verified(path: Path, name: str, manifest: dict) -> bytes:
