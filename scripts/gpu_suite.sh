@@ -146,6 +146,47 @@ elif [ "$PHASE" = next ]; then  # what is still unmeasured (docs/PERFORMANCE.md,
     [ $TINY = 0 ] && piece anchor_b32 $(( 585 - ($(date +%s) - T0) )) 1 $(anchor 32)
   ) &
   wait
+elif [ "$PHASE" = attn ]; then  # run D: the q/k norm + RoPE variants of scripts/gpu_attn_variants.py
+  # one XL block fwd+bwd per variant on both GPUs (v0 = shipped on each), then the full training step at batch 128
+  # (CUDA graph) of v0 and the two best variants on GPU 0, the anchor and v0 on GPU 1
+  AV="python3 $REPO/scripts/gpu_attn_variants.py"
+  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+  if [ $TINY = 1 ]; then
+    piece check 100 0 $AV check
+    printf 'v1\nv2\n' > "$W/picked.txt"
+  else
+    piece micro_a 260 0 env TORCH_LOGS=output_code $AV micro --variants v0,v1,v2 --json "$W/micro_a.json" &
+    piece micro_b 260 1 env TORCH_LOGS=output_code $AV micro --variants v0,v3,v4 --json "$W/micro_b.json" &
+    wait
+    python3 - "$W" > "$W/picked.txt" <<'PY'
+import json, sys
+from pathlib import Path
+rows = [r for f in ("micro_a.json", "micro_b.json") if (Path(sys.argv[1]) / f).exists() for r in json.load(open(Path(sys.argv[1]) / f))]
+base = {}  # each lane's own v0, so variants are compared on the GPU they ran on
+for f in ("micro_a.json", "micro_b.json"):
+    p = Path(sys.argv[1]) / f
+    if p.exists():
+        rs = json.load(open(p))
+        v0 = {r["routed"]: r["ms"] for r in rs if r["variant"] == "v0"}
+        for r in rs:
+            if r["variant"] != "v0" and v0:
+                base.setdefault(r["variant"], []).append(r["ms"] / v0[r["routed"]])
+score = sorted((sum(v) / len(v), k) for k, v in base.items())
+print("\n".join(k for _, k in score[:2]) or "v1\nv2")
+PY
+  fi
+  cat "$W/picked.txt"
+  FULL="--batch 128 --modes cudagraph --parts train $DEV"
+  (
+    piece full_v0 150 0 $AV --variant v0 bench $SPEC $FULL --json "$W/full_v0.json"
+    for v in $(cat "$W/picked.txt"); do piece full_$v 150 0 $AV --variant $v bench $SPEC $FULL --json "$W/full_$v.json"; done
+  ) &
+  (
+    [ $TINY = 0 ] && piece anchor_b128 200 1 $(anchor 128)
+    piece full_v0_gpu1 150 1 $AV --variant v0 bench $SPEC $FULL --json "$W/full_v0_gpu1.json"
+  ) &
+  wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
