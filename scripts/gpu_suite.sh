@@ -187,6 +187,17 @@ PY
     piece full_v0_gpu1 150 1 $AV --variant v0 bench $SPEC $FULL --json "$W/full_v0_gpu1.json"
   ) &
   wait
+elif [ "$PHASE" = tune ]; then  # run D: Inductor's own tuning, each with the time it needs (the shipped attention)
+  # GPU 0: max-autotune (Triton GEMM templates with fused epilogues + coordinate descent); GPU 1: the default
+  # compile as baseline, then coordinate-descent tuning of the Triton kernels alone
+  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
+  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
+  piece bench_b128_autotune 560 0 $BENCH --batch 128 --modes $TMODES --parts train --mode max-autotune-no-cudagraphs --json "$W/bench_b128_autotune.json" &
+  (
+    piece bench_b128 150 1 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
+    piece bench_b128_cdt $(( 570 - ($(date +%s) - T0) )) 1 $BENCH --batch 128 --modes $TMODES --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
+  ) &
+  wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
