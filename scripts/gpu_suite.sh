@@ -198,6 +198,21 @@ elif [ "$PHASE" = tune ]; then  # run D: Inductor's own tuning, each with the ti
     piece bench_b128_cdt $(( 570 - ($(date +%s) - T0) )) 1 $BENCH --batch 128 --modes $TMODES --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
   ) &
   wait
+elif [ "$PHASE" = tune2 ]; then  # run D: target.tune (`--tune`) cold and with the cache warm, beside the anchor and sampling
+  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
+  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
+  SMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
+  (
+    [ $TINY = 0 ] && piece anchor_b128 200 0 $(anchor 128)
+    piece sample_b128 120 0 $BENCH --batch 128 --modes $SMODES --parts sample --json "$W/sample_b128.json"
+    piece sample_b128_tune $(( 480 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $SMODES --parts sample --tune --json "$W/sample_b128_tune.json"
+  ) &
+  (
+    piece bench_b128 150 1 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
+    piece bench_b128_tune 330 1 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/bench_b128_tune.json"
+    piece bench_b128_tune_warm $(( 485 - ($(date +%s) - T0) )) 1 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/bench_b128_tune_warm.json"
+  ) &
+  wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

@@ -54,6 +54,7 @@ def add_bench_arguments(p):
     p.add_argument("--graphs", default="routed,dense", help="training graphs: routed, dense")
     p.add_argument("--size", choices=["auto", "tiny", "full"], default="auto", help="auto: full on CUDA, tiny on the CPU")
     p.add_argument("--mode", dest="compile_mode", default=None, help="override target.mode (default, max-autotune, ...)")
+    p.add_argument("--tune", action="store_true", default=None, help="set target.tune (coordinate-descent tuning of the kernels)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
                    help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, compiled)")
     p.add_argument("--images", type=int, default=64, help="images of the sample250 parts")
@@ -101,7 +102,7 @@ def run_bench(args) -> int:
     batches = _ints(args.batch, "--batch") if args.batch is not None else ([128] if dev.type == "cuda" else [4])
     steps = args.steps or (20 if dev.type == "cuda" else 3)
     tiny = args.size == "tiny" or (args.size == "auto" and dev.type == "cpu")
-    target = resolve_target(spec.target, name="inductor", mode=args.compile_mode)
+    target = resolve_target(spec.target, name="inductor", mode=args.compile_mode, tune=args.tune)
     inductor_cfg = _inductor_config(args.inductor_config)
     if tiny:
         spec = tiny_version(spec)
@@ -304,7 +305,7 @@ class Bench:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "dtype": target.dtype, "compile_mode": target.mode, "regional": target.regional,
+            "dtype": target.dtype, "compile_mode": target.mode, "tune": target.tune, "regional": target.regional,
             "params_M": round(sum(p.numel() for p in self.built.model.parameters()) / 1e6, 2),
             "matmul_peak_tflops": _sig(peak / 1e12), "steps": steps, "warmup": warmup, "clip": clip,
             "grad_clip": spec.train.grad_clip, "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),

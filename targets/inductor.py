@@ -50,7 +50,11 @@ def head_types() -> tuple[type, ...]:
 
 def _options(target: TargetSpec) -> dict:
     opts = {"fullgraph": True, "dynamic": False}
-    if target.mode != "default":
+    if target.tune:  # torch.compile takes a mode or options, not both: the mode's options plus the tuning
+        import torch._inductor
+
+        opts["options"] = {**torch._inductor.list_mode_options(target.mode), "coordinate_descent_tuning": True}
+    elif target.mode != "default":
         opts["mode"] = target.mode
     return opts
 

@@ -151,6 +151,19 @@ def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_break
 
 
 @pytest.mark.slow
+def test_tune_reaches_every_compiled_region_with_the_modes_options(monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    lower(small().model, {"name": "inductor", "dtype": "float32", "tune": True, "mode": "reduce-overhead"}, device="cpu")
+    assert seen and all(kw["options"] == {"triton.cudagraphs": True, "coordinate_descent_tuning": True} and "mode" not in kw
+                        and kw["fullgraph"] for kw in seen)
+    seen.clear()
+    lower(small().model, {"name": "inductor", "dtype": "float32"}, device="cpu")
+    assert seen and all("options" not in kw and "mode" not in kw for kw in seen)
+    with pytest.raises(TargetError, match="tune"):
+        resolve_target({"tune": "very"})
+
+
 def test_inductor_bf16_sampling_step_equals_eager_within_bf16_tolerance():
     built = small()
     target = {"name": "inductor", "dtype": "bfloat16"}
