@@ -213,6 +213,24 @@ elif [ "$PHASE" = tune2 ]; then  # run D: target.tune (`--tune`) cold and with t
     piece bench_b128_tune_warm $(( 485 - ($(date +%s) - T0) )) 1 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/bench_b128_tune_warm.json"
   ) &
   wait
+elif [ "$PHASE" = knobs ]; then  # run D: Inductor settings that cost no long compile, each against a baseline on its GPU
+  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
+  knob() {  # knob GPU NAME TIMEOUT [KEY=VALUE]: the routed and dense CUDA-graph step at batch 128
+    piece knob_$2 $3 $1 $BENCH --batch 128 --modes $TMODES --parts train ${4:+--inductor-config $4} --json "$W/knob_$2.json"
+  }
+  (
+    knob 0 base0 100
+    knob 0 combo 100 combo_kernels=True
+    knob 0 multi 100 triton.multi_kernel=1
+    knob 0 pointwise $(( 330 - ($(date +%s) - T0) )) max_autotune_pointwise=True
+  ) &
+  (
+    knob 1 base1 100
+    knob 1 aggressive 100 aggressive_fusion=True
+    knob 1 ndtiling 100 triton.prefer_nd_tiling=True
+    knob 1 tilered $(( 330 - ($(date +%s) - T0) )) triton.tile_reductions=True
+  ) &
+  wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
