@@ -15,6 +15,8 @@
 #   then coordinate-descent tuning with the time left. Phase next: what is still unmeasured (max-autotune and
 #   coordinate-descent tuning on GPU0; batch 64/32, sampling and the anchor at 32 on GPU1). Phase ddp: DDP alone;
 #   ddp-ro: DDP with target.mode reduce-overhead (CUDA graphs per compiled region, the all-reduce between).
+# Run D's phases (2026-11-26): attn (q/k prologue variants), tune (max-autotune, coordinate descent), tune2
+#   (target.tune cold and warm, sampling, anchor), knobs (cheap Inductor settings); next2: what run D left open.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -229,6 +231,19 @@ elif [ "$PHASE" = knobs ]; then  # run D: Inductor settings that cost no long co
     knob 1 aggressive 100 aggressive_fusion=True
     knob 1 ndtiling 100 triton.prefer_nd_tiling=True
     knob 1 tilered $(( 330 - ($(date +%s) - T0) )) triton.tile_reductions=True
+  ) &
+  wait
+elif [ "$PHASE" = next2 ]; then  # after run D: multi-kernel again and with target.tune (GPU 0); batch 64 tuned vs the anchor (GPU 1)
+  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
+  (
+    piece next2_base 110 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/next2_base.json"
+    piece next2_multi 110 0 $BENCH --batch 128 --modes $TMODES --parts train --inductor-config triton.multi_kernel=1 --json "$W/next2_multi.json"
+    piece next2_tune_multi $(( 570 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --inductor-config triton.multi_kernel=1 --json "$W/next2_tune_multi.json"
+  ) &
+  (
+    [ $TINY = 0 ] && piece anchor_b64 200 1 $(anchor 64)
+    piece next2_b64 110 1 $BENCH --batch 64 --modes $TMODES --parts train --json "$W/next2_b64.json"
+    piece next2_b64_tune $(( 570 - ($(date +%s) - T0) )) 1 $BENCH --batch 64 --modes $TMODES --parts train --tune --json "$W/next2_b64_tune.json"
   ) &
   wait
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
