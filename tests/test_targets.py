@@ -150,7 +150,6 @@ def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_break
     assert not counters["graph_break"]
 
 
-@pytest.mark.slow
 def test_tune_reaches_every_compiled_region_with_the_modes_options(monkeypatch):
     seen = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
@@ -164,6 +163,7 @@ def test_tune_reaches_every_compiled_region_with_the_modes_options(monkeypatch):
         resolve_target({"tune": "very"})
 
 
+@pytest.mark.slow
 def test_inductor_bf16_sampling_step_equals_eager_within_bf16_tolerance():
     built = small()
     target = {"name": "inductor", "dtype": "bfloat16"}
