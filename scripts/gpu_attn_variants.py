@@ -40,12 +40,12 @@ def _sdpa_token_major(self, q, k, v, B, N, D):
     return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
-def _plain(self, x, rope):
+def _plain(self, rope):
     return rope is None or not (isinstance(self.q_norm, M.RMSNorm) and isinstance(self.k_norm, M.RMSNorm))
 
 
 def v1(self, x, rope=None):
-    if _plain(self, x, rope):
+    if _plain(self, rope):
         return SHIPPED(self, x, rope)
     B, N, D = x.shape
     q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).unbind(2)
@@ -56,7 +56,7 @@ def v1(self, x, rope=None):
 
 
 def v2(self, x, rope=None):
-    if _plain(self, x, rope):
+    if _plain(self, rope):
         return SHIPPED(self, x, rope)
     B, N, D = x.shape
     q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).unbind(2)
@@ -67,7 +67,7 @@ def v2(self, x, rope=None):
 
 
 def v3(self, x, rope=None):
-    if _plain(self, x, rope):
+    if _plain(self, rope):
         return SHIPPED(self, x, rope)
     B, N, D = x.shape
     q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
@@ -79,7 +79,7 @@ def v3(self, x, rope=None):
 
 
 def v4(self, x, rope=None):
-    if _plain(self, x, rope):
+    if _plain(self, rope):
         return SHIPPED(self, x, rope)
     B, N, D = x.shape
     q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).unbind(2)

@@ -37,9 +37,12 @@ cd /tmp   # import sprintc from /tmp/site, not from the checkout (whose sprintc/
 
 if [ "${GPU_SUITE_TINY:-0}" = 1 ]; then
   DEV="--device cpu --size tiny --steps 1 --warmup 0"; MODES=eager; TINY=1; DDPDEV="--device cpu --target eager --batch 2 --steps 1 --warmup 0"
+  AMODES=eager; TMODES=eager
 else
   DEV=""; MODES=eager,compiled,cudagraph; TINY=0; DDPDEV=""
+  AMODES=compiled,cudagraph; TMODES=cudagraph  # the compiled modes; the CUDA-graph step alone
 fi
+gpu_info() { [ $TINY = 1 ] || nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"; }
 
 pack() { tar czf "$OUT/results.tgz" --exclude=latents --exclude=checkpoints -C "$W" . 2>/dev/null; }
 piece() {  # piece NAME TIMEOUT GPU CMD...
@@ -93,8 +96,7 @@ YML
 if [ "$PHASE" = a ]; then  # the A/B of the fused QK-norm + RoPE attention (GPU 0) against the shipped one (GPU 1), CUDA tests
   # (as run on 2026-11-25, except that the shipped attention then came from a patch script and the rows at
   # batch 64 / 32 ran with the fused variant)
-  AMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
-  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
+  gpu_info
   python3 -c "import torch, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
   (
     piece ab_fused_b128 270 0 python3 "$REPO/scripts/gpu_ab_fused_attention.py" bench $SPEC $DEV --batch 128 --modes $AMODES --parts train,sample --json "$W/ab_fused_b128.json" --profile "$W/prof"
@@ -137,7 +139,6 @@ elif [ "$PHASE" = c ]; then  # this session's third call: DDP 1 -> 2 with nothin
   rm -rf "$W/run_fsdp/checkpoints" "$W/latents"
   [ $TINY = 0 ] && piece bench_b128_cdt $(( 470 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
 elif [ "$PHASE" = next ]; then  # what is still unmeasured (docs/PERFORMANCE.md, "Not measured"), one call
-  AMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
   (
     [ $TINY = 0 ] && piece bench_b128_autotune 330 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --mode max-autotune-no-cudagraphs --json "$W/bench_b128_autotune.json"
     [ $TINY = 0 ] && piece bench_b128_cdt $(( 580 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes cudagraph --graphs routed --parts train --inductor-config coordinate_descent_tuning=True --json "$W/bench_b128_cdt.json"
@@ -152,7 +153,7 @@ elif [ "$PHASE" = attn ]; then  # run D: the q/k norm + RoPE variants of scripts
   # one XL block fwd+bwd per variant on both GPUs (v0 = shipped on each), then the full training step at batch 128
   # (CUDA graph) of v0 and the two best variants on GPU 0, the anchor and v0 on GPU 1
   AV="python3 $REPO/scripts/gpu_attn_variants.py"
-  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
+  gpu_info
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
   if [ $TINY = 1 ]; then
     piece check 100 0 $AV check
@@ -164,7 +165,6 @@ elif [ "$PHASE" = attn ]; then  # run D: the q/k norm + RoPE variants of scripts
     python3 - "$W" > "$W/picked.txt" <<'PY'
 import json, sys
 from pathlib import Path
-rows = [r for f in ("micro_a.json", "micro_b.json") if (Path(sys.argv[1]) / f).exists() for r in json.load(open(Path(sys.argv[1]) / f))]
 base = {}  # each lane's own v0, so variants are compared on the GPU they ran on
 for f in ("micro_a.json", "micro_b.json"):
     p = Path(sys.argv[1]) / f
@@ -192,8 +192,7 @@ PY
 elif [ "$PHASE" = tune ]; then  # run D: Inductor's own tuning, each with the time it needs (the shipped attention)
   # GPU 0: max-autotune (Triton GEMM templates with fused epilogues + coordinate descent); GPU 1: the default
   # compile as baseline, then coordinate-descent tuning of the Triton kernels alone
-  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
-  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
+  gpu_info
   piece bench_b128_autotune 560 0 $BENCH --batch 128 --modes $TMODES --parts train --mode max-autotune-no-cudagraphs --json "$W/bench_b128_autotune.json" &
   (
     piece bench_b128 150 1 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
@@ -201,13 +200,11 @@ elif [ "$PHASE" = tune ]; then  # run D: Inductor's own tuning, each with the ti
   ) &
   wait
 elif [ "$PHASE" = tune2 ]; then  # run D: target.tune (`--tune`) cold and with the cache warm, beside the anchor and sampling
-  [ $TINY = 0 ] && nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
-  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
-  SMODES=$([ $TINY = 1 ] && echo eager || echo compiled,cudagraph)
+  gpu_info
   (
     [ $TINY = 0 ] && piece anchor_b128 200 0 $(anchor 128)
-    piece sample_b128 120 0 $BENCH --batch 128 --modes $SMODES --parts sample --json "$W/sample_b128.json"
-    piece sample_b128_tune $(( 480 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $SMODES --parts sample --tune --json "$W/sample_b128_tune.json"
+    piece sample_b128 120 0 $BENCH --batch 128 --modes $AMODES --parts sample --json "$W/sample_b128.json"
+    piece sample_b128_tune $(( 480 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $AMODES --parts sample --tune --json "$W/sample_b128_tune.json"
   ) &
   (
     piece bench_b128 150 1 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
@@ -216,7 +213,6 @@ elif [ "$PHASE" = tune2 ]; then  # run D: target.tune (`--tune`) cold and with t
   ) &
   wait
 elif [ "$PHASE" = knobs ]; then  # run D: Inductor settings that cost no long compile, each against a baseline on its GPU
-  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
   knob() {  # knob GPU NAME TIMEOUT [KEY=VALUE]: the routed and dense CUDA-graph step at batch 128
     piece knob_$2 $3 $1 $BENCH --batch 128 --modes $TMODES --parts train ${4:+--inductor-config $4} --json "$W/knob_$2.json"
   }
@@ -234,7 +230,6 @@ elif [ "$PHASE" = knobs ]; then  # run D: Inductor settings that cost no long co
   ) &
   wait
 elif [ "$PHASE" = next2 ]; then  # after run D: multi-kernel again and with target.tune (GPU 0); batch 64 tuned vs the anchor (GPU 1)
-  TMODES=$([ $TINY = 1 ] && echo eager || echo cudagraph)
   (
     piece next2_base 110 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/next2_base.json"
     piece next2_multi 110 0 $BENCH --batch 128 --modes $TMODES --parts train --inductor-config triton.multi_kernel=1 --json "$W/next2_multi.json"
@@ -254,9 +249,7 @@ elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, 
   ddp_piece ddp_w1 $(( CAP / 2 )) 0 --warmup 2
   ddp_piece ddp_w2 $(( CAP - ($(date +%s) - T0) )) 0,1 --warmup 2
 elif [ "$PHASE" = 1 ]; then
-  if [ $TINY = 0 ]; then
-    nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"
-  fi
+  gpu_info
   python3 -c "import torch, sprintc.targets.inductor as i, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count(), 'pydantic', pydantic.__version__)" | tee "$W/versions.txt"
   (
     piece bench_b128 300 0 $BENCH --batch 128 --modes $MODES --clip both --parts train,sample --json "$W/bench_b128.json" --profile "$W/prof"
