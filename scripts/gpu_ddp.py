@@ -16,10 +16,10 @@ import json
 import os
 import statistics
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 def main():
@@ -32,13 +32,18 @@ def main():
     ap.add_argument("--target", default="inductor", choices=["eager", "inductor"])
     ap.add_argument("--mode", default=None, help="target.mode, e.g. reduce-overhead (CUDA graphs per compiled region)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="the step of `sprintc train` (train.StepRunner): 11 warm-up steps, then captured in a CUDA graph "
+                         "with DDP's all-reduces inside, replayed")
     ap.add_argument("--json")
     a = ap.parse_args()
 
     from sprintc.bench import _data_for, _loss_fn, tiny_version
     from sprintc.compiler import compile_spec
     from sprintc.spec import load_spec
+    from sprintc.objectives import Objective
     from sprintc.targets_api import clip_and_step, lower, resolve_target
+    from sprintc.train import StepRunner, _enter_stage, draw_routing, set_lr
 
     cuda = a.device == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -61,18 +66,35 @@ def main():
     model.train()
     if getattr(model, "sprint", None) is not None:
         model.sprint.routing = a.graph == "routed"
-    ddp = DDP(model, device_ids=[local] if cuda else None, gradient_as_bucket_view=True)
     tr = spec.train
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(tr.betas), eps=tr.eps,
-                            weight_decay=tr.weight_decay, **({"fused": True} if cuda else {"foreach": True}))
+    graphs = a.cuda_graph and cuda
+    side = torch.cuda.Stream(dev) if graphs else None
+    # as `sprintc train` wraps it (train._enter_stage): bucket views, no buffer broadcast, built on the capture stream
+    ddp = _enter_stage(model, None, None, world, dev, False, side)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(tr.betas), eps=tr.eps, weight_decay=tr.weight_decay,
+                            **({"fused": True, "capturable": graphs} if cuda else {"foreach": True}))
     torch.manual_seed(1 + rank)
-    data = _data_for(spec, a.batch, dev, seed=1 + rank)
+    if a.cuda_graph:  # the training step of `sprintc train`, on one fixed batch of this rank
+        obj = Objective.from_spec(spec)
+        x0, t, y, noise = _data_for(spec, a.batch, dev, seed=1 + rank)
+        x_t, t_in = obj.noisy(x0, noise, t)
+        route = draw_routing(getattr(model, "sprint", None), a.batch, dev, torch.Generator(dev).manual_seed(2 + rank))
+        batch = {"x_t": x_t, "t_in": t_in, "x0": x0, "noise": noise, "t": t, **({} if y is None else {"y": y}), **route}
+        autocast = nullcontext()  # `lower` already runs the forward under the target's autocast
+        set_lr(opt, 1e-4, on_device=graphs)
+        runner = StepRunner(ddp, opt, obj, model, tr.grad_clip, autocast, graphs, stream=side)
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = _loss_fn(ddp, *data)
-        loss.backward()
-        clip_and_step(opt, model.parameters(), tr.grad_clip)
+        def step():
+            runner(batch)
+        a.warmup = max(a.warmup, StepRunner.WARMUP_DDP + 1)  # the capture happens in the warm-up
+    else:
+        data = _data_for(spec, a.batch, dev, seed=1 + rank)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = _loss_fn(ddp, *data)
+            loss.backward()
+            clip_and_step(opt, model.parameters(), tr.grad_clip)
 
     def sync():
         if cuda:
@@ -95,7 +117,7 @@ def main():
     ms = torch.tensor([statistics.median(times)], device=dev)
     dist.all_reduce(ms, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
     ms = float(ms)
-    res = dict(world=world, batch_per_gpu=a.batch, graph=a.graph, target=a.target, mode=a.mode or spec.target.mode, ms=round(ms, 2),
+    res = dict(world=world, batch_per_gpu=a.batch, graph=a.graph, target=a.target, cuda_graph=a.cuda_graph, mode=a.mode or spec.target.mode, ms=round(ms, 2),
                img_s=round(world * a.batch / ms * 1e3, 1), first_step_s=round(first, 2),
                compile_s=round(first - ms / 1e3, 2), spec=spec.name, torch=torch.__version__,
                device_name=torch.cuda.get_device_name(dev) if cuda else "cpu",

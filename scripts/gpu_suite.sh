@@ -17,6 +17,8 @@
 #   ddp-ro: DDP with target.mode reduce-overhead (CUDA graphs per compiled region, the all-reduce between).
 # Run D's phases (2026-11-26): attn (q/k prologue variants), tune (max-autotune, coordinate descent), tune2
 #   (target.tune cold and warm, sampling, anchor), knobs (cheap Inductor settings); next2: what run D left open.
+# Run E's: ddpg (the CUDA tests, the DDP step in a CUDA graph on 2 GPUs vs plain DDP, the 1-GPU graph step),
+#   ddpg2 (`sprintc train` on XL latents: 2 GPUs with the captured DDP step, then 1 GPU).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -241,6 +243,23 @@ elif [ "$PHASE" = next2 ]; then  # after run D: multi-kernel again and with targ
     piece next2_b64_tune $(( 570 - ($(date +%s) - T0) )) 1 $BENCH --batch 64 --modes $TMODES --parts train --tune --json "$W/next2_b64_tune.json"
   ) &
   wait
+elif [ "$PHASE" = ddpg ]; then  # run E: the DDP step captured in a CUDA graph (train.StepRunner), vs the plain DDP step
+  gpu_info
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else None, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+  piece pytest_cuda 240 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
+  ddp_piece ddpg_w2 120 0,1 --cuda-graph
+  ddp_piece ddp_w2 100 0,1
+  ddp_piece ddpg_w1 $(( 585 - ($(date +%s) - T0) )) 0 --cuda-graph
+elif [ "$PHASE" = ddpg2 ]; then  # run E: `sprintc train` on XL latents, 2 GPUs (DDP, CUDA-graph step) then 1 GPU
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 0 ] && XL_BATCH=256 XL_STEPS=60 XL_FT_STEPS=20
+  latents
+  piece train_ddp2 280 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_ddp2"
+  [ $TINY = 0 ] && XL_BATCH=128 latents
+  piece train_1 $(( 585 - ($(date +%s) - T0) )) 0 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_1"
+  for r in run_ddp2 run_1; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
+  rm -rf "$W/latents"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

@@ -9,6 +9,7 @@ process computes, and a resume replays the same stream.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -16,10 +17,12 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sprintc import checkpoint as ckpt
 from sprintc.data import Stream, describe, load_data
@@ -147,17 +150,23 @@ def train_step(wrapped, opt, obj, params, clip: float, autocast, b: dict):
 
 
 class StepRunner:
-    """Runs a stage's training steps. With `graphs` (one CUDA GPU, target.cuda_graphs) the first
-    WARMUP steps run as they are (on a side stream), then the step is captured once in a CUDA graph and
-    replayed with each step's batch copied into its static buffers: one launch instead of thousands, so
-    the GPU never waits for Python. The learning rate lives in a device tensor the graph reads. If the
-    capture fails (an op that syncs with the host, say), the stage goes on without the graph."""
+    """Runs a stage's training steps. With `graphs` (CUDA, target.cuda_graphs; one GPU or DDP) the first
+    warm-up steps run as they are on a side stream, then the step is captured once in a CUDA graph on that
+    stream and replayed with each step's batch copied into its static buffers: one launch instead of
+    thousands, so the GPU never waits for Python. Under DDP the graph holds the bucketed gradient
+    all-reduces too, still overlapped with the backward. The learning rate lives in a device tensor the
+    graph reads. If the capture fails (an op that syncs with the host, say), one process goes on without
+    the graph; under DDP that is an error (the failed capture leaves DDP's reducer mid-iteration)."""
 
     WARMUP = 3
+    WARMUP_DDP = 11  # PyTorch's CUDA-graph notes: DDP times its first 10 iterations with events, not capturable
 
-    def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None):
+    def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None, stream=None):
         self.args = (wrapped, opt, obj, list(net.parameters()), clip, autocast)
         self.opt, self.graphs, self.log, self.runs, self.graph = opt, graphs, log, 0, None
+        self.ddp = isinstance(wrapped, DDP)
+        self.warmup = self.WARMUP_DDP if self.ddp else self.WARMUP
+        self.stream = stream
 
     def __call__(self, b: dict):
         if not self.graphs:
@@ -168,9 +177,9 @@ class StepRunner:
             self.graph.replay()
             return self.out
         dev = b["x_t"].device
-        if self.runs < self.WARMUP:
+        side = self.stream = self.stream or torch.cuda.Stream(dev)  # warm-up and capture on one stream
+        if self.runs < self.warmup:
             self.runs += 1
-            side = torch.cuda.Stream(dev)
             side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
                 out = train_step(*self.args, b)
@@ -180,13 +189,15 @@ class StepRunner:
         graph = torch.cuda.CUDAGraph()
         try:
             self.opt.zero_grad(set_to_none=True)
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=side):
                 self.out = train_step(*self.args, self.static)
         except Exception as e:  # noqa: BLE001 - any capture failure: train on without the graph
+            why = f"CUDA graph capture of the training step failed ({type(e).__name__}: {e})"
+            if self.ddp:
+                raise SprintcError(f"{why}; set target.cuda_graphs: false in the spec to train without it") from None
             self.graphs = False  # the loop sets a float lr from the next step on
             if self.log is not None:
-                self.log.note(f"CUDA graph capture of the training step failed ({type(e).__name__}: {e}); "
-                              "training without it (set target.cuda_graphs: false to skip the attempt)")
+                self.log.note(f"{why}; training without it (set target.cuda_graphs: false to skip the attempt)")
             return train_step(*self.args, b)
         self.graph = graph
         graph.replay()
@@ -430,7 +441,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     if fsdp:
         _shard(net, world, device)
         _shard(ema, world, device)
-    graphs = device.type == "cuda" and world == 1 and spec.target.cuda_graphs  # capture the step per stage
+    graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
     opt = torch.optim.AdamW(net.parameters(), lr=stages[0].lr, betas=tuple(tr.betas), eps=tr.eps,
                             weight_decay=tr.weight_decay, fused=device.type == "cuda", capturable=graphs)
     step, cursor = 0, 0
@@ -500,8 +511,9 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 stage = stages[si]
                 if si != cur:  # a new stage: routing on/off, re-wrap once (never per step)
                     cur = si
-                    wrapped = _enter_stage(net, sprint, stage, world, device, fsdp)
-                    runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None)
+                    side = torch.cuda.Stream(device) if graphs else None
+                    wrapped = _enter_stage(net, sprint, stage, world, device, fsdp, side)
+                    runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None, side)
                     log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
                 set_lr(opt, lr_at(stage, step - starts[si]), on_device=runner.graphs)
                 B, b = stage.batch, stage.batch // world
@@ -582,7 +594,7 @@ def _shard(net, world, device):
         register_fsdp_forward_method(net, "forward_guidance")
 
 
-def _enter_stage(net, sprint, stage, world, device, fsdp):
+def _enter_stage(net, sprint, stage, world, device, fsdp, stream=None):
     """Routing on or off for the stage. The mask token only receives gradients while routing, so it is
     frozen in full-token stages (DDP must not wait for its gradient; AdamW leaves it as it is)."""
     if sprint is not None:
@@ -590,10 +602,22 @@ def _enter_stage(net, sprint, stage, world, device, fsdp):
         sprint.mask_token.requires_grad_(stage.routing)
     if world == 1 or fsdp:
         return net
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    # gradients as views of the all-reduce buckets: no copy in and out of them (as scripts/gpu_ddp.py measures)
-    return DDP(net, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    # gradients as views of the all-reduce buckets: no copy in and out of them (as scripts/gpu_ddp.py measures);
+    # no buffer broadcast before each forward: a model's buffers (RoPE angles, fixed position tables) are
+    # constants, the same on every rank
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})  # the name torch < 2.14 knows
+    wrap = partial(DDP, net, device_ids=[device.index] if device.type == "cuda" else None,
+                   gradient_as_bucket_view=True, **no_sync)
+    if stream is None:
+        return wrap()
+    # a DDP step can be captured only if DDP was built off the default stream (PyTorch's CUDA-graph notes);
+    # built on the stream the step is then captured on
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        ddp = wrap()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return ddp
 
 
 def _full_state(net, ema, opt, fsdp):

@@ -4,12 +4,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import ROOT, tiny_spec
+import sprintc
+from conftest import tiny_spec
 from sprintc import checkpoint as ckpt
 from sprintc.train import train
 
@@ -23,10 +25,11 @@ def spec(distributed):
                      sample={"sampler": "euler", "steps": 2, "guidance": "pdg", "scale": 2.0})
 
 
-def torchrun(spec_file, out, *extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+def torchrun(spec_file, out, *extra, device="cpu"):
+    # the processes import the sprintc this test imports (the checkout, or an installed wheel on a GPU machine)
+    env = dict(os.environ, PYTHONPATH=str(Path(sprintc.__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "sprintc", "train", str(spec_file), "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+           "-m", "sprintc", "train", str(spec_file), "--out", str(out), "--device", device, "--no-progress", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
