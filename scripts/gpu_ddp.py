@@ -127,6 +127,8 @@ def main():
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(res, f, indent=1)
+    if a.cuda_graph:
+        runner.release()  # a live graph with NCCL calls in it would make destroy_process_group hang
     dist.destroy_process_group()
 
 

@@ -18,7 +18,7 @@
 # Run D's phases (2026-11-26): attn (q/k prologue variants), tune (max-autotune, coordinate descent), tune2
 #   (target.tune cold and warm, sampling, anchor), knobs (cheap Inductor settings); next2: what run D left open.
 # Run E's: ddpg (the CUDA tests, the DDP step in a CUDA graph on 2 GPUs vs plain DDP, the 1-GPU graph step),
-#   ddpg2 (`sprintc train` on XL latents: 2 GPUs with the captured DDP step, then 1 GPU).
+#   ddpg2 (`sprintc train` on XL latents: 2 GPUs with and without the captured DDP step, 1 GPU; the graph step again).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -255,11 +255,14 @@ elif [ "$PHASE" = ddpg2 ]; then  # run E: `sprintc train` on XL latents, 2 GPUs 
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
   [ $TINY = 0 ] && XL_BATCH=256 XL_STEPS=60 XL_FT_STEPS=20
   latents
-  piece train_ddp2 280 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_ddp2"
+  printf 'extends: %s\nname: xl_ddp_nograph\ntarget: {cuda_graphs: false}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_nograph.yaml"
+  piece train_ddp2 200 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_ddp2"
+  piece train_ddp2_nograph 150 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp_nograph.yaml" --out "$W/run_ddp2_nograph"
   [ $TINY = 0 ] && XL_BATCH=128 latents
-  piece train_1 $(( 585 - ($(date +%s) - T0) )) 0 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_1"
-  for r in run_ddp2 run_1; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
+  piece train_1 130 0 python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_1"
+  for r in run_ddp2 run_ddp2_nograph run_1; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
   rm -rf "$W/latents"
+  ddp_piece ddpg_w2 $(( 585 - ($(date +%s) - T0) )) 0,1 --cuda-graph  # again, and it must now exit
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

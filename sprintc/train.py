@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import weakref
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -149,6 +150,9 @@ def train_step(wrapped, opt, obj, params, clip: float, autocast, b: dict):
     return loss.detach(), clip_and_step(opt, params, clip)
 
 
+CAPTURING = weakref.WeakSet()  # the StepRunners alive (one per stage; an exception's traceback may keep one)
+
+
 class StepRunner:
     """Runs a stage's training steps. With `graphs` (CUDA, target.cuda_graphs; one GPU or DDP) the first
     warm-up steps run as they are on a side stream, then the step is captured once in a CUDA graph on that
@@ -167,6 +171,14 @@ class StepRunner:
         self.ddp = isinstance(wrapped, DDP)
         self.warmup = self.WARMUP_DDP if self.ddp else self.WARMUP
         self.stream = stream
+        CAPTURING.add(self)
+
+    def release(self):
+        """Free the captured graph. A live graph holding NCCL calls makes destroy_process_group hang
+        (pytorch/pytorch#115388), so every graph is released before it."""
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None
 
     def __call__(self, b: dict):
         if not self.graphs:
@@ -367,6 +379,8 @@ def train(spec, out_dir, *, resume: bool = False, model=None, max_steps: int | N
     finally:
         torch.set_num_threads(threads)
         if created_pg and dist.is_initialized():
+            for runner in list(CAPTURING):
+                runner.release()
             dist.destroy_process_group()
 
 
