@@ -18,7 +18,8 @@
 # Run D's phases (2026-11-26): attn (q/k prologue variants), tune (max-autotune, coordinate descent), tune2
 #   (target.tune cold and warm, sampling, anchor), knobs (cheap Inductor settings); next2: what run D left open.
 # Run E's: ddpg (the CUDA tests, the DDP step in a CUDA graph on 2 GPUs vs plain DDP, the 1-GPU graph step),
-#   ddpg2 (`sprintc train` on XL latents: 2 GPUs with and without the captured DDP step, 1 GPU; the graph step again).
+#   ddpg2 (`sprintc train` on XL latents: 2 GPUs with and without the captured DDP step, 1 GPU; the graph step again),
+#   h100 (one H100: the anchor, the CUDA-graph step at 128 as shipped and with target.tune).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -263,6 +264,12 @@ elif [ "$PHASE" = ddpg2 ]; then  # run E: `sprintc train` on XL latents, 2 GPUs 
   for r in run_ddp2 run_ddp2_nograph run_1; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
   rm -rf "$W/latents"
   ddp_piece ddpg_w2 $(( 585 - ($(date +%s) - T0) )) 0,1 --cuda-graph  # again, and it must now exit
+elif [ "$PHASE" = h100 ]; then  # run E, one GPU (kind nvidia-h100-x1): the anchor, then the routed and dense CUDA-graph
+  # step at batch 128 as shipped and with target.tune, in sequence on the same card
+  gpu_info
+  [ $TINY = 0 ] && piece anchor_b128 200 0 $(anchor 128)
+  piece bench_b128 150 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
+  piece bench_b128_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/bench_b128_tune.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
