@@ -19,7 +19,7 @@
 #   (target.tune cold and warm, sampling, anchor), knobs (cheap Inductor settings); next2: what run D left open.
 # Run E's: ddpg (the CUDA tests, the DDP step in a CUDA graph on 2 GPUs vs plain DDP, the 1-GPU graph step),
 #   ddpg2 (`sprintc train` on XL latents: 2 GPUs with and without the captured DDP step, 1 GPU; the graph step again),
-#   h100 (one H100: the anchor, the CUDA-graph step at 128 as shipped and with target.tune).
+#   h100 (one H100: the anchor, the CUDA-graph step at 128 as shipped and with target.tune), h100b (the same at 64).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -270,6 +270,11 @@ elif [ "$PHASE" = h100 ]; then  # run E, one GPU (kind nvidia-h100-x1): the anch
   [ $TINY = 0 ] && piece anchor_b128 200 0 $(anchor 128)
   piece bench_b128 150 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
   piece bench_b128_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/bench_b128_tune.json"
+elif [ "$PHASE" = h100b ]; then  # run E, after h100 on the same H100: the same at batch 64
+  gpu_info
+  [ $TINY = 0 ] && piece anchor_b64 200 0 $(anchor 64)
+  piece bench_b64 120 0 $BENCH --batch 64 --modes $TMODES --parts train --json "$W/bench_b64.json"
+  piece bench_b64_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --tune --json "$W/bench_b64_tune.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
