@@ -119,7 +119,7 @@ class TargetSpec(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     regional: bool = Field(True, description="compile each distinct block once instead of the whole model")
-    cuda_graphs: bool = Field(True, description="capture fixed-shape steps in CUDA graphs: sampling, and training on one GPU")
+    cuda_graphs: bool = Field(True, description="capture fixed-shape steps in CUDA graphs: sampling, and training on one GPU or under DDP")
     tune: bool = Field(False, description="coordinate-descent tuning of Inductor's Triton kernels: a few % faster CUDA steps "
                        "for a first compile of minutes (cached for later runs); the max-autotune modes include it")
 
