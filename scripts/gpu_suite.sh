@@ -19,7 +19,8 @@
 #   (target.tune cold and warm, sampling, anchor), knobs (cheap Inductor settings); next2: what run D left open.
 # Run E's: ddpg (the CUDA tests, the DDP step in a CUDA graph on 2 GPUs vs plain DDP, the 1-GPU graph step),
 #   ddpg2 (`sprintc train` on XL latents: 2 GPUs with and without the captured DDP step, 1 GPU; the graph step again),
-#   h100 (one H100: the anchor, the CUDA-graph step at 128 as shipped and with target.tune), h100b (the same at 64).
+#   h100 (one H100: the anchor, the CUDA-graph step at 128 as shipped and with target.tune), h100b (the same at 64),
+#   ddpg3 (after the capture moved to targets_api.CudaGraphStep: CUDA tests, bench step, DDP graph step).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -264,6 +265,12 @@ elif [ "$PHASE" = ddpg2 ]; then  # run E: `sprintc train` on XL latents, 2 GPUs 
   for r in run_ddp2 run_ddp2_nograph run_1; do [ -f "$W/$r/metrics.jsonl" ] && cp "$W/$r/metrics.jsonl" "$W/${r}_metrics.jsonl"; rm -rf "$W/$r/checkpoints"; done
   rm -rf "$W/latents"
   ddp_piece ddpg_w2 $(( 585 - ($(date +%s) - T0) )) 0,1 --cuda-graph  # again, and it must now exit
+elif [ "$PHASE" = ddpg3 ]; then  # run E, after the step capture moved to targets_api.CudaGraphStep: the CUDA tests, the bench's
+  # CUDA-graph step at 128, the captured DDP step on 2 GPUs (about 6 minutes)
+  gpu_info
+  piece pytest_cuda 200 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
+  piece bench_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
+  ddp_piece ddpg_w2 $(( 400 - ($(date +%s) - T0) )) 0,1 --cuda-graph
 elif [ "$PHASE" = h100 ]; then  # run E, one GPU (kind nvidia-h100-x1): the anchor, then the routed and dense CUDA-graph
   # step at batch 128 as shipped and with target.tune, in sequence on the same card
   gpu_info

@@ -395,7 +395,7 @@ class Bench:
         return r
 
     def train(self, B, modes, graphs):
-        from sprintc.targets_api import CudaGraphTrainStep
+        from sprintc.targets_api import CudaGraphStep
 
         data = self._data(B)
         fwd = {g: graph_flops(self.built, B, routed=(g == "routed")) for g in graphs}
@@ -420,10 +420,17 @@ class Bench:
                             opt = _make_opt(model, self.spec, self.device, capturable=True)
                             h0 = _fx_cache()
                             t0 = time.perf_counter()
-                            step = CudaGraphTrainStep(model, opt, _loss_fn, data, max_norm=max_norm, fold_clip=True)
+                            # the model draws its own kept tokens: its generator is the graph's too
+                            gen = getattr(getattr(model, "sprint", None), "generator", None)
+                            step = CudaGraphStep(lambda b: _train_step(model, opt, (b["x"], b["t"], b.get("y"), b["target"]),
+                                                                       max_norm, "fused").detach(),
+                                                 generators=[gen] if gen is not None and gen.device.type == "cuda" else [])
+                            batch = {k: v for k, v in zip(("x", "t", "y", "target"), data) if v is not None}
+                            for _ in range(step.warmup + 1):  # warm-up steps, then the capture
+                                step(batch)
                             _sync(self.device)
                             row["capture_s"] = round(time.perf_counter() - t0, 2)
-                            fn = lambda: step(*data)  # noqa: E731
+                            fn = lambda: step(batch)  # noqa: E731
                         else:
                             opt = _make_opt(model, self.spec, self.device)
                             h0 = _fx_cache()

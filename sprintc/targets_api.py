@@ -13,8 +13,9 @@ compiled code.
 
 Sampling: `prepare_inference` makes an inference copy (eval, no grad, parameters in the target dtype) and
 `lower_sampling_step` returns the fixed-shape guided step (CFG or PDG), captured in a CUDA graph on
-CUDA when `target.cuda_graphs`. `capture_train_step` captures a whole training step (forward, backward,
-clipping, optimizer) in a CUDA graph; `clip_and_step` folds gradient clipping into a fused Adam(W) step.
+CUDA when `target.cuda_graphs`. `CudaGraphStep` captures a whole training step (forward, backward,
+clipping, optimizer; DDP's all-reduces too) in a CUDA graph after a few plain warm-up steps, as `sprintc train`
+and `sprintc bench` do; `clip_and_step` folds gradient clipping into a fused Adam(W) step.
 """
 from __future__ import annotations
 
@@ -303,53 +304,58 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params, max_norm: float) -> 
     return norm
 
 
-class CudaGraphTrainStep:
-    """A whole training step captured in a CUDA graph: `loss_fn(model, *batch)` forward, backward,
-    clipping and the optimizer step replayed on static input buffers. The optimizer must be capturable
-    (torch.optim.AdamW(..., fused=True, capturable=True)); the model's randomness (token choice, path
-    drop) must come from the default CUDA generator or from model.sprint.generator, which is registered
-    with the graph. Not for DDP (its all-reduce is outside the graph)."""
+class CaptureError(SprintcError):
+    """A step that could not be captured in a CUDA graph (an op that syncs with the host, say)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, example: tuple,
-                 *, max_norm: float = 0.0, fold_clip: bool = True, warmup: int = 3):
-        dev = example[0].device
+
+class CudaGraphStep:
+    """`step(batch)` (batch: a dict of tensors; no host sync, fixed shapes) run as it is for the first `warmup`
+    calls on a side stream, then captured once in a CUDA graph on that stream and replayed: each later call copies
+    its batch into the captured call's input buffers and returns the captured outputs, one launch instead of
+    thousands. A training step qualifies when its optimizer is capturable (AdamW(fused=True, capturable=True),
+    the lr a device tensor to change it) and its randomness comes from the default CUDA generator or from
+    `generators`. For DDP, build DDP under `torch.cuda.stream(stream)` and warm up 11 calls (PyTorch's CUDA-graph
+    notes); the graph then holds the all-reduces. A failed capture raises CaptureError. Call `release()` before
+    `destroy_process_group` (a live graph holding NCCL calls makes it hang, pytorch/pytorch#115388)."""
+
+    def __init__(self, step: Callable, *, warmup: int = 3, stream=None, generators=()):
+        self.step, self.warmup, self.stream, self.generators = step, warmup, stream, tuple(generators)
+        self.runs, self.graph, self.static, self.out = 0, None, None, None
+
+    def __call__(self, batch: dict):
+        if self.graph is not None:
+            for k, v in batch.items():
+                self.static[k].copy_(v, non_blocking=True)
+            self.graph.replay()
+            return self.out
+        dev = next(iter(batch.values())).device
         if dev.type != "cuda":
             raise TargetError("CUDA graphs need a CUDA device")
-        self.model, self.opt, self.loss_fn, self.max_norm = model, optimizer, loss_fn, max_norm
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.fold = fold_clip
-        self.static = tuple(e.clone() for e in example)
-        self.graph = torch.cuda.CUDAGraph()
-        gen = getattr(getattr(model, "sprint", None), "generator", None)
-        if gen is not None and gen.device.type == "cuda":
-            self.graph.register_generator_state(gen)
-        s = torch.cuda.Stream(dev)
-        s.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(s):
-            for _ in range(warmup):
-                self._step()
-        torch.cuda.current_stream(dev).wait_stream(s)
-        self.opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
-            self.loss = self._step()
+        side = self.stream = self.stream or torch.cuda.Stream(dev)  # warm-up and capture on one stream
+        if self.runs < self.warmup:
+            self.runs += 1
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                out = self.step(batch)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            return out
+        self.static = {k: v.clone() for k, v in batch.items()}
+        graph = torch.cuda.CUDAGraph()
+        for g in self.generators:
+            graph.register_generator_state(g)
+        try:
+            with torch.cuda.graph(graph, stream=side):
+                self.out = self.step(self.static)
+        except Exception as e:  # noqa: BLE001 - whatever broke the capture, said as one error
+            raise CaptureError(f"CUDA graph capture of the step failed ({type(e).__name__}: {e})") from e
+        self.graph = graph
+        graph.replay()
+        return self.out
 
-    def _step(self):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model, *self.static)
-        loss.backward()
-        if self.fold:
-            clip_and_step(self.opt, self.params, self.max_norm)
-        else:
-            if self.max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
-            self.opt.step()
-        return loss.detach()
-
-    def __call__(self, *batch) -> torch.Tensor:
-        for s, b in zip(self.static, batch):
-            s.copy_(b, non_blocking=True)
-        self.graph.replay()
-        return self.loss
+    def release(self):
+        if self.graph is not None:
+            self.graph.reset()
+            self.graph = None
 
 
 # ----------------------------------------------------------------------------------- aot

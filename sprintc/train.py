@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from sprintc import checkpoint as ckpt
 from sprintc.data import Stream, describe, load_data
 from sprintc.errors import CheckpointError, SprintcError
-from sprintc.targets_api import clip_and_step, lower, resolve_device
+from sprintc.targets_api import CaptureError, CudaGraphStep, clip_and_step, lower, resolve_device
 from sprintc.objectives import Objective
 from sprintc.spec import dump_spec, load_spec
 
@@ -154,66 +154,44 @@ CAPTURING = weakref.WeakSet()  # the StepRunners alive (one per stage; an except
 
 
 class StepRunner:
-    """Runs a stage's training steps. With `graphs` (CUDA, target.cuda_graphs; one GPU or DDP) the first
-    warm-up steps run as they are on a side stream, then the step is captured once in a CUDA graph on that
-    stream and replayed with each step's batch copied into its static buffers: one launch instead of
-    thousands, so the GPU never waits for Python. Under DDP the graph holds the bucketed gradient
-    all-reduces too, still overlapped with the backward. The learning rate lives in a device tensor the
-    graph reads. If the capture fails (an op that syncs with the host, say), one process goes on without
-    the graph; under DDP that is an error (the failed capture leaves DDP's reducer mid-iteration)."""
+    """Runs a stage's training steps. With `graphs` (CUDA, target.cuda_graphs; one GPU or DDP) through
+    targets_api.CudaGraphStep: a few plain warm-up steps, then the step captured once and replayed with each
+    step's batch; under DDP the graph holds the bucketed gradient all-reduces too, still overlapped with the
+    backward. The learning rate lives in a device tensor the graph reads. If the capture fails (an op that
+    syncs with the host, say), one process goes on without the graph; under DDP that is an error (the failed
+    capture leaves DDP's reducer mid-iteration)."""
 
     WARMUP = 3
     WARMUP_DDP = 11  # PyTorch's CUDA-graph notes: DDP times its first 10 iterations with events, not capturable
 
     def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None, stream=None):
-        self.args = (wrapped, opt, obj, list(net.parameters()), clip, autocast)
-        self.opt, self.graphs, self.log, self.runs, self.graph = opt, graphs, log, 0, None
-        self.ddp = isinstance(wrapped, DDP)
-        self.warmup = self.WARMUP_DDP if self.ddp else self.WARMUP
-        self.stream = stream
+        self.plain = partial(train_step, wrapped, opt, obj, list(net.parameters()), clip, autocast)
+        self.ddp, self.log = isinstance(wrapped, DDP), log
+        self.captured = (CudaGraphStep(self.plain, warmup=self.WARMUP_DDP if self.ddp else self.WARMUP, stream=stream)
+                         if graphs else None)
         CAPTURING.add(self)
 
+    @property
+    def graphs(self) -> bool:
+        return self.captured is not None
+
     def release(self):
-        """Free the captured graph. A live graph holding NCCL calls makes destroy_process_group hang
-        (pytorch/pytorch#115388), so every graph is released before it."""
-        if self.graph is not None:
-            self.graph.reset()
-            self.graph = None
+        """Free the captured graph; every one is released before destroy_process_group (see CudaGraphStep)."""
+        if self.captured is not None:
+            self.captured.release()
 
     def __call__(self, b: dict):
-        if not self.graphs:
-            return train_step(*self.args, b)
-        if self.graph is not None:
-            for k, v in b.items():
-                self.static[k].copy_(v, non_blocking=True)
-            self.graph.replay()
-            return self.out
-        dev = b["x_t"].device
-        side = self.stream = self.stream or torch.cuda.Stream(dev)  # warm-up and capture on one stream
-        if self.runs < self.warmup:
-            self.runs += 1
-            side.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side):
-                out = train_step(*self.args, b)
-            torch.cuda.current_stream(dev).wait_stream(side)
-            return out
-        self.static = {k: v.clone() for k, v in b.items()}
-        graph = torch.cuda.CUDAGraph()
+        if self.captured is None:
+            return self.plain(b)
         try:
-            self.opt.zero_grad(set_to_none=True)
-            with torch.cuda.graph(graph, stream=side):
-                self.out = train_step(*self.args, self.static)
-        except Exception as e:  # noqa: BLE001 - any capture failure: train on without the graph
-            why = f"CUDA graph capture of the training step failed ({type(e).__name__}: {e})"
+            return self.captured(b)
+        except CaptureError as e:
             if self.ddp:
-                raise SprintcError(f"{why}; set target.cuda_graphs: false in the spec to train without it") from None
-            self.graphs = False  # the loop sets a float lr from the next step on
+                raise SprintcError(f"{e}; set target.cuda_graphs: false in the spec to train without it") from None
+            self.captured = None  # the loop sets a float lr from the next step on
             if self.log is not None:
-                self.log.note(f"{why}; training without it (set target.cuda_graphs: false to skip the attempt)")
-            return train_step(*self.args, b)
-        self.graph = graph
-        graph.replay()
-        return self.out
+                self.log.note(f"{e}; training without it (set target.cuda_graphs: false to skip the attempt)")
+            return self.plain(b)
 
 
 def draw_routing(sprint, batch: int, device, generator) -> dict:

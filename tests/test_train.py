@@ -268,3 +268,34 @@ def test_user_model_flag(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model_ref.txt").read_text() == ref
     # resuming needs the same model
     assert main(["train", str(f), "--out", "run", "--device", "cpu", "--resume", "--steps", "3"]) == 2
+
+
+# ------------------------------------------------------------------------------------ CUDA-graph step policy
+def test_a_failed_capture_goes_on_without_the_graph_on_one_process_and_stops_ddp(monkeypatch):
+    """What StepRunner does when the capture fails (the capture itself is checked on a GPU, tests/test_cuda.py)."""
+    import sprintc.train as T
+    from sprintc.targets_api import CaptureError, CudaGraphStep
+
+    with pytest.raises(SprintcError, match="CUDA"):  # no capture on the CPU: a clear error, not a CUDA traceback
+        CudaGraphStep(lambda b: b)({"x": torch.zeros(1)})
+
+    class FailingCapture:
+        def __init__(self, step, **kw):
+            pass
+
+        def __call__(self, b):
+            raise CaptureError("CUDA graph capture of the step failed (RuntimeError: a host sync)")
+
+    monkeypatch.setattr(T, "CudaGraphStep", FailingCapture)
+    monkeypatch.setattr(T, "train_step", lambda *args: ("plain step", args[-1]))
+    notes, net = [], torch.nn.Linear(2, 2)
+    runner = T.StepRunner(net, None, None, net, 1.0, None, True, types.SimpleNamespace(note=notes.append))
+    assert runner.graphs
+    assert runner({"x": 1}) == ("plain step", {"x": 1}) and not runner.graphs
+    assert "a host sync" in notes[0] and "training without it" in notes[0]
+    assert runner({"x": 2}) == ("plain step", {"x": 2})
+
+    runner = T.StepRunner(net, None, None, net, 1.0, None, True, None)
+    runner.ddp = True  # DDP's reducer is mid-iteration after a failed capture: stop, say how to go on
+    with pytest.raises(SprintcError, match="a host sync.*target.cuda_graphs: false"):
+        runner({"x": 1})
