@@ -424,7 +424,8 @@ class Bench:
                             gen = getattr(getattr(model, "sprint", None), "generator", None)
                             step = CudaGraphStep(lambda b: _train_step(model, opt, (b["x"], b["t"], b.get("y"), b["target"]),
                                                                        max_norm, "fused").detach(),
-                                                 generators=[gen] if gen is not None and gen.device.type == "cuda" else [])
+                                                 generators=[gen] if gen is not None and gen.device.type == "cuda" else [],
+                                                 optimizer=opt)
                             batch = {k: v for k, v in zip(("x", "t", "y", "target"), data) if v is not None}
                             for _ in range(step.warmup + 1):  # warm-up steps, then the capture
                                 step(batch)

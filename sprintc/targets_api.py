@@ -314,12 +314,14 @@ class CudaGraphStep:
     its batch into the captured call's input buffers and returns the captured outputs, one launch instead of
     thousands. A training step qualifies when its optimizer is capturable (AdamW(fused=True, capturable=True),
     the lr a device tensor to change it) and its randomness comes from the default CUDA generator or from
-    `generators`. For DDP, build DDP under `torch.cuda.stream(stream)` and warm up 11 calls (PyTorch's CUDA-graph
-    notes); the graph then holds the all-reduces. A failed capture raises CaptureError. Call `release()` before
-    `destroy_process_group` (a live graph holding NCCL calls makes it hang, pytorch/pytorch#115388)."""
+    `generators`; pass its `optimizer` to set the gradients to None before the capture. For DDP, build DDP under
+    `torch.cuda.stream(stream)` and warm up 11 calls (PyTorch's CUDA-graph notes); the graph then holds the
+    all-reduces. A failed capture raises CaptureError. Call `release()` before `destroy_process_group` (a live
+    graph holding NCCL calls makes it hang, pytorch/pytorch#115388)."""
 
-    def __init__(self, step: Callable, *, warmup: int = 3, stream=None, generators=()):
+    def __init__(self, step: Callable, *, warmup: int = 3, stream=None, generators=(), optimizer=None):
         self.step, self.warmup, self.stream, self.generators = step, warmup, stream, tuple(generators)
+        self.optimizer = optimizer
         self.runs, self.graph, self.static, self.out = 0, None, None, None
 
     def __call__(self, batch: dict):
@@ -343,6 +345,8 @@ class CudaGraphStep:
         graph = torch.cuda.CUDAGraph()
         for g in self.generators:
             graph.register_generator_state(g)
+        if self.optimizer is not None:  # the captured backward then allocates the gradients in the graph's pool
+            self.optimizer.zero_grad(set_to_none=True)
         try:
             with torch.cuda.graph(graph, stream=side):
                 self.out = self.step(self.static)

@@ -167,8 +167,8 @@ class StepRunner:
     def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None, stream=None):
         self.plain = partial(train_step, wrapped, opt, obj, list(net.parameters()), clip, autocast)
         self.ddp, self.log = isinstance(wrapped, DDP), log
-        self.captured = (CudaGraphStep(self.plain, warmup=self.WARMUP_DDP if self.ddp else self.WARMUP, stream=stream)
-                         if graphs else None)
+        self.captured = (CudaGraphStep(self.plain, warmup=self.WARMUP_DDP if self.ddp else self.WARMUP, stream=stream,
+                                       optimizer=opt) if graphs else None)
         CAPTURING.add(self)
 
     @property
