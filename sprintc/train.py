@@ -162,7 +162,7 @@ class StepRunner:
     capture leaves DDP's reducer mid-iteration)."""
 
     WARMUP = 3
-    WARMUP_DDP = 11  # PyTorch's CUDA-graph notes: DDP times its first 10 iterations with events, not capturable
+    WARMUP_DDP = 11  # PyTorch's CUDA-graph notes ask for 11: DDP rebuilds its buckets and samples timings early on
 
     def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None, stream=None):
         self.plain = partial(train_step, wrapped, opt, obj, list(net.parameters()), clip, autocast)
