@@ -70,7 +70,7 @@ def main():
     graphs = a.cuda_graph and cuda
     side = torch.cuda.Stream(dev) if graphs else None
     # as `sprintc train` wraps it (train._enter_stage): bucket views, no buffer broadcast, built on the capture stream
-    ddp = _enter_stage(model, None, None, world, dev, False, side)
+    ddp = _enter_stage(model, None, None, world, dev, fsdp=False, stream=side)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(tr.betas), eps=tr.eps, weight_decay=tr.weight_decay,
                             **({"fused": True, "capturable": graphs} if cuda else {"foreach": True}))
     torch.manual_seed(1 + rank)

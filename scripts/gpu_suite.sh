@@ -47,6 +47,9 @@ else
   AMODES=compiled,cudagraph; TMODES=cudagraph  # the compiled modes; the CUDA-graph step alone
 fi
 gpu_info() { [ $TINY = 1 ] || nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"; }
+versions() {  # what the figures ran on; importing the Inductor target checks the install too
+  python3 -c "import torch, pydantic, sprintc.targets.inductor; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else None, 'gpus', torch.cuda.device_count(), 'pydantic', pydantic.__version__)" | tee "$W/versions.txt"
+}
 
 pack() { tar czf "$OUT/results.tgz" --exclude=latents --exclude=checkpoints -C "$W" . 2>/dev/null; }
 piece() {  # piece NAME TIMEOUT GPU CMD...
@@ -101,7 +104,7 @@ if [ "$PHASE" = a ]; then  # the A/B of the fused QK-norm + RoPE attention (GPU 
   # (as run on 2026-11-25, except that the shipped attention then came from a patch script and the rows at
   # batch 64 / 32 ran with the fused variant)
   gpu_info
-  python3 -c "import torch, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+  versions
   (
     piece ab_fused_b128 270 0 python3 "$REPO/scripts/gpu_ab_fused_attention.py" bench $SPEC $DEV --batch 128 --modes $AMODES --parts train,sample --json "$W/ab_fused_b128.json" --profile "$W/prof"
     [ $TINY = 0 ] && piece anchor_b128 $(( 480 - ($(date +%s) - T0) )) 0 $(anchor 128)
@@ -158,7 +161,7 @@ elif [ "$PHASE" = attn ]; then  # run D: the q/k norm + RoPE variants of scripts
   # (CUDA graph) of v0 and the two best variants on GPU 0, the anchor and v0 on GPU 1
   AV="python3 $REPO/scripts/gpu_attn_variants.py"
   gpu_info
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+  versions
   if [ $TINY = 1 ]; then
     piece check 100 0 $AV check
     printf 'v1\nv2\n' > "$W/picked.txt"
@@ -247,7 +250,7 @@ elif [ "$PHASE" = next2 ]; then  # after run D: multi-kernel again and with targ
   wait
 elif [ "$PHASE" = ddpg ]; then  # run E: the DDP step captured in a CUDA graph (train.StepRunner), vs the plain DDP step
   gpu_info
-  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else None, 'gpus', torch.cuda.device_count())" | tee "$W/versions.txt"
+  versions
   piece pytest_cuda 240 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
   ddp_piece ddpg_w2 120 0,1 --cuda-graph
   ddp_piece ddp_w2 100 0,1
@@ -271,17 +274,13 @@ elif [ "$PHASE" = ddpg3 ]; then  # run E, after the step capture moved to target
   piece pytest_cuda 200 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
   piece bench_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
   ddp_piece ddpg_w2 $(( 400 - ($(date +%s) - T0) )) 0,1 --cuda-graph
-elif [ "$PHASE" = h100 ]; then  # run E, one GPU (kind nvidia-h100-x1): the anchor, then the routed and dense CUDA-graph
-  # step at batch 128 as shipped and with target.tune, in sequence on the same card
+elif [ "$PHASE" = h100 ] || [ "$PHASE" = h100b ]; then  # run E, one GPU (kind nvidia-h100-x1): the anchor, then the routed
+  # and dense CUDA-graph step as shipped and with target.tune, in sequence on the same card; h100 at batch 128, h100b at 64
+  B=$([ "$PHASE" = h100 ] && echo 128 || echo 64)
   gpu_info
-  [ $TINY = 0 ] && piece anchor_b128 200 0 $(anchor 128)
-  piece bench_b128 150 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/bench_b128.json"
-  piece bench_b128_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/bench_b128_tune.json"
-elif [ "$PHASE" = h100b ]; then  # run E, after h100 on the same H100: the same at batch 64
-  gpu_info
-  [ $TINY = 0 ] && piece anchor_b64 200 0 $(anchor 64)
-  piece bench_b64 120 0 $BENCH --batch 64 --modes $TMODES --parts train --json "$W/bench_b64.json"
-  piece bench_b64_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --tune --json "$W/bench_b64_tune.json"
+  [ $TINY = 0 ] && piece anchor_b$B 200 0 $(anchor $B)
+  piece bench_b$B 150 0 $BENCH --batch $B --modes $TMODES --parts train --json "$W/bench_b$B.json"
+  piece bench_b${B}_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch $B --modes $TMODES --parts train --tune --json "$W/bench_b${B}_tune.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
@@ -291,7 +290,7 @@ elif [ "$PHASE" = ddp ]; then   # DDP alone: 1 then 2 GPUs (CAP seconds in all, 
   ddp_piece ddp_w2 $(( CAP - ($(date +%s) - T0) )) 0,1 --warmup 2
 elif [ "$PHASE" = 1 ]; then
   gpu_info
-  python3 -c "import torch, sprintc.targets.inductor as i, pydantic; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'gpus', torch.cuda.device_count(), 'pydantic', pydantic.__version__)" | tee "$W/versions.txt"
+  versions
   (
     piece bench_b128 300 0 $BENCH --batch 128 --modes $MODES --clip both --parts train,sample --json "$W/bench_b128.json" --profile "$W/prof"
     [ $TINY = 0 ] && piece anchor_b128 $(( 585 - ($(date +%s) - T0) )) 0 $(anchor 128)
