@@ -12,6 +12,9 @@ Variants (all compute the reference's q' = rope(rmsnorm(q)), same for k):
   v2  v1 but rounded as v0 (norm cast to bf16, RoPE in bf16)
   v3  v0's head-major layout with v1's float32 pair RoPE
   v4  v1 with v0's rotate_half and full tables
+  v5  v0 with each head's q and k channels reordered from interleaved pairs to (evens, odds): the qkv weight's
+      and bias's q/k rows and the norm weights reordered (a copy fused into the bf16 cast), RoPE then rotates two
+      contiguous halves (no parity indexing); q.k is unchanged by one order for both. RoPE tables in that order.
 """
 import argparse
 import json
@@ -89,7 +92,49 @@ def v4(self, x, rope=None):
     return _sdpa_token_major(self, q, k, v, B, N, D)
 
 
-VARIANTS = {"v0": SHIPPED, "v1": v1, "v2": v2, "v3": v3, "v4": v4}
+def _halves(t, groups=1):  # (groups * Dh, ...) rows, each group's interleaved pairs -> (evens, odds)
+    return t.unflatten(0, (groups, -1, 2)).transpose(1, 2).flatten(0, 2)
+
+
+def halves_table(angles):  # reference [cos | sin] (..., 2 Dh), equal angles per pair -> [c, c | s, s] per half
+    cos, sin = angles.chunk(2, -1)
+    c, s = cos[..., 0::2], sin[..., 0::2]
+    return torch.cat([c, c, s, s], -1)
+
+
+def v5(self, x, rope=None):
+    if _plain(self, rope):
+        return SHIPPED(self, x, rope)
+    B, N, D = x.shape
+    H = self.heads
+    w, b = self.qkv.weight, self.qkv.bias
+    w, b = torch.cat([_halves(w[: 2 * D], 2 * H), w[2 * D :]]), torch.cat([_halves(b[: 2 * D], 2 * H), b[2 * D :]])
+    q, k, v = F.linear(x, w, b).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)
+    qf, kf = q.float(), k.float()
+    q = (qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + self.q_norm.eps) * _halves(self.q_norm.weight).float()).to(v.dtype)
+    k = (kf * torch.rsqrt(kf.pow(2).mean(-1, keepdim=True) + self.k_norm.eps) * _halves(self.k_norm.weight).float()).to(v.dtype)
+    cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)  # already in halves order (halves_table)
+
+    def rot(t):
+        t1, t2 = t.chunk(2, -1)
+        return torch.cat((-t2, t1), -1)
+
+    q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+    x = F.scaled_dot_product_attention(q, k, v)
+    return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+VARIANTS = {"v0": SHIPPED, "v1": v1, "v2": v2, "v3": v3, "v4": v4, "v5": v5}
+TABLES = {"v5": halves_table}  # variants that want the RoPE table in another channel order
+
+
+def use(name):
+    """Patch variant `name` in: Attention.forward and, where it needs one, the RoPE table's order."""
+    M.Attention.forward = VARIANTS[name]
+    M.rope_angles = lambda *a, **k: TABLES.get(name, lambda t: t)(ANGLES(*a, **k))
+
+
+ANGLES = M.rope_angles
 
 
 def _block(spec_name, device, seed=0):
@@ -105,7 +150,7 @@ def _block(spec_name, device, seed=0):
 
 def _inputs(m, B, N, routed, device, seed=1):
     g = torch.Generator().manual_seed(seed)
-    angles = M.rope_angles(m.grid, m.width // m.heads, m.rope_theta)
+    angles = M.rope_angles(m.grid, m.width // m.heads, m.rope_theta)  # the patched variant's order
     if routed:  # each sample keeps its own N of the grid's tokens, RoPE angles gathered likewise
         ids = torch.stack([torch.randperm(angles.shape[0], generator=g)[:N] for _ in range(B)])
         rope = angles[ids]
@@ -121,10 +166,10 @@ def check():
     m, blk = _block("digits_sprint", "cpu")
     worst = 0.0
     for routed in (False, True):
-        x, c, rope = _inputs(m, 3, m.tokens // (2 if routed else 1), routed, "cpu")
         ref = None
-        for name, fwd in VARIANTS.items():
-            M.Attention.forward = fwd
+        for name in VARIANTS:
+            use(name)
+            x, c, rope = _inputs(m, 3, m.tokens // (2 if routed else 1), routed, "cpu")
             blk.zero_grad(set_to_none=True)
             xg = x.clone().requires_grad_()
             out = blk(xg, c, rope)
@@ -138,7 +183,7 @@ def check():
                 worst = max(worst, err)
                 if err > 1e-5:
                     raise SystemExit(f"{name} differs from v0 (routed={routed}): relative error {err:.2e}")
-    M.Attention.forward = SHIPPED
+    use("v0")
     print(f"all variants equal v0 in float32 (worst relative error {worst:.1e})")
 
 
@@ -147,7 +192,7 @@ def micro(variants, B, json_path, steps=20):
     dev = torch.device("cuda")
     rows = []
     for name in variants:
-        M.Attention.forward = VARIANTS[name]
+        use(name)
         for routed in (True, False):
             torch._dynamo.reset()
             m, blk = _block("sit_xl", dev)
@@ -188,14 +233,14 @@ def micro(variants, B, json_path, steps=20):
             rows.append(r)
             del graph, step, blk
             torch.cuda.empty_cache()
-    M.Attention.forward = SHIPPED
+    use("v0")
     if json_path:
         json.dump(rows, open(json_path, "w"), indent=1)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--variant":
-        M.Attention.forward = VARIANTS[sys.argv[2]]
+        use(sys.argv[2])
         from sprintc.cli import main
 
         sys.exit(main(sys.argv[3:]))

@@ -281,6 +281,20 @@ elif [ "$PHASE" = h100 ] || [ "$PHASE" = h100b ]; then  # run E, one GPU (kind n
   [ $TINY = 0 ] && piece anchor_b$B 200 0 $(anchor $B)
   piece bench_b$B 150 0 $BENCH --batch $B --modes $TMODES --parts train --json "$W/bench_b$B.json"
   piece bench_b${B}_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch $B --modes $TMODES --parts train --tune --json "$W/bench_b${B}_tune.json"
+elif [ "$PHASE" = halves ]; then  # session F, one GPU: attention variant v5 (q/k channels reordered so RoPE rotates
+  # contiguous halves) against v0 (the code as shipped at that commit): whole CUDA-graph step at 128 and 64, one block
+  # micro-benchmark, then 128 again in the other order with the sampling step
+  AV="python3 $REPO/scripts/gpu_attn_variants.py"
+  gpu_info
+  versions
+  [ $TINY = 1 ] && piece check 100 0 $AV check
+  for B in 128 64; do
+    for v in v0 v5; do piece full_${v}_b$B 120 0 $AV --variant $v bench $SPEC --batch $B --modes $TMODES --parts train $DEV --json "$W/full_${v}_b$B.json"; done
+  done
+  [ $TINY = 0 ] && piece micro 200 0 env TORCH_LOGS=output_code $AV micro --variants v0,v5 --json "$W/micro.json"
+  for v in v5 v0; do
+    piece again_${v}_b128 $(( 585 - ($(date +%s) - T0) )) 0 $AV --variant $v bench $SPEC --batch 128 --modes $TMODES --parts train,sample $DEV --json "$W/again_${v}_b128.json"
+  done
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
