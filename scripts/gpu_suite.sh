@@ -295,6 +295,14 @@ elif [ "$PHASE" = halves ]; then  # session F, one GPU: attention variant v5 (q/
   for v in v5 v0; do
     piece again_${v}_b128 $(( 585 - ($(date +%s) - T0) )) 0 $AV --variant $v bench $SPEC --batch 128 --modes $TMODES --parts train,sample $DEV --json "$W/again_${v}_b128.json"
   done
+elif [ "$PHASE" = next3 ]; then  # session F, one GPU: the anchor, then the CUDA-graph step at 128 as shipped, with
+  # triton.multi_kernel, and with target.tune plus multi_kernel, in sequence on the same card
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece anchor_b128 200 0 $(anchor 128)
+  piece next3_base 110 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/next3_base.json"
+  piece next3_multi 120 0 $BENCH --batch 128 --modes $TMODES --parts train --inductor-config triton.multi_kernel=1 --json "$W/next3_multi.json"
+  piece next3_tune_multi $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --inductor-config triton.multi_kernel=1 --json "$W/next3_tune_multi.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
