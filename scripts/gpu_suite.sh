@@ -303,6 +303,10 @@ elif [ "$PHASE" = next3 ]; then  # session F, one GPU: the anchor, then the CUDA
   piece next3_base 110 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/next3_base.json"
   piece next3_multi 120 0 $BENCH --batch 128 --modes $TMODES --parts train --inductor-config triton.multi_kernel=1 --json "$W/next3_multi.json"
   piece next3_tune_multi $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --inductor-config triton.multi_kernel=1 --json "$W/next3_tune_multi.json"
+elif [ "$PHASE" = next3b ]; then  # the rest of next3 (its anchor took the time): tune plus multi_kernel, then tune alone
+  gpu_info
+  piece next3_tune_multi 330 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --inductor-config triton.multi_kernel=1 --json "$W/next3_tune_multi.json"
+  piece next3_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/next3_tune.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
