@@ -307,6 +307,16 @@ elif [ "$PHASE" = next3b ]; then  # the rest of next3 (its anchor took the time)
   gpu_info
   piece next3_tune_multi 330 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --inductor-config triton.multi_kernel=1 --json "$W/next3_tune_multi.json"
   piece next3_tune $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --tune --json "$W/next3_tune.json"
+elif [ "$PHASE" = mk ]; then  # session F, one GPU: target.multi_kernel (now the default) against --no-multi-kernel, same
+  # card: the CUDA tests, the CUDA-graph step and sampling step at 128 and 64, and why tune plus multi-kernel fails to compile
+  gpu_info
+  versions
+  piece pytest_cuda 200 0 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
+  for B in 128 64; do
+    piece mk_on_b$B 120 0 $BENCH --batch $B --modes $TMODES --parts train,sample --json "$W/mk_on_b$B.json"
+    piece mk_off_b$B 120 0 $BENCH --batch $B --modes $TMODES --parts train,sample --no-multi-kernel --json "$W/mk_off_b$B.json"
+  done
+  piece tune_mk $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --tune --inductor-config triton.multi_kernel=1 --json "$W/tune_mk.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

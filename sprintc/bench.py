@@ -17,6 +17,7 @@ model (--size tiny) unless --size full.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import json
@@ -55,6 +56,8 @@ def add_bench_arguments(p):
     p.add_argument("--size", choices=["auto", "tiny", "full"], default="auto", help="auto: full on CUDA, tiny on the CPU")
     p.add_argument("--mode", dest="compile_mode", default=None, help="override target.mode (default, max-autotune, ...)")
     p.add_argument("--tune", action="store_true", default=None, help="set target.tune (coordinate-descent tuning of the kernels)")
+    p.add_argument("--multi-kernel", action=argparse.BooleanOptionalAction, default=None,
+                   help="set / clear target.multi_kernel (Inductor's multi-kernel reductions; on by default)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
                    help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, compiled)")
     p.add_argument("--images", type=int, default=64, help="images of the sample250 parts")
@@ -102,7 +105,8 @@ def run_bench(args) -> int:
     batches = _ints(args.batch, "--batch") if args.batch is not None else ([128] if dev.type == "cuda" else [4])
     steps = args.steps or (20 if dev.type == "cuda" else 3)
     tiny = args.size == "tiny" or (args.size == "auto" and dev.type == "cpu")
-    target = resolve_target(spec.target, name="inductor", mode=args.compile_mode, tune=args.tune)
+    target = resolve_target(spec.target, name="inductor", mode=args.compile_mode, tune=args.tune,
+                            multi_kernel=args.multi_kernel)
     inductor_cfg = _inductor_config(args.inductor_config)
     if tiny:
         spec = tiny_version(spec)
@@ -456,7 +460,7 @@ class Bench:
                     except Exception as e:  # a failing row must not lose the others; the error is reported
                         if isinstance(e, SprintcError):
                             raise
-                        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                        row["error"] = _describe(e)
                     self._row("train", **row)
                     opt = step = fn = None
             if mode != "compiled":
@@ -506,7 +510,7 @@ class Bench:
                 except Exception as e:
                     if isinstance(e, SprintcError):
                         raise
-                    row[f"{gd}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    row[f"{gd}_error"] = _describe(e)
                 step = None
             if "cfg_ms" in row and "pdg_ms" in row:
                 row["pdg_over_cfg"] = round(row["pdg_ms"] / row["cfg_ms"], 3)
@@ -551,7 +555,7 @@ class Bench:
             except Exception as e:
                 if isinstance(e, SprintcError):
                     raise
-                row[f"{gd}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                row[f"{gd}_error"] = _describe(e)
         if "cfg_s" in row and "pdg_s" in row:
             row["pdg_over_cfg"] = round(row["pdg_s"] / row["cfg_s"], 3)
         self._row("sample250", **row)
@@ -614,6 +618,17 @@ class Bench:
                       f"PDG {_f(r.get('pdg_s'))} s, PDG/CFG {_f(r.get('pdg_over_cfg'))}")
         for s in self.results["summary"]:
             con.print("summary " + ", ".join(f"{k} {v}" for k, v in s.items()))
+
+
+def _first_line(e) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+
+
+def _describe(e: BaseException) -> str:
+    """One line for a failed row: the exception and, where it wraps one (Dynamo's BackendCompilerFailed), the cause."""
+    text = f"{type(e).__name__}: {_first_line(e)}"
+    inner = getattr(e, "inner_exception", None) or e.__cause__
+    return text + (f" <- {type(inner).__name__}: {_first_line(inner)}" if inner is not None else "")
 
 
 def _sig(v, digits=4):

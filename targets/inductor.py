@@ -50,10 +50,15 @@ def head_types() -> tuple[type, ...]:
 
 def _options(target: TargetSpec) -> dict:
     opts = {"fullgraph": True, "dynamic": False}
-    if target.tune:  # torch.compile takes a mode or options, not both: the mode's options plus the tuning
+    extra = {}
+    if target.tune:
+        extra["coordinate_descent_tuning"] = True
+    elif target.multi_kernel:  # with the tuning it failed to compile the XL step (torch 2.11, docs/PERFORMANCE.md)
+        extra["triton.multi_kernel"] = 1
+    if extra:  # torch.compile takes a mode or options, not both: the mode's options plus ours
         import torch._inductor
 
-        opts["options"] = {**torch._inductor.list_mode_options(target.mode), "coordinate_descent_tuning": True}
+        opts["options"] = {**torch._inductor.list_mode_options(target.mode), **extra}
     elif target.mode != "default":
         opts["mode"] = target.mode
     return opts

@@ -73,3 +73,25 @@ def test_cuda_without_a_gpu_exits_2(capsys):
 
 def test_unknown_spec_exits_2(capsys):
     assert main(["bench", "specs/no_such_spec.yaml", "--device", "cpu"]) == 2
+
+
+def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch):
+    import sprintc.bench as bench
+
+    real = bench._loss_fn
+
+    def dense_fails(model, *batch):  # a compiler failure that wraps its cause, as Dynamo's BackendCompilerFailed does
+        if not getattr(model.sprint, "routing", True):
+            try:
+                raise RuntimeError("block size too large")
+            except RuntimeError as cause:
+                raise ValueError("backend='inductor' raised:\n\nmore text") from cause
+        return real(model, *batch)
+
+    monkeypatch.setattr(bench, "_loss_fn", dense_fails)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "1",
+                 "--warmup", "0", "--batch", "2", "--parts", "train", "--json", str(out)]) == 0
+    rows = {r["graph"]: r for r in json.loads(out.read_text())["train"]}
+    assert rows["routed"]["ms"] > 0 and "error" not in rows["routed"]
+    assert rows["dense"]["error"] == "ValueError: backend='inductor' raised: <- RuntimeError: block size too large"

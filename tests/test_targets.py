@@ -150,17 +150,26 @@ def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_break
     assert not counters["graph_break"]
 
 
-def test_tune_reaches_every_compiled_region_with_the_modes_options(monkeypatch):
+def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_options(monkeypatch):
     seen = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
-    lower(small().model, {"name": "inductor", "dtype": "float32", "tune": True, "mode": "reduce-overhead"}, device="cpu")
-    assert seen and all(kw["options"] == {"triton.cudagraphs": True, "coordinate_descent_tuning": True} and "mode" not in kw
-                        and kw["fullgraph"] for kw in seen)
-    seen.clear()
-    lower(small().model, {"name": "inductor", "dtype": "float32"}, device="cpu")
-    assert seen and all("options" not in kw and "mode" not in kw for kw in seen)
-    with pytest.raises(TargetError, match="tune"):
-        resolve_target({"tune": "very"})
+
+    def options_of(**target):
+        seen.clear()
+        lower(small().model, {"name": "inductor", "dtype": "float32", **target}, device="cpu")
+        assert seen and all(kw["fullgraph"] for kw in seen)
+        assert all(kw == seen[0] for kw in seen)
+        return seen[0].get("mode"), seen[0].get("options")
+
+    # tune replaces multi-kernel reductions (the two together failed to compile the XL step)
+    assert options_of(tune=True, mode="reduce-overhead") == (None, {"triton.cudagraphs": True, "coordinate_descent_tuning": True})
+    assert options_of() == (None, {"triton.multi_kernel": 1})
+    assert options_of(mode="reduce-overhead") == (None, {"triton.cudagraphs": True, "triton.multi_kernel": 1})
+    assert options_of(multi_kernel=False) == (None, None)
+    assert options_of(multi_kernel=False, mode="max-autotune") == ("max-autotune", None)
+    for key in ("tune", "multi_kernel"):
+        with pytest.raises(TargetError, match=key):
+            resolve_target({key: "very"})
 
 
 @pytest.mark.slow
