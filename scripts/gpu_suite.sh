@@ -317,6 +317,12 @@ elif [ "$PHASE" = mk ]; then  # session F, one GPU: target.multi_kernel (now the
     piece mk_off_b$B 120 0 $BENCH --batch $B --modes $TMODES --parts train,sample --no-multi-kernel --json "$W/mk_off_b$B.json"
   done
   piece tune_mk $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --tune --inductor-config triton.multi_kernel=1 --json "$W/tune_mk.json"
+elif [ "$PHASE" = mk2 ]; then  # session F, one GPU: does a later process fail on multi-kernel graphs read from the FX graph
+  # cache (global setting, cache on: twice), and does target.multi_kernel (regions compiled without the cache) run twice
+  gpu_info
+  for i in 1 2; do piece cache_mk_$i 120 0 $BENCH --batch 64 --modes $TMODES --parts sample --inductor-config triton.multi_kernel=1 --json "$W/cache_mk_$i.json"; done
+  for i in 1 2; do piece spec_mk_$i 150 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --multi-kernel --json "$W/spec_mk_$i.json"; done
+  piece spec_mk_b64 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts sample --multi-kernel --json "$W/spec_mk_b64.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

@@ -57,7 +57,7 @@ def add_bench_arguments(p):
     p.add_argument("--mode", dest="compile_mode", default=None, help="override target.mode (default, max-autotune, ...)")
     p.add_argument("--tune", action="store_true", default=None, help="set target.tune (coordinate-descent tuning of the kernels)")
     p.add_argument("--multi-kernel", action=argparse.BooleanOptionalAction, default=None,
-                   help="set / clear target.multi_kernel (Inductor's multi-kernel reductions; on by default)")
+                   help="set / clear target.multi_kernel (Inductor's multi-kernel reductions, compiled without its cache)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
                    help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, compiled)")
     p.add_argument("--images", type=int, default=64, help="images of the sample250 parts")

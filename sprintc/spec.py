@@ -122,8 +122,9 @@ class TargetSpec(Strict):
     cuda_graphs: bool = Field(True, description="capture fixed-shape steps in CUDA graphs: sampling, and training on one GPU or under DDP")
     tune: bool = Field(False, description="coordinate-descent tuning of Inductor's Triton kernels: a few % faster CUDA steps "
                        "for a first compile of minutes (cached for later runs); the max-autotune modes include it")
-    multi_kernel: bool = Field(True, description="Inductor's multi-kernel reductions on CUDA: a persistent and a looped kernel "
-                               "for each reduction, the faster one picked at the first run; not used together with tune")
+    multi_kernel: bool = Field(False, description="Inductor's multi-kernel reductions on CUDA (a persistent and a looped kernel "
+                               "per reduction, the faster one picked at the first run): faster steps, but compiled without "
+                               "Inductor's cache, so every run compiles anew; not used together with tune")
 
 
 # ----------------------------------------------------------------------------------------- recipes

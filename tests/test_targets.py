@@ -161,15 +161,35 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
         assert all(kw == seen[0] for kw in seen)
         return seen[0].get("mode"), seen[0].get("options")
 
-    # tune replaces multi-kernel reductions (the two together failed to compile the XL step)
     assert options_of(tune=True, mode="reduce-overhead") == (None, {"triton.cudagraphs": True, "coordinate_descent_tuning": True})
-    assert options_of() == (None, {"triton.multi_kernel": 1})
-    assert options_of(mode="reduce-overhead") == (None, {"triton.cudagraphs": True, "triton.multi_kernel": 1})
-    assert options_of(multi_kernel=False) == (None, None)
-    assert options_of(multi_kernel=False, mode="max-autotune") == ("max-autotune", None)
+    assert options_of() == (None, None)
+    assert options_of(mode="max-autotune") == ("max-autotune", None)
+    # multi-kernel reductions skip the FX graph cache (torch 2.11 failed to load them from it); tune (cached) wins
+    no_cache = {"triton.multi_kernel": 1, "fx_graph_cache": False}
+    assert options_of(multi_kernel=True) == (None, no_cache)
+    assert options_of(multi_kernel=True, mode="reduce-overhead") == (None, {"triton.cudagraphs": True, **no_cache})
+    assert options_of(multi_kernel=True, tune=True)[1] == {"coordinate_descent_tuning": True}
     for key in ("tune", "multi_kernel"):
         with pytest.raises(TargetError, match=key):
             resolve_target({key: "very"})
+
+
+@pytest.mark.slow
+def test_multi_kernel_regions_skip_the_fx_graph_cache_and_the_others_reuse_it():
+    from torch._dynamo.utils import counters
+
+    x, t, y = inputs()
+    for multi_kernel, hits_again in ((False, True), (True, False)):
+        outs = []
+        for _ in range(2):  # the second compile as a later process would: Dynamo's in-memory state reset
+            torch._dynamo.reset()
+            counters.clear()
+            model = lower(small().model, {"name": "inductor", "dtype": "float32", "multi_kernel": multi_kernel}, device="cpu")
+            torch.manual_seed(0)  # the same kept tokens
+            with torch.no_grad():
+                outs.append(model(x, t, y))
+        assert (counters["inductor"]["fxgraph_cache_hit"] > 0) == hits_again
+        torch.testing.assert_close(outs[0], outs[1])
 
 
 @pytest.mark.slow
