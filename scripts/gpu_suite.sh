@@ -323,6 +323,15 @@ elif [ "$PHASE" = mk2 ]; then  # session F, one GPU: does a later process fail o
   for i in 1 2; do piece cache_mk_$i 120 0 $BENCH --batch 64 --modes $TMODES --parts sample --inductor-config triton.multi_kernel=1 --json "$W/cache_mk_$i.json"; done
   for i in 1 2; do piece spec_mk_$i 150 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --multi-kernel --json "$W/spec_mk_$i.json"; done
   piece spec_mk_b64 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts sample --multi-kernel --json "$W/spec_mk_b64.json"
+elif [ "$PHASE" = mk3 ]; then  # session F, one GPU: the training step at 128 without multi-kernel, with target.multi_kernel
+  # (no FX graph cache) and with the global setting (cache on, a first process), alternating on the same card
+  gpu_info
+  TRAIN128="--batch 128 --modes $TMODES --parts train"
+  piece mk3_off_1 120 0 $BENCH $TRAIN128 --json "$W/mk3_off_1.json"
+  piece mk3_spec_1 130 0 $BENCH $TRAIN128 --multi-kernel --json "$W/mk3_spec_1.json"
+  piece mk3_global 130 0 $BENCH $TRAIN128 --inductor-config triton.multi_kernel=1 --json "$W/mk3_global.json"
+  piece mk3_off_2 120 0 $BENCH $TRAIN128 --json "$W/mk3_off_2.json"
+  piece mk3_spec_2 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH $TRAIN128 --multi-kernel --json "$W/mk3_spec_2.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
