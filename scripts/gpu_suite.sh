@@ -332,6 +332,12 @@ elif [ "$PHASE" = mk3 ]; then  # session F, one GPU: the training step at 128 wi
   piece mk3_global 130 0 $BENCH $TRAIN128 --inductor-config triton.multi_kernel=1 --json "$W/mk3_global.json"
   piece mk3_off_2 120 0 $BENCH $TRAIN128 --json "$W/mk3_off_2.json"
   piece mk3_spec_2 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH $TRAIN128 --multi-kernel --json "$W/mk3_spec_2.json"
+elif [ "$PHASE" = b32 ]; then  # session F, one GPU: batch 32 (the reference's per-GPU batch): the anchor, then the
+  # CUDA-graph step as shipped and with target.multi_kernel, in sequence on the same card
+  gpu_info
+  [ $TINY = 0 ] && piece anchor_b32 220 0 $(anchor 32)
+  piece b32_off 120 0 $BENCH --batch 32 --modes $TMODES --parts train --json "$W/b32_off.json"
+  piece b32_mk $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 32 --modes $TMODES --parts train --multi-kernel --json "$W/b32_mk.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
