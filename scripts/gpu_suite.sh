@@ -338,6 +338,12 @@ elif [ "$PHASE" = b32 ]; then  # session F, one GPU: batch 32 (the reference's p
   [ $TINY = 0 ] && piece anchor_b32 220 0 $(anchor 32)
   piece b32_off 120 0 $BENCH --batch 32 --modes $TMODES --parts train --json "$W/b32_off.json"
   piece b32_mk $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 32 --modes $TMODES --parts train --multi-kernel --json "$W/b32_mk.json"
+elif [ "$PHASE" = ddp4 ]; then  # session F, 4 GPUs: the DDP step in a CUDA graph on 4, then 1 and 2 GPUs (within ~300 s)
+  gpu_info
+  versions
+  ddp_piece ddpg_w4 130 0,1,2,3 --cuda-graph
+  ddp_piece ddpg_w1 80 0 --cuda-graph
+  ddp_piece ddpg_w2 $(( 300 - ($(date +%s) - T0) )) 0,1 --cuda-graph
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
