@@ -55,7 +55,8 @@ def _options(target: TargetSpec) -> dict:
         extra["coordinate_descent_tuning"] = True
     elif target.multi_kernel:
         # torch 2.11 failed to load such graphs from the FX graph cache in a later process (TypeError), so these
-        # regions skip the cache; the tuning is left out as that is cached (docs/PERFORMANCE.md, session F)
+        # regions skip that cache; with tune on it is left out, as the tuned graphs are worth caching
+        # (docs/PERFORMANCE.md, session F)
         extra.update({"triton.multi_kernel": 1, "fx_graph_cache": False})
     if extra:  # torch.compile takes a mode or options, not both: the mode's options plus ours
         import torch._inductor
