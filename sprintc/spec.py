@@ -124,7 +124,7 @@ class TargetSpec(Strict):
                        "for a first compile of minutes (cached for later runs); the max-autotune modes include it")
     multi_kernel: bool = Field(False, description="Inductor's multi-kernel reductions on CUDA (a persistent and a looped kernel "
                                "per reduction, the faster one picked at the first run): faster steps, but compiled without "
-                               "Inductor's FX graph cache, so every process compiles them again; not used together with tune")
+                               "Inductor's FX graph cache, so every process compiles them again; not used with tuning (tune, max-autotune)")
 
 
 # ----------------------------------------------------------------------------------------- recipes

@@ -49,19 +49,20 @@ def head_types() -> tuple[type, ...]:
 
 
 def _options(target: TargetSpec) -> dict:
+    import torch._inductor
+
     opts = {"fullgraph": True, "dynamic": False}
+    mode_opts = torch._inductor.list_mode_options(target.mode)
     extra = {}
     if target.tune:
         extra["coordinate_descent_tuning"] = True
-    elif target.multi_kernel:
+    elif target.multi_kernel and not mode_opts.get("coordinate_descent_tuning"):
         # torch 2.11 failed to load such graphs from the FX graph cache in a later process (TypeError), so these
-        # regions skip that cache; with tune on it is left out, as the tuned graphs are worth caching
-        # (docs/PERFORMANCE.md, session F)
+        # regions skip that cache; with tuning (tune, the max-autotune modes) it is left out, as tuned graphs are
+        # worth caching (docs/PERFORMANCE.md, session F)
         extra.update({"triton.multi_kernel": 1, "fx_graph_cache": False})
     if extra:  # torch.compile takes a mode or options, not both: the mode's options plus ours
-        import torch._inductor
-
-        opts["options"] = {**torch._inductor.list_mode_options(target.mode), **extra}
+        opts["options"] = {**mode_opts, **extra}
     elif target.mode != "default":
         opts["mode"] = target.mode
     return opts

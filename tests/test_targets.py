@@ -169,6 +169,7 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
     assert options_of(multi_kernel=True) == (None, no_cache)
     assert options_of(multi_kernel=True, mode="reduce-overhead") == (None, {"triton.cudagraphs": True, **no_cache})
     assert options_of(multi_kernel=True, tune=True)[1] == {"coordinate_descent_tuning": True}
+    assert options_of(multi_kernel=True, mode="max-autotune") == ("max-autotune", None)  # the mode tunes
     for key in ("tune", "multi_kernel"):
         with pytest.raises(TargetError, match=key):
             resolve_target({key: "very"})
