@@ -597,6 +597,9 @@ class Bench:
         m = self.meta
         con.print(f"[bold]sprintc bench[/] {m['spec']} ({m['size']}, {m['params_M']}M params) on {m['device_name']}, "
                   f"torch {m['torch']}, {m['dtype']}, matmul peak {m['matmul_peak_tflops']} TFLOP/s")
+        settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel") if m[k]]
+        settings += [f"{k}={v}" for k, v in m.get("inductor_config", {}).items()]
+        con.print("compile settings: " + ", ".join(settings))
         if self.results["train"]:
             t = Table(title="training step (fwd + bwd + clip + AdamW)")
             for c in ("batch", "graph", "mode", "clip", "ms", "img/s", "TFLOP/s", "MFU", "mem GB", "compile s", "note"):

@@ -31,7 +31,8 @@ def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
     assert s["cfg_ms"] > 0 and s["pdg_ms"] > 0 and s["pdg_over_cfg"] == pytest.approx(s["pdg_ms"] / s["cfg_ms"], abs=2e-3)
     assert 0.5 < s["flops_pdg_over_cfg"] < 1
     assert d["summary"][0]["batch"] == 3
-    assert "training step" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "training step" in out and "compile settings: mode default" in out
 
 
 def test_graph_flops_count_the_routed_and_guidance_graphs():
