@@ -457,7 +457,7 @@ class Bench:
                         if mode != "eager" and clip == clips[0]:
                             self._profile(f"train_{g}_{mode}_b{B}", fn)
                     except torch.cuda.OutOfMemoryError as e:
-                        row["error"] = f"out of memory: {str(e).splitlines()[0]}"
+                        row["error"] = f"out of memory: {_first_line(e)}"
                     except Exception as e:  # a failing row must not lose the others; the error is reported
                         if isinstance(e, SprintcError):
                             raise
@@ -507,7 +507,7 @@ class Bench:
                     if mode != "eager":
                         self._profile(f"sample_{gd}_{mode}_b{B}", lambda: step(x, t, y, 1.5))
                 except torch.cuda.OutOfMemoryError as e:
-                    row[f"{gd}_error"] = f"out of memory: {str(e).splitlines()[0]}"
+                    row[f"{gd}_error"] = f"out of memory: {_first_line(e)}"
                 except Exception as e:
                     if isinstance(e, SprintcError):
                         raise
