@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sprintc.errors import SprintcError
+from sprintc.errors import SprintcError, first_line
 from sprintc.spec import Spec, load_spec
 
 PARTS = ("train", "sample", "sample250", "sample250g")
@@ -457,7 +457,7 @@ class Bench:
                         if mode != "eager" and clip == clips[0]:
                             self._profile(f"train_{g}_{mode}_b{B}", fn)
                     except torch.cuda.OutOfMemoryError as e:
-                        row["error"] = f"out of memory: {_first_line(e)}"
+                        row["error"] = f"out of memory: {first_line(e)}"
                     except Exception as e:  # a failing row must not lose the others; the error is reported
                         if isinstance(e, SprintcError):
                             raise
@@ -507,7 +507,7 @@ class Bench:
                     if mode != "eager":
                         self._profile(f"sample_{gd}_{mode}_b{B}", lambda: step(x, t, y, 1.5))
                 except torch.cuda.OutOfMemoryError as e:
-                    row[f"{gd}_error"] = f"out of memory: {_first_line(e)}"
+                    row[f"{gd}_error"] = f"out of memory: {first_line(e)}"
                 except Exception as e:
                     if isinstance(e, SprintcError):
                         raise
@@ -624,15 +624,11 @@ class Bench:
             con.print("summary " + ", ".join(f"{k} {v}" for k, v in s.items()))
 
 
-def _first_line(e) -> str:
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-
-
 def _describe(e: BaseException) -> str:
     """One line for a failed row: the exception and, where it wraps one (Dynamo's BackendCompilerFailed), the cause."""
-    text = f"{type(e).__name__}: {_first_line(e)}"
+    text = f"{type(e).__name__}: {first_line(e)}"
     inner = getattr(e, "inner_exception", None) or e.__cause__
-    return text + (f" <- {type(inner).__name__}: {_first_line(inner)}" if inner is not None else "")
+    return text + (f" <- {type(inner).__name__}: {first_line(inner)}" if inner is not None else "")
 
 
 def _sig(v, digits=4):

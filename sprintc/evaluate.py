@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sprintc.errors import SprintcError
+from sprintc.errors import SprintcError, first_line
 
 SIZE = 16  # the classifier's input size: the digits spec's resolution
 VERSION = "1"  # bump when the classifier or its training changes: the cache is retrained
@@ -230,7 +230,7 @@ def load_extractor(path):
             return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as e:
         kind = "torch.export (.pt2)" if path.suffix == ".pt2" else "TorchScript"
-        raise SprintcError(f"--features {path}: not a {kind} file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+        raise SprintcError(f"--features {path}: not a {kind} file ({type(e).__name__}: {first_line(e, 200)}); "
                            "save the extractor with torch.export.save(torch.export.export(model, ...), 'f.pt2') "
                            "or torch.jit.save(torch.jit.script(model), 'f.pt')") from None
 
@@ -244,7 +244,7 @@ def extract(fn, u8: np.ndarray, batch: int = 256, where="features") -> np.ndarra
             f = fn(x)
         except Exception as e:
             raise SprintcError(f"{where}: the feature extractor failed on images {tuple(x.shape)} ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0][:200]})") from None
+                               f"{first_line(e, 200)})") from None
         if not isinstance(f, torch.Tensor):
             raise SprintcError(f"{where}: the feature extractor must return a tensor (N, D), got {type(f).__name__}")
         out.append(f.reshape(f.shape[0], -1).double().numpy())

@@ -33,7 +33,7 @@ from torch.utils import _pytree as pytree
 
 import sprintc.passes  # noqa: F401  (registers the passes)
 from sprintc import routing
-from sprintc.errors import PassError, SpecError, SprintcError
+from sprintc.errors import PassError, SpecError, SprintcError, first_line
 from sprintc.graph import BlockTracer, _module_meta, bind, run_meta
 from sprintc.pipeline import REGISTRY, Context, install, routed_forward, run_pipeline, uninstall
 from sprintc.spec import FusePass, PartitionPass, PassSpec, PathDropPass, PDGPass, RoutePass, Strict
@@ -583,8 +583,7 @@ def _single_output(gm, model):
 def _fx_failure(model, e) -> str:
     user = [f for f in traceback.extract_tb(e.__traceback__) if "/torch/" not in f.filename.replace("\\", "/")]
     where = f" at {user[-1].filename}:{user[-1].lineno} ({user[-1].line})" if user else ""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return (f"torch.fx could not trace {type(model).__name__}.forward with the blocks as leaves: {type(e).__name__}: {msg}{where}. "
+    return (f"torch.fx could not trace {type(model).__name__}.forward with the blocks as leaves: {type(e).__name__}: {first_line(e)}{where}. "
             "sprintc traces with static shapes (only the batch size is symbolic) and runs every module that holds no "
             "block as one opaque call, so the forward itself must be plain tensor code: no Python branches on tensor "
             "values or on self.training, no data-dependent shapes. To proceed: move that code into a submodule (it then "
@@ -630,7 +629,7 @@ def _choose_stack(model, gm, stacks, inputs, named: bool):
     except Exception as e:
         where = re.search(r"call_module\[target=([\w.]+)\]", str(e))
         where = f" in {where.group(1)} ({type(model.get_submodule(where.group(1))).__name__})" if where else ""
-        raise TransformError(f"shape propagation of {cls} on meta tensors failed{where}: {type(e).__name__}: {str(e).splitlines()[0]}. "
+        raise TransformError(f"shape propagation of {cls} on meta tensors failed{where}: {type(e).__name__}: {first_line(e)}. "
                              "sprintc runs the model without data to learn its shapes, so its modules must not read tensor "
                              "values (.item(), branches on values)") from None
     good, bad = {}, {}

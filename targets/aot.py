@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from sprintc.errors import first_line
 from sprintc.spec import TargetSpec
 from sprintc.targets_api import TargetError, compute_dtype, resolve_device, resolve_target
 
@@ -91,7 +92,7 @@ def export_aot(built, out_path, *, target=None, device=None, guidance: str | Non
         try:
             ep = torch.export.export(step, (x, tt, y, scale), dynamic_shapes=dyn)
         except Exception as e:  # an export failure is a bug of ours, but say what failed
-            raise TargetError(f"aot: torch.export of the guided step failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+            raise TargetError(f"aot: torch.export of the guided step failed: {type(e).__name__}: {first_line(e)}") from e
         t_export = time.perf_counter() - t0
         meta = {"sprintc.spec": json.dumps(spec.model_dump(mode="json")), "sprintc.guidance": g,
                 "sprintc.dtype": t.dtype, "sprintc.scale": str(spec.sample.scale),

@@ -12,7 +12,9 @@ from safetensors.torch import save_file
 
 import sprintc
 from sprintc.cli import main
-from sprintc.evaluate import DigitsFD, digits_classifier, frechet_distance, real_digits, split, trace_sqrt_product, trace_sqrt_product_eig
+from sprintc.errors import SprintcError
+from sprintc.evaluate import (DigitsFD, digits_classifier, extract, frechet_distance, real_digits, split, trace_sqrt_product,
+                              trace_sqrt_product_eig)
 from sprintc.images import save_npz, to_rgb, to_uint8
 from conftest import tiny_spec
 
@@ -135,6 +137,10 @@ def test_eval_cli_bad_input(tmp_path, capsys):
     np.savez(tmp_path / "ok.npz", np.zeros((4, 8, 8, 3), np.uint8))
     assert main(["eval", "--samples", str(tmp_path / "ok.npz"), "--features", str(tmp_path / "f.pt"), "--ref", str(tmp_path / "ok.npz")]) == 2
     assert "not a TorchScript file" in capsys.readouterr().err
+    def broken(x):  # an extractor that fails with no message at all
+        raise RuntimeError()
+    with pytest.raises(SprintcError, match=r"--features f.pt: the feature extractor failed on images \(4, 3, 8, 8\) \(RuntimeError: \)"):
+        extract(broken, np.zeros((4, 8, 8, 3), np.uint8), where="--features f.pt")
     (tmp_path / "f.pt2").write_bytes(b"not an export")
     assert main(["eval", "--samples", str(tmp_path / "ok.npz"), "--features", str(tmp_path / "f.pt2"), "--ref", str(tmp_path / "ok.npz")]) == 2
     assert "not a torch.export (.pt2) file" in capsys.readouterr().err
