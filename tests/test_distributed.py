@@ -25,13 +25,13 @@ def spec(distributed):
                      sample={"sampler": "euler", "steps": 2, "guidance": "pdg", "scale": 2.0})
 
 
-def torchrun(spec_file, out, *extra, device="cpu"):
+def torchrun(spec_file, out, *extra, device="cpu", status=0):
     # the processes import the sprintc this test imports (the checkout, or an installed wheel on a GPU machine)
     env = dict(os.environ, PYTHONPATH=str(Path(sprintc.__file__).resolve().parent.parent), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "sprintc", "train", str(spec_file), "--out", str(out), "--device", device, "--no-progress", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (r.returncode == 0) == (status == 0), r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
 
@@ -59,6 +59,17 @@ def test_ddp_two_processes_match_one(tmp_path, one_process):
     assert "done at step 5" in r.stdout and r.stdout.count("sprintc train: done") == 1  # rank 0 reports
     check_same(one_process, tmp_path / "run")
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
+
+
+def test_a_batch_the_processes_cannot_split_is_a_clear_error_on_every_rank(tmp_path):
+    f = tmp_path / "s.yaml"
+    s = spec("ddp")
+    s["train"]["stages"][0]["batch"] = 5
+    yaml.safe_dump(s, f.open("w"))
+    r = torchrun(f, tmp_path / "run", status=2)
+    assert r.stderr.count("train.stages[routed].batch: 5 is not divisible by the 2 processes") == 2
+    assert r.stderr.count("exitcode  : 2") == 2  # each rank's own status (torchrun's summary has a traceback of its own)
+    assert "sprintc/" not in r.stderr  # no traceback through sprintc's code
 
 
 @pytest.mark.slow
