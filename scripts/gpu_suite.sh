@@ -344,6 +344,20 @@ elif [ "$PHASE" = ddp4 ]; then  # session F, 4 GPUs: the DDP step in a CUDA grap
   ddp_piece ddpg_w4 130 0,1,2,3 --cuda-graph
   ddp_piece ddpg_w1 80 0 --cuda-graph
   ddp_piece ddpg_w2 $(( 300 - ($(date +%s) - T0) )) 0,1 --cuda-graph
+elif [ "$PHASE" = mktrain ]; then  # after session F, one GPU: `sprintc train` on XL latents at 128 (CUDA-graph step) as
+  # shipped, then with target.multi_kernel, then as shipped again (the bench measured multi_kernel; training did not)
+  gpu_info
+  versions
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
+  latents
+  printf 'extends: %s\nname: xl_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_mk.yaml"
+  for r in off_1:xl_ddp mk:xl_mk off_2:xl_ddp; do
+    piece "train_${r%%:*}" 170 0 python3 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$W/run_${r%%:*}"
+    [ -f "$W/run_${r%%:*}/metrics.jsonl" ] && cp "$W/run_${r%%:*}/metrics.jsonl" "$W/train_${r%%:*}_metrics.jsonl"
+    rm -rf "$W/run_${r%%:*}"
+  done
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
