@@ -354,9 +354,10 @@ elif [ "$PHASE" = mktrain ]; then  # after session F, one GPU: `sprintc train` o
   latents
   printf 'extends: %s\nname: xl_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_mk.yaml"
   for r in off_1:xl_ddp mk:xl_mk off_2:xl_ddp; do
-    piece "train_${r%%:*}" 170 0 python3 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$W/run_${r%%:*}"
-    [ -f "$W/run_${r%%:*}/metrics.jsonl" ] && cp "$W/run_${r%%:*}/metrics.jsonl" "$W/train_${r%%:*}_metrics.jsonl"
-    rm -rf "$W/run_${r%%:*}"
+    name=${r%%:*} run="$W/run_${r%%:*}"
+    piece "train_$name" 170 0 python3 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_${name}_metrics.jsonl"
+    rm -rf "$run"
   done
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead

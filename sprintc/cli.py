@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _leave_without_teardown(code: int):
     """End a torchrun worker process once its work is done and written. The interpreter's teardown after a clean
-    gloo run could abort it ("terminate called without an active exception", exit -6: 2 of 120 runs
-    of the torchrun command in tests/test_distributed.py, torch 2.14.1), which told the launcher and the scheduler that training failed."""
+    gloo run could abort it ("terminate called without an active exception", exit -6: 2 of 120 runs of the
+    torchrun command in tests/test_distributed.py, torch 2.14.1), which told torchrun and the scheduler that
+    training failed."""
     atexit._run_exitfuncs()  # the exit hooks still run (Inductor's compile workers, caches)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -137,6 +137,7 @@ def test_eval_cli_bad_input(tmp_path, capsys):
     np.savez(tmp_path / "ok.npz", np.zeros((4, 8, 8, 3), np.uint8))
     assert main(["eval", "--samples", str(tmp_path / "ok.npz"), "--features", str(tmp_path / "f.pt"), "--ref", str(tmp_path / "ok.npz")]) == 2
     assert "not a TorchScript file" in capsys.readouterr().err
+
     def broken(x):  # an extractor that fails with no message at all
         raise RuntimeError()
     with pytest.raises(SprintcError, match=r"--features f.pt: the feature extractor failed on images \(4, 3, 8, 8\) \(RuntimeError: \)"):
