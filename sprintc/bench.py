@@ -456,11 +456,11 @@ class Bench:
                             row["compile_s"] = round(row["first_step_s"] - ms / 1e3, 2)
                         if mode != "eager" and clip == clips[0]:
                             self._profile(f"train_{g}_{mode}_b{B}", fn)
+                    except SprintcError:  # a bad spec or option is the user's to fix: stop with its message
+                        raise
                     except torch.cuda.OutOfMemoryError as e:
                         row["error"] = f"out of memory: {first_line(e)}"
                     except Exception as e:  # a failing row must not lose the others; the error is reported
-                        if isinstance(e, SprintcError):
-                            raise
                         row["error"] = _describe(e)
                     self._row("train", **row)
                     opt = step = fn = None
@@ -506,11 +506,11 @@ class Bench:
                     row[f"{gd}_fx_cache"] = [h1[0] - h0[0], h1[1] - h0[1]]
                     if mode != "eager":
                         self._profile(f"sample_{gd}_{mode}_b{B}", lambda: step(x, t, y, 1.5))
+                except SprintcError:
+                    raise
                 except torch.cuda.OutOfMemoryError as e:
                     row[f"{gd}_error"] = f"out of memory: {first_line(e)}"
                 except Exception as e:
-                    if isinstance(e, SprintcError):
-                        raise
                     row[f"{gd}_error"] = _describe(e)
                 step = None
             if "cfg_ms" in row and "pdg_ms" in row:
@@ -553,9 +553,9 @@ class Bench:
                 _sync(self.device)
                 row[f"{gd}_s"] = round(time.perf_counter() - t0, 2)
                 row[f"{gd}_finite"] = bool(torch.isfinite(out).all())
+            except SprintcError:
+                raise
             except Exception as e:
-                if isinstance(e, SprintcError):
-                    raise
                 row[f"{gd}_error"] = _describe(e)
         if "cfg_s" in row and "pdg_s" in row:
             row["pdg_over_cfg"] = round(row["pdg_s"] / row["cfg_s"], 3)
