@@ -21,6 +21,8 @@
 #   ddpg2 (`sprintc train` on XL latents: 2 GPUs with and without the captured DDP step, 1 GPU; the graph step again),
 #   h100 (one H100: the anchor, the CUDA-graph step at 128 as shipped and with target.tune), h100b (the same at 64),
 #   ddpg3 (after the capture moved to targets_api.CudaGraphStep: CUDA tests, bench step, DDP graph step).
+# After session F: mktrain (one GPU: `sprintc train` on XL latents as shipped / with target.multi_kernel, then the
+#   250-step sampling), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -355,10 +357,31 @@ elif [ "$PHASE" = mktrain ]; then  # after session F, one GPU: `sprintc train` o
   printf 'extends: %s\nname: xl_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_mk.yaml"
   for r in off_1:xl_ddp mk:xl_mk off_2:xl_ddp; do
     name=${r%%:*} run="$W/run_${r%%:*}"
-    piece "train_$name" 170 0 python3 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
+    piece "train_$name" 150 0 python3 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
     [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_${name}_metrics.jsonl"
     rm -rf "$run"
   done
+  rm -rf "$W/latents"
+  # then, with the time left, the 250-step sampling of 64 images (not run on an H100 since run A)
+  [ $(( 585 - ($(date +%s) - T0) )) -gt 90 ] && piece sample250 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/sample250.json"
+elif [ "$PHASE" = ddptrain ]; then  # two GPUs: `sprintc train` under torchrun (the captured DDP step) as shipped, then with
+  # target.multi_kernel; each must end with status 0 (the CLI leaves a torchrun rank by os._exit since session G)
+  gpu_info
+  versions
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 0 ] && export XL_BATCH=256 XL_STEPS=60 XL_FT_STEPS=20
+  latents
+  printf 'extends: %s\nname: xl_ddp_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_mk.yaml"
+  for r in off:xl_ddp mk:xl_ddp_mk; do
+    name=${r%%:*} run="$W/run_ddp2_${r%%:*}"
+    piece "train_ddp2_$name" 200 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
+    grep -c "terminate called" "$W/train_ddp2_$name.log" | sed "s/^/train_ddp2_$name aborts: /" | tee -a "$W/rc.txt"
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_ddp2_${name}_metrics.jsonl"
+    rm -rf "$run"
+  done
+  rm -rf "$W/latents"
+  piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
