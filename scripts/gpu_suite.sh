@@ -22,7 +22,8 @@
 #   h100 (one H100: the anchor, the CUDA-graph step at 128 as shipped and with target.tune), h100b (the same at 64),
 #   ddpg3 (after the capture moved to targets_api.CudaGraphStep: CUDA tests, bench step, DDP graph step).
 # After session F: mktrain (one GPU: `sprintc train` on XL latents as shipped / with target.multi_kernel, then the
-#   250-step sampling), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
+#   250-step sampling), emaab (one GPU: `sprintc train` with the EMA update deferred into the next captured step vs
+#   the wheel of BASE, the bench step, the CUDA tests), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -32,7 +33,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 REPO=$PWD
 OUT=${OUT:-/tmp/gpu_suite_out}
 W=/tmp/gpu_suite_work
-rm -rf /tmp/site "$W"  # a stale install or old results from an earlier run on this machine would be read instead
+rm -rf /tmp/site /tmp/site_base "$W"  # a stale install or old results from an earlier run on this machine would be read instead
 mkdir -p "$OUT" "$W/prof"
 T0=$(date +%s)
 SPEC=$REPO/specs/sit_xl_sprint.yaml
@@ -364,6 +365,25 @@ elif [ "$PHASE" = mktrain ]; then  # after session F, one GPU: `sprintc train` o
   rm -rf "$W/latents"
   # then, with the time left, the 250-step sampling of 64 images (not run on an H100 since run A)
   [ $(( 585 - ($(date +%s) - T0) )) -gt 90 ] && piece sample250 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/sample250.json"
+elif [ "$PHASE" = emaab ]; then  # session H, one GPU: `sprintc train` on XL latents at 128 with the EMA update deferred into
+  # the next captured step (this wheel) against the update after each step (the wheel of BASE, scripts/gpu_prepare.sh),
+  # alternating on the card; then the bench's CUDA-graph step and the CUDA tests
+  gpu_info
+  versions
+  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
+  latents
+  for r in base_1 new_1 base_2 new_2; do
+    site=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site)
+    piece "train_$r" 150 0 env PYTHONPATH=$site python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_$r"
+    [ -f "$W/run_$r/metrics.jsonl" ] && cp "$W/run_$r/metrics.jsonl" "$W/train_${r}_metrics.jsonl"
+    rm -rf "$W/run_$r"
+  done
+  rm -rf "$W/latents"
+  piece bench_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/bench_b128.json"
+  piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
 elif [ "$PHASE" = ddptrain ]; then  # two GPUs: `sprintc train` under torchrun (the captured DDP step) as shipped, then with
   # target.multi_kernel; each must end with status 0 (the CLI leaves a torchrun rank by os._exit since session G)
   gpu_info

@@ -1,6 +1,7 @@
 """What only a GPU can check; skipped on the CPU. Run on the device with `python -m pytest tests/test_cuda.py`."""
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from test_train import spec
 from sprintc.model import Attention, rope_angles
@@ -12,7 +13,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_graph_training_equals_plain_steps(tmp_path, dtype):
     """The captured step (warm-up, capture, replays, a recapture for the second stage) gives the losses of
-    the plain steps: the draws are made outside the graph and the lr warm-up is read from the device."""
+    the plain steps: the draws are made outside the graph and the lr warm-up is read from the device. Its EMA
+    (each update run inside the next captured step, on a side stream) ends as the plain steps' one."""
     runs = {}
     for graphs in (False, True):
         s = spec(stages=((8, 8, True), (6, 4, False)), checkpoint_every=5)
@@ -22,6 +24,10 @@ def test_cuda_graph_training_equals_plain_steps(tmp_path, dtype):
     assert len(a) == len(b) == 14
     tol = 1e-4 if dtype == "float32" else 2e-2
     assert all(abs(x - y) <= tol * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    emas = [load_file(f"{runs[g]['checkpoint']}/ema.safetensors") for g in (False, True)]
+    assert emas[0].keys() == emas[1].keys()
+    for k in emas[0]:
+        torch.testing.assert_close(emas[1][k], emas[0][k], rtol=tol, atol=tol, msg=k)
 
 
 def test_compiled_attention_bf16_close_to_float32():
