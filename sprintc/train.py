@@ -126,56 +126,6 @@ def update_ema(ema, net, decay: float):
     torch._foreach_lerp_(e, m, 1.0 - decay)
 
 
-class DeferredEma:
-    """The EMA update of step k run inside step k+1, where a captured step can overlap it with the forward.
-
-    The update is a memory-bound pass over the float32 weights (about 3 ms per step for XL on an H100, 3% of
-    the CUDA-graph step) that would otherwise follow the optimizer step. Inside the next step it runs on a side
-    stream while the forward's matmuls run, and is joined before that step's optimizer changes the weights it
-    reads. The pending weight (1 - decay) lives in a device tensor the captured graph reads; 0 means none (a
-    lerp by 0 leaves the EMA as it is). `flush()` applies a pending update at once: before a checkpoint,
-    samples, a new stage and the end."""
-
-    def __init__(self, ema, net):
-        self.ema = [_local(p) for p in ema.parameters()]
-        self.params = [_local(p.detach()) for p in net.parameters()]
-        dev = self.params[0].device
-        self.weight = torch.zeros((), device=dev)
-        self.pending = 0.0
-        self.side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
-
-    def stage(self, decay: float):
-        """After step k (host side): its update is due in step k+1."""
-        self.pending = 1.0 - decay
-
-    def arm(self):
-        """Before a step is launched (host side): the update it must apply."""
-        self.weight.fill_(self.pending)  # a kernel with the value as argument: no host-to-device copy, no sync
-        self.pending = 0.0
-
-    def start(self):
-        """Inside the step, before the forward."""
-        if self.side is None:
-            return self._lerp()
-        self.side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.side):
-            self._lerp()
-
-    def join(self):
-        """Inside the step, before the optimizer writes the weights."""
-        if self.side is not None:
-            torch.cuda.current_stream().wait_stream(self.side)
-
-    def flush(self):
-        if self.pending:
-            torch._foreach_lerp_(self.ema, self.params, self.pending)
-            self.pending = 0.0
-
-    def _lerp(self):
-        for e, p in zip(self.ema, self.params):  # a tensor weight: one kernel each, captured once
-            e.lerp_(p, self.weight)
-
-
 def set_lr(opt, lr: float, on_device: bool = False):
     """on_device: the lr lives in a device tensor (what a captured step reads); else a float."""
     for g in opt.param_groups:
@@ -190,18 +140,13 @@ def set_lr(opt, lr: float, on_device: bool = False):
 ROUTE_KEYS = ("ids_keep", "path_drop")
 
 
-def train_step(wrapped, opt, obj, params, clip: float, autocast, b: dict, ema: DeferredEma | None = None):
-    """Forward, loss, backward, clipping and the optimizer step; no host sync (returns device tensors).
-    With `ema`, the previous step's EMA update runs beside the forward and backward."""
-    if ema is not None:
-        ema.start()
+def train_step(wrapped, opt, obj, params, clip: float, autocast, b: dict):
+    """Forward, loss, backward, clipping and the optimizer step; no host sync (returns device tensors)."""
     with autocast:
         pred = wrapped(b["x_t"], b["t_in"], *((b["y"],) if "y" in b else ()), **{k: b[k] for k in ROUTE_KEYS if k in b})
     loss = obj.loss(pred, b["x0"], b["x_t"], b["noise"], b["t"]).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if ema is not None:
-        ema.join()
     return loss.detach(), clip_and_step(opt, params, clip)
 
 
@@ -219,9 +164,8 @@ class StepRunner:
     WARMUP = 3
     WARMUP_DDP = 11  # PyTorch's CUDA-graph notes ask for 11: DDP rebuilds its buckets and samples timings early on
 
-    def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None, stream=None, ema=None):
-        self.ema = ema  # a DeferredEma, armed before each step
-        self.plain = partial(train_step, wrapped, opt, obj, list(net.parameters()), clip, autocast, ema=ema)
+    def __init__(self, wrapped, opt, obj, net, clip, autocast, graphs: bool, log=None, stream=None):
+        self.plain = partial(train_step, wrapped, opt, obj, list(net.parameters()), clip, autocast)
         self.ddp, self.log = isinstance(wrapped, DDP), log
         self.captured = (CudaGraphStep(self.plain, warmup=self.WARMUP_DDP if self.ddp else self.WARMUP, stream=stream,
                                        optimizer=opt) if graphs else None)
@@ -237,8 +181,6 @@ class StepRunner:
             self.captured.release()
 
     def __call__(self, b: dict):
-        if self.ema is not None:
-            self.ema.arm()
         if self.captured is None:
             return self.plain(b)
         try:
@@ -531,7 +473,6 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
 
     losses, saved, samples_path = [], None, None
     wrapped, cur, runner = net, -1, None
-    deferred = DeferredEma(ema, net) if graphs else None  # the EMA update overlaps the next captured step
     window = [0.0, 0, 0, time.perf_counter()]  # loss sum, steps, images, start time of the log window
     img_total, t_loop = 0, time.perf_counter()
     loss_v, stopped, stop_all = float("nan"), "done", False
@@ -562,12 +503,9 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 stage = stages[si]
                 if si != cur:  # a new stage: routing on/off, re-wrap once (never per step)
                     cur = si
-                    if deferred is not None:
-                        deferred.flush()
                     side = torch.cuda.Stream(device) if graphs else None
                     wrapped = _enter_stage(net, sprint, stage, world, device, fsdp, side)
-                    runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None, side,
-                                        ema=deferred)
+                    runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None, side)
                     log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
                 set_lr(opt, lr_at(stage, step - starts[si]), on_device=runner.graphs)
                 B, b = stage.batch, stage.batch // world
@@ -587,10 +525,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 flags = torch.stack([loss, torch.full_like(loss, float(stop.requested))])
                 if world > 1:
                     dist.all_reduce(flags)
-                if deferred is not None:
-                    deferred.stage(ema_decay(tr.ema, step))
-                else:
-                    update_ema(ema, net, ema_decay(tr.ema, step))
+                update_ema(ema, net, ema_decay(tr.ema, step))
                 step += 1
                 cursor += B
                 img_total += B
@@ -613,16 +548,12 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 if stop_all:
                     stopped = "signal"
                     break
-                if deferred is not None and (save_now or sample_now):
-                    deferred.flush()
                 if save_now:
                     saved = _save(ckpt_root, step, si, cursor, net, ema, opt, gen, sprint, spec_text, tr, rank, world,
                                   fsdp, model_ref) or saved
                 if sample_now:
                     samples_path = _samples(ema, spec, out / "samples" / f"step_{step:06d}.png", rank, fsdp, log) or samples_path
             settle(step)
-        if deferred is not None:
-            deferred.flush()
         saved = _save(ckpt_root, step, stage_at(starts, max(step - 1, 0)), cursor, net, ema, opt, gen, sprint,
                       spec_text, tr, rank, world, fsdp, model_ref) or saved
         if stopped == "done":
