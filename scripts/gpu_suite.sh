@@ -23,7 +23,8 @@
 #   ddpg3 (after the capture moved to targets_api.CudaGraphStep: CUDA tests, bench step, DDP graph step).
 # After session F: mktrain (one GPU: `sprintc train` on XL latents as shipped / with target.multi_kernel, then the
 #   250-step sampling), emaab (one GPU: `sprintc train` with the EMA update deferred into the next captured step vs
-#   the wheel of BASE, the bench step, the CUDA tests), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
+#   the wheel of BASE, the bench step, the CUDA tests), h2 (two GPUs: `sprintc train` with the batch copied without a host
+#   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -384,6 +385,36 @@ elif [ "$PHASE" = emaab ]; then  # session H, one GPU: `sprintc train` on XL lat
   rm -rf "$W/latents"
   piece bench_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/bench_b128.json"
   piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
+elif [ "$PHASE" = h2 ]; then  # session H, two GPUs: `sprintc train` at 128 on GPU 0 with the batch copied without a host sync
+  # (this wheel) against the blocking copy (the wheel of BASE), alternating; the CUDA tests on both GPUs; `sprintc train`
+  # under torchrun on 2 GPUs (must end with status 0 on NCCL), then with target.multi_kernel
+  gpu_info
+  versions
+  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
+  latents
+  for r in base_1 new_1 base_2 new_2; do
+    site=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site)
+    piece "train_$r" 130 0 env PYTHONPATH=$site python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_$r"
+    [ -f "$W/run_$r/metrics.jsonl" ] && cp "$W/run_$r/metrics.jsonl" "$W/train_${r}_metrics.jsonl"
+    rm -rf "$W/run_$r"
+  done
+  piece pytest_cuda 170 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
+  [ $TINY = 0 ] && export XL_BATCH=256
+  latents
+  printf 'extends: %s\nname: xl_ddp_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_mk.yaml"
+  for r in off:xl_ddp mk:xl_ddp_mk; do
+    name=${r%%:*} run="$W/run_ddp2_${r%%:*}"
+    left=$(( 585 - ($(date +%s) - T0) ))
+    [ $left -lt 40 ] && break
+    piece "train_ddp2_$name" $([ $left -gt 160 ] && echo 160 || echo $left) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
+    grep -c "terminate called" "$W/train_ddp2_$name.log" | sed "s/^/train_ddp2_$name aborts: /" | tee -a "$W/rc.txt"
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_ddp2_${name}_metrics.jsonl"
+    rm -rf "$run"
+  done
+  rm -rf "$W/latents"
 elif [ "$PHASE" = ddptrain ]; then  # two GPUs: `sprintc train` under torchrun (the captured DDP step) as shipped, then with
   # target.multi_kernel; each must end with status 0 (the CLI leaves a torchrun rank by os._exit since session G)
   gpu_info

@@ -34,12 +34,20 @@ class Data:
         return Data(self.x.to(device), self.y.to(device), self.source)
 
     def batch(self, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows `idx` as float32 on `device` (uint8 pixels are scaled to [-1, 1])."""
-        idx = idx.to(self.x.device)
-        x, y = self.x[idx], self.y[idx]
-        x = x.to(device, non_blocking=True)
+        """Rows `idx` as float32 on `device` (uint8 pixels are scaled to [-1, 1]), without a host sync."""
+        idx = _copy(idx, self.x.device)
+        x, y = _copy(self.x[idx], device), _copy(self.y[idx], device)
         x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x.float()
-        return x, y.to(device, non_blocking=True)
+        return x, y
+
+
+def _copy(t: torch.Tensor, device) -> torch.Tensor:
+    """To `device` without waiting: a blocking copy to a GPU first waits for all the work queued there, which
+    each step would stall the host that should be preparing the next one. Host tensors go through pinned memory
+    (a non-blocking copy from pageable memory may still wait)."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 class Stream:

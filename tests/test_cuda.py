@@ -66,3 +66,21 @@ def test_ddp_cuda_graph_training_equals_plain_steps(tmp_path, target):
     a, b = runs[False], runs[True]
     assert len(a) == len(b) == 30
     assert all(abs(x - y) <= 1e-4 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+
+
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+def test_a_training_batch_reaches_the_gpu_without_a_host_sync(where):
+    """The sample indices come from the host each step: a blocking copy would make the host wait for the steps
+    queued on the GPU, and the GPU then wait for the host to prepare the next one."""
+    from sprintc.data import Data
+
+    data = Data(torch.randn(64, 1, 8, 8), torch.arange(64) % 10, "test").to(where)
+    idx = torch.randperm(64)[:16]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x, y = data.batch(idx, "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert x.is_cuda and y.is_cuda
+    assert torch.equal(x.cpu(), data.x[idx.to(where)].float().cpu()) and torch.equal(y.cpu(), (idx % 10))
