@@ -24,7 +24,8 @@
 # After session F: mktrain (one GPU: `sprintc train` on XL latents as shipped / with target.multi_kernel, then the
 #   250-step sampling), emaab (one GPU: `sprintc train` with the EMA update deferred into the next captured step vs
 #   the wheel of BASE, the bench step, the CUDA tests), h2 (two GPUs: `sprintc train` with the batch copied without a host
-#   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
+#   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), h3 (a
+#   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -415,6 +416,24 @@ elif [ "$PHASE" = h2 ]; then  # session H, two GPUs: `sprintc train` at 128 on G
     rm -rf "$run"
   done
   rm -rf "$W/latents"
+elif [ "$PHASE" = h3 ]; then  # session H, two GPUs: a torch.profiler view of `sprintc train`'s routed steps at 128 (GPU 0),
+  # then `sprintc train` under torchrun on 2 GPUs with target.multi_kernel
+  gpu_info
+  [ $TINY = 1 ] && export XL_STEPS=45 XL_FT_STEPS=1 XL_BATCH=4
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
+  latents
+  piece trainprof 150 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/xl_ddp.yaml" "$W/run_prof" "$W/trainprof.txt"
+  [ -f "$W/run_prof/metrics.jsonl" ] && cp "$W/run_prof/metrics.jsonl" "$W/trainprof_metrics.jsonl"
+  rm -rf "$W/run_prof"
+  [ $TINY = 0 ] && export XL_BATCH=256
+  [ $TINY = 1 ] && export XL_STEPS=2
+  latents
+  printf 'extends: %s\nname: xl_ddp_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_mk.yaml"
+  piece train_ddp2_mk $(( 400 - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp_mk.yaml" --out "$W/run_ddp2_mk"
+  grep -c "terminate called" "$W/train_ddp2_mk.log" | sed "s/^/train_ddp2_mk aborts: /" | tee -a "$W/rc.txt"
+  [ -f "$W/run_ddp2_mk/metrics.jsonl" ] && cp "$W/run_ddp2_mk/metrics.jsonl" "$W/train_ddp2_mk_metrics.jsonl"
+  rm -rf "$W/run_ddp2_mk" "$W/latents"
 elif [ "$PHASE" = ddptrain ]; then  # two GPUs: `sprintc train` under torchrun (the captured DDP step) as shipped, then with
   # target.multi_kernel; each must end with status 0 (the CLI leaves a torchrun rank by os._exit since session G)
   gpu_info
