@@ -426,6 +426,7 @@ elif [ "$PHASE" = h3 ]; then  # session H, two GPUs: a torch.profiler view of `s
   piece trainprof 150 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/xl_ddp.yaml" "$W/run_prof" "$W/trainprof.txt"
   [ -f "$W/run_prof/metrics.jsonl" ] && cp "$W/run_prof/metrics.jsonl" "$W/trainprof_metrics.jsonl"
   rm -rf "$W/run_prof"
+  [ "${PROFILE_ONLY:-0}" = 1 ] && { rm -rf "$W/latents"; pack; cat "$W/trainprof.txt"; exit 0; }
   [ $TINY = 0 ] && export XL_BATCH=256
   [ $TINY = 1 ] && export XL_STEPS=2
   latents

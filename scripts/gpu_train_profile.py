@@ -12,7 +12,7 @@ import sprintc.train as T
 
 spec_path, out_dir, table_path = sys.argv[1:4]
 ACTIVE = 5
-prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule(wait=35, warmup=3, active=ACTIVE))
+prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], schedule=schedule(wait=35, warmup=3, active=ACTIVE, repeat=1))
 marks = []
 logged = T.Logger.step
 
