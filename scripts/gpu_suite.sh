@@ -105,6 +105,21 @@ train:
 YML
   done
 }
+ab_train() {  # ab_train TIMEOUT: `sprintc train` on XL latents at 128 on GPU 0, this wheel (new) against the wheel of
+  # BASE (base, `BASE=REV scripts/gpu_prepare.sh`), alternating base, new, base, new on the card
+  ls "$REPO"/.gpu/base/sprintc-*.whl >/dev/null 2>&1 || { echo "no .gpu/base wheel: run BASE=REV scripts/gpu_prepare.sh"; exit 1; }
+  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
+  latents
+  for r in base_1 new_1 base_2 new_2; do
+    local site=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site)
+    piece "train_$r" "$1" 0 env PYTHONPATH=$site python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_$r"
+    [ -f "$W/run_$r/metrics.jsonl" ] && cp "$W/run_$r/metrics.jsonl" "$W/train_${r}_metrics.jsonl"
+    rm -rf "$W/run_$r"
+  done
+}
 if [ "$PHASE" = a ]; then  # the A/B of the fused QK-norm + RoPE attention (GPU 0) against the shipped one (GPU 1), CUDA tests
   # (as run on 2026-11-25, except that the shipped attention then came from a patch script and the rows at
   # batch 64 / 32 ran with the fused variant)
@@ -372,17 +387,7 @@ elif [ "$PHASE" = emaab ]; then  # session H, one GPU: `sprintc train` on XL lat
   # alternating on the card; then the bench's CUDA-graph step and the CUDA tests
   gpu_info
   versions
-  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
-  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
-  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
-  latents
-  for r in base_1 new_1 base_2 new_2; do
-    site=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site)
-    piece "train_$r" 150 0 env PYTHONPATH=$site python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_$r"
-    [ -f "$W/run_$r/metrics.jsonl" ] && cp "$W/run_$r/metrics.jsonl" "$W/train_${r}_metrics.jsonl"
-    rm -rf "$W/run_$r"
-  done
+  ab_train 150
   rm -rf "$W/latents"
   piece bench_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/bench_b128.json"
   piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
@@ -391,17 +396,7 @@ elif [ "$PHASE" = h2 ]; then  # session H, two GPUs: `sprintc train` at 128 on G
   # under torchrun on 2 GPUs (must end with status 0 on NCCL), then with target.multi_kernel
   gpu_info
   versions
-  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
-  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
-  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
-  latents
-  for r in base_1 new_1 base_2 new_2; do
-    site=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site)
-    piece "train_$r" 130 0 env PYTHONPATH=$site python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_$r"
-    [ -f "$W/run_$r/metrics.jsonl" ] && cp "$W/run_$r/metrics.jsonl" "$W/train_${r}_metrics.jsonl"
-    rm -rf "$W/run_$r"
-  done
+  ab_train 130
   piece pytest_cuda 170 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
   [ $TINY = 0 ] && export XL_BATCH=256
   latents
