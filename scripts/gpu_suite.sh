@@ -25,7 +25,7 @@
 #   250-step sampling), emaab (one GPU: `sprintc train` with the EMA update deferred into the next captured step vs
 #   the wheel of BASE, the bench step, the CUDA tests), h2 (two GPUs: `sprintc train` with the batch copied without a host
 #   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), h3 (a
-#   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel), ddptrain (two GPUs: `sprintc train` under torchrun as shipped / with target.multi_kernel, the CUDA tests).
+#   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -105,14 +105,17 @@ train:
 YML
   done
 }
+train_setup() {  # train_setup BATCH: latents and the short spec for `sprintc $TRAIN` (60 routed, 20 full-token steps)
+  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+  [ $TINY = 0 ] && export XL_BATCH=$1 XL_STEPS=60 XL_FT_STEPS=20
+  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
+  latents
+}
 ab_train() {  # ab_train TIMEOUT: `sprintc train` on XL latents at 128 on GPU 0, this wheel (new) against the wheel of
   # BASE (base, `BASE=REV scripts/gpu_prepare.sh`), alternating base, new, base, new on the card
   ls "$REPO"/.gpu/base/sprintc-*.whl >/dev/null 2>&1 || { echo "no .gpu/base wheel: run BASE=REV scripts/gpu_prepare.sh"; exit 1; }
   rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
-  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
-  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
-  latents
+  train_setup 128
   for r in base_1 new_1 base_2 new_2; do
     local site=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site)
     piece "train_$r" "$1" 0 env PYTHONPATH=$site python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_$r"
@@ -368,10 +371,7 @@ elif [ "$PHASE" = mktrain ]; then  # after session F, one GPU: `sprintc train` o
   # shipped, then with target.multi_kernel, then as shipped again (the bench measured multi_kernel; training did not)
   gpu_info
   versions
-  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
-  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
-  latents
+  train_setup 128
   printf 'extends: %s\nname: xl_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_mk.yaml"
   for r in off_1:xl_ddp mk:xl_mk off_2:xl_ddp; do
     name=${r%%:*} run="$W/run_${r%%:*}"
@@ -430,24 +430,6 @@ elif [ "$PHASE" = h3 ]; then  # session H, two GPUs: a torch.profiler view of `s
   grep -c "terminate called" "$W/train_ddp2_mk.log" | sed "s/^/train_ddp2_mk aborts: /" | tee -a "$W/rc.txt"
   [ -f "$W/run_ddp2_mk/metrics.jsonl" ] && cp "$W/run_ddp2_mk/metrics.jsonl" "$W/train_ddp2_mk_metrics.jsonl"
   rm -rf "$W/run_ddp2_mk" "$W/latents"
-elif [ "$PHASE" = ddptrain ]; then  # two GPUs: `sprintc train` under torchrun (the captured DDP step) as shipped, then with
-  # target.multi_kernel; each must end with status 0 (the CLI leaves a torchrun rank by os._exit since session G)
-  gpu_info
-  versions
-  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
-  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  [ $TINY = 0 ] && export XL_BATCH=256 XL_STEPS=60 XL_FT_STEPS=20
-  latents
-  printf 'extends: %s\nname: xl_ddp_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_mk.yaml"
-  for r in off:xl_ddp mk:xl_ddp_mk; do
-    name=${r%%:*} run="$W/run_ddp2_${r%%:*}"
-    piece "train_ddp2_$name" 200 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
-    grep -c "terminate called" "$W/train_ddp2_$name.log" | sed "s/^/train_ddp2_$name aborts: /" | tee -a "$W/rc.txt"
-    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_ddp2_${name}_metrics.jsonl"
-    rm -rf "$run"
-  done
-  rm -rf "$W/latents"
-  piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
