@@ -25,7 +25,8 @@
 #   250-step sampling), emaab (one GPU: `sprintc train` with the EMA update deferred into the next captured step vs
 #   the wheel of BASE, the bench step, the CUDA tests), h2 (two GPUs: `sprintc train` with the batch copied without a host
 #   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), h3 (a
-#   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel).
+#   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel); emaevery (one
+#   GPU: `sprintc train` with train.ema.every 1 against 10; prepared in session H, not yet run).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -110,6 +111,15 @@ train_setup() {  # train_setup BATCH: latents and the short spec for `sprintc $T
   [ $TINY = 0 ] && export XL_BATCH=$1 XL_STEPS=60 XL_FT_STEPS=20
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
   latents
+}
+train_each() {  # train_each TIMEOUT NAME:SPEC...: `sprintc $TRAIN $W/SPEC.yaml` on GPU 0 in turn, each run's metrics kept
+  local t=$1 r name run; shift
+  for r in "$@"; do
+    name=${r%%:*} run="$W/run_${r%%:*}"
+    piece "train_$name" "$t" 0 python3 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_${name}_metrics.jsonl"
+    rm -rf "$run"
+  done
 }
 ab_train() {  # ab_train TIMEOUT: `sprintc train` on XL latents at 128 on GPU 0, this wheel (new) against the wheel of
   # BASE (base, `BASE=REV scripts/gpu_prepare.sh`), alternating base, new, base, new on the card
@@ -373,12 +383,7 @@ elif [ "$PHASE" = mktrain ]; then  # after session F, one GPU: `sprintc train` o
   versions
   train_setup 128
   printf 'extends: %s\nname: xl_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_mk.yaml"
-  for r in off_1:xl_ddp mk:xl_mk off_2:xl_ddp; do
-    name=${r%%:*} run="$W/run_${r%%:*}"
-    piece "train_$name" 150 0 python3 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
-    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_${name}_metrics.jsonl"
-    rm -rf "$run"
-  done
+  train_each 150 off_1:xl_ddp mk:xl_mk off_2:xl_ddp
   rm -rf "$W/latents"
   # then, with the time left, the 250-step sampling of 64 images (not run on an H100 since run A)
   [ $(( 585 - ($(date +%s) - T0) )) -gt 90 ] && piece sample250 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/sample250.json"
@@ -430,6 +435,14 @@ elif [ "$PHASE" = h3 ]; then  # session H, two GPUs: a torch.profiler view of `s
   grep -c "terminate called" "$W/train_ddp2_mk.log" | sed "s/^/train_ddp2_mk aborts: /" | tee -a "$W/rc.txt"
   [ -f "$W/run_ddp2_mk/metrics.jsonl" ] && cp "$W/run_ddp2_mk/metrics.jsonl" "$W/train_ddp2_mk_metrics.jsonl"
   rm -rf "$W/run_ddp2_mk" "$W/latents"
+elif [ "$PHASE" = emaevery ]; then  # after session H, one GPU: `sprintc train` on XL latents at 128 with the EMA updated every
+  # step (as shipped) and every 10 steps (train.ema.every: 10), alternating on the card (not yet run)
+  gpu_info
+  versions
+  train_setup 128
+  printf 'extends: %s\nname: xl_ema10\ntrain: {ema: {every: 10}}\n' "$W/xl_ddp.yaml" > "$W/xl_ema10.yaml"
+  train_each 130 every1_1:xl_ddp every10_1:xl_ema10 every1_2:xl_ddp every10_2:xl_ema10
+  rm -rf "$W/latents"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

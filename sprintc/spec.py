@@ -145,6 +145,8 @@ class StageSpec(Strict):
 class EMASpec(Strict):
     decay: float = Field(0.9999, ge=0, lt=1)
     warmup: int = Field(0, ge=0, description="steps over which the decay ramps up from 0")
+    every: int = Field(1, ge=1, description="update the EMA every N steps, with the decays of those N steps multiplied "
+                                           "(one pass over the weights instead of N; also at the schedule's last step)")
 
 
 class TrainSpec(Strict):

@@ -115,6 +115,19 @@ def ema_decay(ema_spec, step: int) -> float:
     return ema_spec.decay
 
 
+def ema_due(ema_spec, done: int, end: int) -> float | None:
+    """After `done` optimizer steps: the decay of the EMA update due now, or None. With `every` N the update comes
+    every N steps (and at `end`, the schedule's last step) with the product of the decays of the steps since the
+    last one, so that a stopped and resumed run updates at the same steps as an uninterrupted one."""
+    n = ema_spec.every
+    if done % n and done != end:
+        return None
+    last = (done - 1) // n * n  # the step of the last update: a multiple of N, or the end if a run goes past it
+    if last < end < done:
+        last = end
+    return math.prod(ema_decay(ema_spec, s) for s in range(last, done))
+
+
 def _local(t):
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -383,6 +396,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     if device.type == "cuda" and spec.target.dtype == "float16":
         raise SprintcError("target.dtype: float16 training needs loss scaling, which sprintc train does not do; use bfloat16 or float32")
     starts, total = stage_bounds(stages, max_steps)
+    schedule_end = stage_bounds(stages)[1]  # not --steps: a run cut short and resumed updates its EMA as one run
     ckpt_root = out / "checkpoints"
     existing = ckpt.list_checkpoints(ckpt_root)
     if not resume and (existing or (out / "metrics.jsonl").exists()):
@@ -525,7 +539,9 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 flags = torch.stack([loss, torch.full_like(loss, float(stop.requested))])
                 if world > 1:
                     dist.all_reduce(flags)
-                update_ema(ema, net, ema_decay(tr.ema, step))
+                decay = ema_due(tr.ema, step + 1, schedule_end)
+                if decay is not None:
+                    update_ema(ema, net, decay)
                 step += 1
                 cursor += B
                 img_total += B

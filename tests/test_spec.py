@@ -36,6 +36,7 @@ CASES = {
                               "(a cos/sin pair per axis and frequency); width 72 / 8 heads = 9",
     "partition_too_deep.yaml": f"{BAD}/partition_too_deep.yaml:5:5 passes[0].encoder: encoder 2 + decoder 2 blocks leave "
                                "no middle block in a model of depth 4; encoder + decoder must be at most 3",
+    "ema_every_zero.yaml": f"{BAD}/ema_every_zero.yaml:6:5 train.ema.every: found 0: Input should be greater than or equal to 1",
     "yaml_syntax.yaml": f"{BAD}/yaml_syntax.yaml:5:1: YAML syntax error: expected ',' or ']', but got '<stream end>' "
                         "(while parsing a flow sequence at 3:10)",
     "empty.yaml": f"{BAD}/empty.yaml:1:1: the spec is empty; expected a mapping with keys such as name:, model:, passes:",

@@ -20,7 +20,7 @@ from sprintc.errors import CheckpointError, SprintcError
 from sprintc.objectives import Objective, ddpm_betas
 from sprintc.pipeline import routed_forward
 from sprintc.spec import load_spec
-from sprintc.train import DivergedError, ema_decay, forward_flops, lr_at, train
+from sprintc.train import DivergedError, ema_decay, ema_due, forward_flops, lr_at, train
 
 
 def spec(stages=((3, 8, True), (2, 4, False)), **train_over):
@@ -103,6 +103,19 @@ def test_schedules():
     assert [lr_at(st2, i) for i in range(5)] == pytest.approx([1.25e-4, 2.5e-4, 3.75e-4, 5e-4, 5e-4])
     e = load_spec(spec()).train.ema  # decay 0.9, warmup 2
     assert [ema_decay(e, s) for s in range(4)] == pytest.approx([0.0, 0.45, 0.9, 0.9])
+    assert [ema_due(e, s + 1, 100) for s in range(4)] == [ema_decay(e, s) for s in range(4)]  # every step
+
+
+@pytest.mark.parametrize("every, end, steps", [(3, 8, 8), (3, 8, 13), (4, 8, 8), (5, 5, 12), (1, 6, 6)])
+def test_an_ema_updated_every_n_steps_takes_each_step_s_decay_once(every, end, steps):
+    """With ema.every N the updates come at multiples of N and at the schedule's end; together they take the
+    decay of every step once (a double-counted or missing step changes the product), and none comes between."""
+    e = load_spec(spec(ema={"decay": 0.9, "warmup": 50, "every": every})).train.ema  # a distinct decay each step
+    due = {d: ema_due(e, d, end) for d in range(1, steps + 1)}
+    at = [d for d, v in due.items() if v is not None]
+    assert at == sorted({d for d in range(1, steps + 1) if d % every == 0 or d == end})
+    assert due[at[0]] == 0.0  # the first update holds step 0, whose decay is 0 (the EMA starts as the weights)
+    assert math.prod(due[d] for d in at[1:]) == pytest.approx(math.prod(ema_decay(e, s) for s in range(at[0], at[-1])))
 
 
 def test_forward_flops_of_a_stage():
@@ -114,6 +127,19 @@ def test_forward_flops_of_a_stage():
 
 
 # ------------------------------------------------------------------------------------ training
+def test_an_ema_updated_every_n_steps_resumes_exactly_and_differs_from_every_step(tmp_path):
+    s = spec(stages=((4, 8, True), (3, 4, False)), ema={"decay": 0.9, "warmup": 0, "every": 3})
+    full = train(s, tmp_path / "a", **quiet())
+    train(s, tmp_path / "b", **quiet(max_steps=4))  # stops between the updates at steps 3 and 6
+    train(s, tmp_path / "b", **quiet(resume=True))
+    every_step = train(spec(stages=((4, 8, True), (3, 4, False)), ema={"decay": 0.9, "warmup": 0}), tmp_path / "c", **quiet())
+    a, b, c = (ckpt.load(tmp_path / r) for r in "abc")
+    assert full["losses"] == every_step["losses"]  # the EMA does not feed back into training
+    assert all(torch.equal(a.ema[k], b.ema[k]) for k in a.ema)
+    assert any(not torch.equal(a.ema[k], c.ema[k]) for k in a.ema)
+    assert all(torch.equal(a.model[k], c.model[k]) for k in a.model)
+
+
 def test_resume_continues_exactly_across_a_stage_switch(tmp_path):
     s = spec()
     full = train(s, tmp_path / "a", **quiet())
