@@ -137,6 +137,16 @@ def test_presets_load_and_round_trip(tmp_path):
     assert (ref.model.pos, ref.model.qk_norm, ref.passes[1].drop, ref.passes[0].encoder) == ("rope", "rms", 0.75, 2)
 
 
+def test_the_like_for_like_bench_spec_is_the_anchor_s_model():
+    """bench/xl_like_anchor.yaml: the anchor's DiT (../shared/bench/anchor_dit.py) as a spec, to compare like with like."""
+    s = load_spec("bench/xl_like_anchor.yaml")
+    m, route = s.model, s.passes[1]
+    assert (m.width, m.depth, m.heads, m.patch, m.pos, m.qk_norm, m.mlp) == (1152, 28, 16, 2, "sincos", "none", "gelu_tanh")
+    assert [p.name for p in s.passes] == ["partition", "route", "fuse", "pdg"]  # no path drop
+    assert (s.passes[0].encoder, s.passes[0].decoder, route.sampler, route.drop) == (2, 2, "random", 0.75)
+    assert s.train.grad_clip == 0
+
+
 def test_extends_merge_rules(tmp_path):
     (tmp_path / "base.yaml").write_text(
         "name: base\nmodel: {input: {size: 8, channels: 3}, width: 64, heads: 4, depth: 6}\n"
