@@ -27,7 +27,7 @@
 #   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), h3 (a
 #   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel); emaevery (one
 #   GPU: `sprintc train` with train.ema.every 1 against 10), like (one GPU: the anchor, then sprintc on the anchor's model,
-#   bench/xl_like_anchor.yaml, and on sit_xl_sprint); emaevery and like were prepared in session H and not yet run.
+#   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); emaevery and like were prepared in session H and not yet run.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -445,11 +445,11 @@ elif [ "$PHASE" = emaevery ]; then  # after session H, one GPU: `sprintc train` 
   train_each 130 every1_1:xl_ddp every10_1:xl_ema10 every1_2:xl_ddp every10_2:xl_ema10
   rm -rf "$W/latents"
 elif [ "$PHASE" = like ]; then  # after session H, one GPU: the anchor at 128, then sprintc on the anchor's own model
-  # (bench/xl_like_anchor.yaml: no q/k norm, no RoPE, random drop, no clipping) and on sit_xl_sprint (not yet run)
+  # (scripts/xl_like_anchor.yaml: no q/k norm, no RoPE, random drop, no clipping) and on sit_xl_sprint (not yet run)
   gpu_info
   versions
   [ $TINY = 0 ] && piece anchor_b128 220 0 $(anchor 128)
-  piece like_b128 140 0 python3 -m sprintc bench "$REPO/bench/xl_like_anchor.yaml" $DEV --batch 128 --modes $TMODES --parts train,sample --json "$W/like_b128.json"
+  piece like_b128 140 0 python3 -m sprintc bench "$REPO/scripts/xl_like_anchor.yaml" $DEV --batch 128 --modes $TMODES --parts train,sample --json "$W/like_b128.json"
   piece sit_b128 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/sit_b128.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead

@@ -59,7 +59,8 @@ def add_bench_arguments(p):
     p.add_argument("--multi-kernel", action=argparse.BooleanOptionalAction, default=None,
                    help="set / clear target.multi_kernel (Inductor's multi-kernel reductions, compiled without its cache)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
-                   help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, compiled)")
+                   help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, "
+                        "compiled); rows say off when the spec's train.grad_clip is 0")
     p.add_argument("--images", type=int, default=64, help="images of the sample250 parts")
     p.add_argument("--sample-steps", type=int, default=250, help="steps of the sample250 parts")
     p.add_argument("--profile", metavar="DIR", help="write torch.profiler summaries of the compiled steps to DIR")
@@ -406,6 +407,8 @@ class Bench:
         fwd = {g: graph_flops(self.built, B, routed=(g == "routed")) for g in graphs}
         max_norm = self.spec.train.grad_clip
         clips = ["fused", "standard"] if self.clip == "both" else [self.clip]
+        if max_norm <= 0:  # train.grad_clip 0: no clipping to fold or not
+            clips = ["off"]
         compiled = None
         for mode in modes:
             self._reset_mem()
@@ -417,7 +420,7 @@ class Bench:
             model.train()
             for g in graphs:
                 _set_routing(model, g == "routed")
-                for clip in (clips if mode == "compiled" else ["fused"]):
+                for clip in (clips if mode == "compiled" else clips[:1]):
                     self._reset_mem()
                     row = dict(batch=B, graph=g, mode=mode, clip=clip)
                     try:
@@ -428,7 +431,7 @@ class Bench:
                             # the model draws its own kept tokens: its generator is the graph's too
                             gen = getattr(getattr(model, "sprint", None), "generator", None)
                             step = CudaGraphStep(lambda b: _train_step(model, opt, (b["x"], b["t"], b.get("y"), b["target"]),
-                                                                       max_norm, "fused").detach(),
+                                                                       max_norm, clips[0]).detach(),
                                                  generators=[gen] if gen is not None and gen.device.type == "cuda" else [],
                                                  optimizer=opt)
                             batch = {k: v for k, v in zip(("x", "t", "y", "target"), data) if v is not None}

@@ -35,6 +35,16 @@ def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
     assert "training step" in out and "compile settings: mode default" in out
 
 
+def test_a_spec_without_clipping_benches_rows_labelled_off(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "scripts/xl_like_anchor.yaml", "--device", "cpu", "--size", "tiny", "--modes", "eager", "--steps", "1",
+                 "--warmup", "0", "--batch", "2", "--parts", "train", "--clip", "both", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["meta"]["grad_clip"] == 0
+    assert [(r["graph"], r["clip"]) for r in d["train"]] == [("routed", "off"), ("dense", "off")]
+    assert all("error" not in r and r["ms"] > 0 for r in d["train"])
+
+
 def test_graph_flops_count_the_routed_and_guidance_graphs():
     built = compile_spec(tiny_version(load_spec("sit_xl_sprint")))
     dense, routed = graph_flops(built, 2, routed=False), graph_flops(built, 2, routed=True)

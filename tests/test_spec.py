@@ -138,8 +138,8 @@ def test_presets_load_and_round_trip(tmp_path):
 
 
 def test_the_like_for_like_bench_spec_is_the_anchor_s_model():
-    """bench/xl_like_anchor.yaml: the anchor's DiT (../shared/bench/anchor_dit.py) as a spec, to compare like with like."""
-    s = load_spec("bench/xl_like_anchor.yaml")
+    """scripts/xl_like_anchor.yaml: the anchor's DiT (../shared/bench/anchor_dit.py) as a spec, to compare like with like."""
+    s = load_spec("scripts/xl_like_anchor.yaml")
     m, route = s.model, s.passes[1]
     assert (m.width, m.depth, m.heads, m.patch, m.pos, m.qk_norm, m.mlp) == (1152, 28, 16, 2, "sincos", "none", "gelu_tanh")
     assert [p.name for p in s.passes] == ["partition", "route", "fuse", "pdg"]  # no path drop
