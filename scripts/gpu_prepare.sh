@@ -3,7 +3,7 @@
 # with what the device lacks: the anchor (a copy of ../shared/bench/anchor_dit.py), pydantic's wheels for
 # Python 3.12, and a wheel of this checkout (sprintc with its sprintc.passes / sprintc.targets mapping).
 # Then call the device tool with carry [".gpu"]. BASE=<commit> also puts a wheel of that commit in .gpu/base/
-# (for an A/B of two versions in one device call, gpu_suite.sh emaab).
+# (for an A/B of two versions in one device call: ab_train in gpu_suite.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude

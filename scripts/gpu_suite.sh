@@ -107,8 +107,8 @@ train:
 YML
   done
 }
-train_setup() {  # train_setup BATCH: latents and the short spec for `sprintc $TRAIN` (60 routed, 20 full-token steps)
-  [ $TINY = 1 ] && export XL_STEPS=2 XL_FT_STEPS=1 XL_BATCH=4
+train_setup() {  # train_setup BATCH [TINY_STEPS]: latents and the short spec for `sprintc $TRAIN` (60 routed, 20 full-token steps)
+  [ $TINY = 1 ] && export XL_STEPS=${2:-2} XL_FT_STEPS=1 XL_BATCH=4
   [ $TINY = 0 ] && export XL_BATCH=$1 XL_STEPS=60 XL_FT_STEPS=20
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
   latents
@@ -128,11 +128,19 @@ ab_train() {  # ab_train TIMEOUT: `sprintc train` on XL latents at 128 on GPU 0,
   rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
   train_setup 128
   for r in base_1 new_1 base_2 new_2; do
-    local site=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site)
-    piece "train_$r" "$1" 0 env PYTHONPATH=$site python3 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_$r"
-    [ -f "$W/run_$r/metrics.jsonl" ] && cp "$W/run_$r/metrics.jsonl" "$W/train_${r}_metrics.jsonl"
-    rm -rf "$W/run_$r"
+    PYTHONPATH=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) train_each "$1" "$r:xl_ddp"
   done
+}
+variant() {  # variant NAME 'YAML': $W/NAME.yaml, the short spec xl_ddp.yaml with YAML on top
+  printf 'extends: %s\nname: %s\n%s\n' "$W/xl_ddp.yaml" "$1" "$2" > "$W/$1.yaml"
+}
+train_ddp2() {  # train_ddp2 TIMEOUT NAME:SPEC: `sprintc $TRAIN $W/SPEC.yaml` under torchrun on GPUs 0 and 1; a rank's abort
+  # at exit ("terminate called") is counted in rc.txt
+  local name=${2%%:*} run="$W/run_ddp2_${2%%:*}"
+  piece "train_ddp2_$name" "$1" 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/${2#*:}.yaml" --out "$run"
+  grep -c "terminate called" "$W/train_ddp2_$name.log" | sed "s/^/train_ddp2_$name aborts: /" | tee -a "$W/rc.txt"
+  [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_ddp2_${name}_metrics.jsonl"
+  rm -rf "$run"
 }
 if [ "$PHASE" = a ]; then  # the A/B of the fused QK-norm + RoPE attention (GPU 0) against the shipped one (GPU 1), CUDA tests
   # (as run on 2026-11-25, except that the shipped attention then came from a patch script and the rows at
@@ -294,7 +302,7 @@ elif [ "$PHASE" = ddpg2 ]; then  # run E: `sprintc train` on XL latents, 2 GPUs 
   TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
   [ $TINY = 0 ] && XL_BATCH=256 XL_STEPS=60 XL_FT_STEPS=20
   latents
-  printf 'extends: %s\nname: xl_ddp_nograph\ntarget: {cuda_graphs: false}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_nograph.yaml"
+  variant xl_ddp_nograph 'target: {cuda_graphs: false}'
   piece train_ddp2 200 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp.yaml" --out "$W/run_ddp2"
   piece train_ddp2_nograph 150 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp_nograph.yaml" --out "$W/run_ddp2_nograph"
   [ $TINY = 0 ] && XL_BATCH=128 latents
@@ -383,7 +391,7 @@ elif [ "$PHASE" = mktrain ]; then  # after session F, one GPU: `sprintc train` o
   gpu_info
   versions
   train_setup 128
-  printf 'extends: %s\nname: xl_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_mk.yaml"
+  variant xl_mk 'target: {multi_kernel: true}'
   train_each 150 off_1:xl_ddp mk:xl_mk off_2:xl_ddp
   rm -rf "$W/latents"
   # then, with the time left, the 250-step sampling of 64 images (not run on an H100 since run A)
@@ -406,24 +414,17 @@ elif [ "$PHASE" = h2 ]; then  # session H, two GPUs: `sprintc train` at 128 on G
   piece pytest_cuda 170 0,1 python3 -m pytest -p no:cacheprovider -rs "$REPO/tests/test_cuda.py"
   [ $TINY = 0 ] && export XL_BATCH=256
   latents
-  printf 'extends: %s\nname: xl_ddp_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_mk.yaml"
+  variant xl_ddp_mk 'target: {multi_kernel: true}'
   for r in off:xl_ddp mk:xl_ddp_mk; do
-    name=${r%%:*} run="$W/run_ddp2_${r%%:*}"
     left=$(( 585 - ($(date +%s) - T0) ))
     [ $left -lt 40 ] && break
-    piece "train_ddp2_$name" $([ $left -gt 160 ] && echo 160 || echo $left) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/${r#*:}.yaml" --out "$run"
-    grep -c "terminate called" "$W/train_ddp2_$name.log" | sed "s/^/train_ddp2_$name aborts: /" | tee -a "$W/rc.txt"
-    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$W/train_ddp2_${name}_metrics.jsonl"
-    rm -rf "$run"
+    train_ddp2 $([ $left -gt 160 ] && echo 160 || echo $left) "$r"
   done
   rm -rf "$W/latents"
 elif [ "$PHASE" = h3 ]; then  # session H, two GPUs: a torch.profiler view of `sprintc train`'s routed steps at 128 (GPU 0),
   # then `sprintc train` under torchrun on 2 GPUs with target.multi_kernel
   gpu_info
-  [ $TINY = 1 ] && export XL_STEPS=45 XL_FT_STEPS=1 XL_BATCH=4
-  TRAIN="train --no-progress $([ $TINY = 1 ] && echo --device cpu)"
-  [ $TINY = 0 ] && export XL_BATCH=128 XL_STEPS=60 XL_FT_STEPS=20
-  latents
+  train_setup 128 45  # the profile's schedule waits 35 steps, warms up 3 and records 5
   piece trainprof 150 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/xl_ddp.yaml" "$W/run_prof" "$W/trainprof.txt"
   [ -f "$W/run_prof/metrics.jsonl" ] && cp "$W/run_prof/metrics.jsonl" "$W/trainprof_metrics.jsonl"
   rm -rf "$W/run_prof"
@@ -431,17 +432,15 @@ elif [ "$PHASE" = h3 ]; then  # session H, two GPUs: a torch.profiler view of `s
   [ $TINY = 0 ] && export XL_BATCH=256
   [ $TINY = 1 ] && export XL_STEPS=2
   latents
-  printf 'extends: %s\nname: xl_ddp_mk\ntarget: {multi_kernel: true}\n' "$W/xl_ddp.yaml" > "$W/xl_ddp_mk.yaml"
-  piece train_ddp2_mk $(( 400 - ($(date +%s) - T0) )) 0,1 torchrun --nproc_per_node 2 -m sprintc $TRAIN "$W/xl_ddp_mk.yaml" --out "$W/run_ddp2_mk"
-  grep -c "terminate called" "$W/train_ddp2_mk.log" | sed "s/^/train_ddp2_mk aborts: /" | tee -a "$W/rc.txt"
-  [ -f "$W/run_ddp2_mk/metrics.jsonl" ] && cp "$W/run_ddp2_mk/metrics.jsonl" "$W/train_ddp2_mk_metrics.jsonl"
-  rm -rf "$W/run_ddp2_mk" "$W/latents"
+  variant xl_ddp_mk 'target: {multi_kernel: true}'
+  train_ddp2 $(( 400 - ($(date +%s) - T0) )) mk:xl_ddp_mk
+  rm -rf "$W/latents"
 elif [ "$PHASE" = emaevery ]; then  # after session H, one GPU: `sprintc train` on XL latents at 128 with the EMA updated every
   # step (as shipped) and every 10 steps (train.ema.every: 10), alternating on the card (not yet run)
   gpu_info
   versions
   train_setup 128
-  printf 'extends: %s\nname: xl_ema10\ntrain: {ema: {every: 10}}\n' "$W/xl_ddp.yaml" > "$W/xl_ema10.yaml"
+  variant xl_ema10 'train: {ema: {every: 10}}'
   train_each 130 every1_1:xl_ddp every10_1:xl_ema10 every1_2:xl_ddp every10_2:xl_ema10
   rm -rf "$W/latents"
 elif [ "$PHASE" = like ]; then  # after session H, one GPU: the anchor at 128, then sprintc on the anchor's own model

@@ -1,6 +1,6 @@
 """Where `sprintc train`'s step time goes beyond the captured step: torch.profiler over 5 routed steps after
 the capture (steps 38-42 of the first stage), kernels grouped by name, and the GPU's busy time per step
-against the step's wall time. Run on the device (scripts/gpu_suite.sh trainprof):
+against the step's wall time. Run on the device (the piece trainprof of scripts/gpu_suite.sh h3):
     python3 scripts/gpu_train_profile.py SPEC OUT_DIR TABLE.txt"""
 import sys
 import time
