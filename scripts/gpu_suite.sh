@@ -27,7 +27,7 @@
 #   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), h3 (a
 #   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel); emaevery (one
 #   GPU: `sprintc train` with train.ema.every 1 against 10), like (one GPU: the anchor, then sprintc on the anchor's model,
-#   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); emaevery and like were prepared in session H and not yet run.
+#   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); likeema: like, then the first pair of emaevery.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -436,20 +436,27 @@ elif [ "$PHASE" = h3 ]; then  # session H, two GPUs: a torch.profiler view of `s
   train_ddp2 $(( 400 - ($(date +%s) - T0) )) mk:xl_ddp_mk
   rm -rf "$W/latents"
 elif [ "$PHASE" = emaevery ]; then  # after session H, one GPU: `sprintc train` on XL latents at 128 with the EMA updated every
-  # step (as shipped) and every 10 steps (train.ema.every: 10), alternating on the card (not yet run)
+  # step (as shipped) and every 10 steps (train.ema.every: 10), alternating on the card
   gpu_info
   versions
   train_setup 128
   variant xl_ema10 'train: {ema: {every: 10}}'
   train_each 130 every1_1:xl_ddp every10_1:xl_ema10 every1_2:xl_ddp every10_2:xl_ema10
   rm -rf "$W/latents"
-elif [ "$PHASE" = like ]; then  # after session H, one GPU: the anchor at 128, then sprintc on the anchor's own model
-  # (scripts/xl_like_anchor.yaml: no q/k norm, no RoPE, random drop, no clipping) and on sit_xl_sprint (not yet run)
+elif [ "$PHASE" = like ] || [ "$PHASE" = likeema ]; then  # one GPU: the anchor at 128, then sprintc on the anchor's own
+  # model (scripts/xl_like_anchor.yaml: no q/k norm, no RoPE, random drop, no clipping) and on sit_xl_sprint; likeema
+  # then runs emaevery's first pair (`sprintc train` with ema.every 1, then 10) in what is left of the call
   gpu_info
   versions
   [ $TINY = 0 ] && piece anchor_b128 220 0 $(anchor 128)
   piece like_b128 140 0 python3 -m sprintc bench "$REPO/scripts/xl_like_anchor.yaml" $DEV --batch 128 --modes $TMODES --parts train,sample --json "$W/like_b128.json"
-  piece sit_b128 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/sit_b128.json"
+  piece sit_b128 $(( $([ "$PHASE" = likeema ] && echo 390 || echo 585) - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/sit_b128.json"
+  if [ "$PHASE" = likeema ]; then
+    train_setup 128
+    variant xl_ema10 'train: {ema: {every: 10}}'
+    train_each 100 every1_1:xl_ddp every10_1:xl_ema10
+    rm -rf "$W/latents"
+  fi
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
