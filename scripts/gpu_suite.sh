@@ -27,7 +27,8 @@
 #   sync vs BASE on GPU 0, the CUDA tests, `sprintc train` under torchrun as shipped / with target.multi_kernel), h3 (a
 #   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel); emaevery (one
 #   GPU: `sprintc train` with train.ema.every 1 against 10), like (one GPU: the anchor, then sprintc on the anchor's model,
-#   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); likeema: like, then the first pair of emaevery.
+#   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); likeema: like, then the first pair of emaevery. Session I's qk:
+#   the q/k RMSNorm + RoPE kernels (target.kernels) alone and in the training step against the code as shipped.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -457,6 +458,28 @@ elif [ "$PHASE" = like ] || [ "$PHASE" = likeema ]; then  # one GPU: the anchor 
     train_each 100 every1_1:xl_ddp every10_1:xl_ema10
     rm -rf "$W/latents"
   fi
+elif [ "$PHASE" = qk ]; then  # session I, one GPU: sprintc's q/k RMSNorm + RoPE kernels (target.kernels): the CUDA tests,
+  # the kernels alone against Inductor's code for several tile configurations, then the training step with the best
+  # of them (SPRINTC_QK_BLOCKS) against the code as shipped, alternating on the card, and the sampling step of each
+  gpu_info
+  versions
+  piece pytest_cuda 150 0 python3 -m pytest -q -x "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
+  if [ $TINY = 0 ]; then
+    piece qk_micro 120 0 python3 "$REPO/scripts/gpu_qk_kernels.py" --json "$W/qk_micro.json"
+    best=$(python3 -c "
+import json, collections
+rows = json.load(open('$W/qk_micro.json')); t = collections.defaultdict(float)
+for r in rows:
+    if r['code'].startswith('kernels'): t[r['code'].split()[1]] += r['fwd_bwd_ms'] * (24 if r['tokens'] == 64 else 4)
+print(min(t, key=t.get))" 2>/dev/null || echo 64,8,64,8)
+    echo "kernel tiles for the A/B: $best" | tee "$W/qk_best.txt"
+    export SPRINTC_QK_BLOCKS=$best
+  fi
+  for r in on_1 off_1 on_2 off_2; do
+    kern=$([ "${r%_*}" = on ] && echo --kernels || echo --no-kernels)
+    parts=$([ "${r#*_}" = 2 ] && echo train,sample || echo train)
+    piece "qk_$r" 110 0 $BENCH --batch 128 --modes $TMODES --parts $parts $kern --json "$W/qk_$r.json"
+  done
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

@@ -58,6 +58,8 @@ def add_bench_arguments(p):
     p.add_argument("--tune", action="store_true", default=None, help="set target.tune (coordinate-descent tuning of the kernels)")
     p.add_argument("--multi-kernel", action=argparse.BooleanOptionalAction, default=None,
                    help="set / clear target.multi_kernel (Inductor's multi-kernel reductions, compiled without its cache)")
+    p.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
+                   help="set / clear target.kernels (sprintc's Triton kernels for the q/k RMSNorm + RoPE, CUDA)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
                    help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, "
                         "compiled); rows say off when the spec's train.grad_clip is 0")
@@ -107,7 +109,7 @@ def run_bench(args) -> int:
     steps = args.steps or (20 if dev.type == "cuda" else 3)
     tiny = args.size == "tiny" or (args.size == "auto" and dev.type == "cpu")
     target = resolve_target(spec.target, name="inductor", mode=args.compile_mode, tune=args.tune,
-                            multi_kernel=args.multi_kernel)
+                            multi_kernel=args.multi_kernel, kernels=args.kernels)
     inductor_cfg = _inductor_config(args.inductor_config)
     if tiny:
         spec = tiny_version(spec)
@@ -310,7 +312,7 @@ class Bench:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "dtype": target.dtype, "compile_mode": target.mode, "tune": target.tune, "multi_kernel": target.multi_kernel,
+            "dtype": target.dtype, "compile_mode": target.mode, "tune": target.tune, "multi_kernel": target.multi_kernel, "kernels": target.kernels,
             "regional": target.regional,
             "params_M": round(sum(p.numel() for p in self.built.model.parameters()) / 1e6, 2),
             "matmul_peak_tflops": _sig(peak / 1e12), "steps": steps, "warmup": warmup, "clip": clip,
@@ -600,7 +602,7 @@ class Bench:
         m = self.meta
         con.print(f"[bold]sprintc bench[/] {m['spec']} ({m['size']}, {m['params_M']}M params) on {m['device_name']}, "
                   f"torch {m['torch']}, {m['dtype']}, matmul peak {m['matmul_peak_tflops']} TFLOP/s")
-        settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel") if m[k]]
+        settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel", "kernels") if m.get(k)]
         settings += [f"{k}={v}" for k, v in m.get("inductor_config", {}).items()]
         con.print("compile settings: " + ", ".join(settings))
         if self.results["train"]:

@@ -37,6 +37,8 @@ def qk_norm(kind, dim):
 
 
 class Attention(nn.Module):
+    fused_qk = False  # set by the inductor target on CUDA (target.kernels): q/k RMSNorm + RoPE in sprintc/kernels.py
+
     def __init__(self, dim, heads, norm="none"):
         super().__init__()
         self.heads = heads
@@ -48,11 +50,15 @@ class Attention(nn.Module):
         # training steps than one fused RMSNorm + RoPE expression on the (B, N, 2, H, Dh) layout (H100) and than a
         # hand-written Triton kernel for both (H200)
         B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:  # (N, 2*Dh) or routed (B, M, 2*Dh): [cos | sin]
-            cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
-            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        qkv = self.qkv(x)
+        if self.fused_qk and qkv.is_cuda:  # the same numbers from one Triton kernel each way
+            q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
+        else:
+            q, k, v = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:  # (N, 2*Dh) or routed (B, M, 2*Dh): [cos | sin]
+                cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
+                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 

@@ -103,8 +103,19 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
     return [""]
 
 
+def use_kernels(model: nn.Module) -> int:
+    """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
+    try:
+        from sprintc.kernels import use_kernels
+    except ImportError:  # a torch build without triton: Inductor's code throughout
+        return 0
+    return use_kernels(model)
+
+
 def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
     _raise_limits()
+    if device.type == "cuda" and target.kernels:
+        use_kernels(model)
     regions = compile_regions(model, target) if target.regional else compile_whole(model, target)
     wrap_forwards(model, Lowering(target, device, dtype, regions=regions))
     return model

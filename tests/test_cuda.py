@@ -84,3 +84,76 @@ def test_a_training_batch_reaches_the_gpu_without_a_host_sync(where):
         torch.cuda.set_sync_debug_mode(0)
     assert x.is_cuda and y.is_cuda
     assert torch.equal(x.cpu(), data.x[idx.to(where)].float().cpu()) and torch.equal(y.cpu(), (idx % 10))
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
+    """sprintc/kernels.py compiled for the GPU, XL's 16 heads of 72, bf16 as under autocast."""
+    pytest.importorskip("triton")
+    from sprintc.kernels import qk_norm_rope
+
+    torch.manual_seed(0)
+    B, N, H, DH = 8, 64, 16, 72
+    attn = Attention(H * DH, H, "rms").cuda()
+    for w in (attn.q_norm.weight, attn.k_norm.weight):
+        w.data.uniform_(0.5, 1.5)
+    rope = rope_angles((8, 8), DH).cuda()
+    if routed:
+        rope = rope[torch.stack([torch.randperm(N)[:N // 4] for _ in range(B)]).cuda()]
+    M = rope.shape[-2]
+    qkv = torch.randn(B, M, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
+
+    def expression(qkv):
+        q, k, v = qkv.view(B, M, 3, H, DH).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
+        rot = lambda t: torch.stack((-t[..., 1::2], t[..., 0::2]), -1).flatten(-2)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin, v
+
+    ref = expression(qkv)
+    out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
+    grads = [torch.randn_like(o) for o in out]
+    wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)
+    want = torch.autograd.grad(ref, wrt, grads)
+    got = torch.autograd.grad(out, wrt, grads)
+    for a, b in zip(out + got, ref + want):
+        assert (a.float() - b.float()).norm() / b.float().norm() < 1e-2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_inductor_with_qk_kernels_equals_eager_training_step(dtype):
+    """target.kernels: the compiled SiT block's q/k norm + RoPE run as sprintc's kernels (no graph break inside
+    blocks: they compile with fullgraph), and the routed training step's loss and gradients are eager's."""
+    pytest.importorskip("triton")
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from sprintc.targets_api import lower
+    from test_targets import inputs, small
+
+    torch._dynamo.reset()
+    counters.clear()
+    built = small()  # tiny SiT: q/k RMSNorm, RoPE, weights drawn so that nothing is zero
+    ref = copy.deepcopy(built.model).cuda()
+    model = lower(built.model, {"name": "inductor", "dtype": dtype, "kernels": True}, device="cuda")
+    assert all(b.attn.fused_qk for b in model.blocks)
+    x, t, y = (a.cuda() for a in inputs(batch=4))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(4)]).cuda()
+
+    def step(m, autocast):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = m(x, t, y, ids_keep=ids).float().square().mean()
+        loss.backward()
+        return loss, [p.grad for p in m.parameters()]
+
+    loss, grads = step(model, False)  # the lowering casts itself
+    want, wgrads = step(ref, dtype == "bfloat16")
+    tol = 1e-4 if dtype == "float32" else 3e-2
+    assert abs(loss.item() - want.item()) <= tol * abs(want.item())
+    num = sum((a.float() - b.float()).norm() ** 2 for a, b in zip(grads, wgrads)) ** 0.5
+    den = sum(b.float().norm() ** 2 for b in wgrads) ** 0.5
+    assert num / den < tol * 10
+    assert not counters["graph_break"]

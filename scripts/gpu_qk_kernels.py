@@ -1,0 +1,90 @@
+"""Times sprintc's q/k RMSNorm + RoPE kernels (sprintc/kernels.py) alone against Inductor's code for the model's
+expression, at the XL shapes of a training step at batch 128: a dense block (256 tokens) and a routed one (64 of
+them, RoPE rows gathered per sample). Forward, and forward + backward, each in a CUDA graph; several tile
+configurations of the kernels (SPRINTC_QK_BLOCKS). On the device: python3 scripts/gpu_qk_kernels.py [--json F]
+"""
+import argparse
+import json
+import os
+
+import torch
+
+from sprintc.kernels import qk_norm_rope
+from sprintc.model import Attention, rope_angles
+
+CONFIGS = ["64,8,64,8", "32,4,32,4", "64,4,32,8", "128,8,64,8", "32,8,128,8"]
+
+
+def timed(fn, reps=50):
+    """ms per call of fn replayed from a CUDA graph (no launch overhead), median of 5 runs of reps calls."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    runs = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        runs.append(a.elapsed_time(b) / reps)
+    return sorted(runs)[2]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    B, H, DH = 128, 16, 72
+    attn = Attention(H * DH, H, "rms").cuda()
+    table = rope_angles((16, 16), DH).cuda()
+
+    def expression(qkv, wq, wk, rope):
+        b, n = qkv.shape[:2]
+        q, k, v = qkv.view(b, n, 3, H, DH).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
+        rot = lambda t: torch.stack((-t[..., 1::2], t[..., 0::2]), -1).flatten(-2)
+        return q * cos + rot(q) * sin, k * cos + rot(k) * sin, v
+
+    inductor = torch.compile(expression, fullgraph=True, dynamic=False)
+    rows = []
+    for name, n in (("dense", 256), ("routed", 64)):
+        rope = table if n == 256 else table[torch.stack([torch.randperm(256)[:n] for _ in range(B)]).cuda()]
+        qkv = torch.randn(B, n, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
+        w = (attn.q_norm.weight, attn.k_norm.weight)
+        grads = [torch.randn(B, H, n, DH, device="cuda").bfloat16() for _ in range(3)]
+        traffic = qkv.numel() * 2 * 2  # bytes: qkv read once, q, k, v written once (forward)
+
+        def fwd(f):
+            return lambda: f(qkv, *w, rope) if f is inductor else f(qkv, *w, rope, 1e-6)
+
+        def fwd_bwd(f):
+            def run():
+                out = f(qkv, *w, rope) if f is inductor else f(qkv, *w, rope, 1e-6)
+                torch.autograd.grad(out, (qkv, *w), grads)
+            return run
+
+        for label, f in [("inductor", inductor)] + [(f"kernels {c}", qk_norm_rope) for c in CONFIGS]:
+            if label.startswith("kernels"):
+                os.environ["SPRINTC_QK_BLOCKS"] = label.split()[1]
+            row = {"block": name, "tokens": n, "code": label, "fwd_ms": round(timed(fwd(f)), 4),
+                   "fwd_bwd_ms": round(timed(fwd_bwd(f)), 4)}
+            row["fwd_TB_s"] = round(traffic / row["fwd_ms"] / 1e9, 2)
+            rows.append(row)
+            print(row, flush=True)
+    os.environ.pop("SPRINTC_QK_BLOCKS", None)
+    if args.json:
+        json.dump(rows, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""sprintc's Triton kernels (sprintc/kernels.py) against the model's own expression. On the CPU they run in
+Triton's interpreter (TRITON_INTERPRET=1 must be set before triton compiles anything: hence a fresh process);
+tests/test_cuda.py runs them compiled on a GPU, inside the compiled model."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sprintc.model import DiT
+from sprintc.spec import load_spec
+
+pytest.importorskip("triton")
+
+CHECK = textwrap.dedent("""
+    import torch
+    from sprintc.kernels import qk_norm_rope
+    from sprintc.model import Attention, rope_angles
+
+    def expression(attn, qkv, rope):  # Attention.forward's unfused branch, stopped before the attention
+        B, N, D3 = qkv.shape
+        q, k, v = qkv.view(B, N, 3, attn.heads, D3 // 3 // attn.heads).permute(2, 0, 3, 1, 4)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if rope is not None:
+            cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
+            rot = lambda t: torch.stack((-t[..., 1::2], t[..., 0::2]), -1).flatten(-2)
+            q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+        return q, k, v
+
+    torch.manual_seed(0)
+    B, N, H, DH = 3, 12, 2, 10      # a head width that is not a power of two, as XL's 72; rows not a multiple of a tile
+    attn = Attention(H * DH, H, "rms").double()
+    for w in (attn.q_norm.weight, attn.k_norm.weight):
+        w.data.uniform_(0.5, 1.5)
+    table = rope_angles((3, 4), DH).double()
+    for kind in ("shared", "routed", "none"):
+        rope = {"shared": table, "routed": table[torch.stack([torch.randperm(N) for _ in range(B)])], "none": None}[kind]
+        qkv = torch.randn(B, N, 3 * H * DH, dtype=torch.float64, requires_grad=True)
+        ref = expression(attn, qkv, rope)
+        out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
+        for name, a, b in zip("qkv", out, ref):  # the kernels compute in float32
+            assert a.shape == b.shape and a.stride(-1) == 1, (kind, name, a.shape)  # rows contiguous for attention
+            assert (a - b).abs().max() < 1e-5, (kind, name, (a - b).abs().max())
+        # gradients in the layouts attention's backward may give: token-major, transposed, head-major
+        grads = [torch.randn_like(o) for o in out]
+        grads[1] = torch.randn(B, N, H, DH, dtype=torch.float64).transpose(1, 2)
+        grads[2] = torch.randn(B, H, N, DH, dtype=torch.float64)
+        wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)
+        want = torch.autograd.grad(ref, wrt, grads, retain_graph=True)
+        got = torch.autograd.grad(out, wrt, grads, retain_graph=True)
+        for name, a, b in zip(("qkv", "wq", "wk"), got, want):
+            assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), (kind, name, (a - b).abs().max())
+    # bf16 in, as under autocast: the norm's output rounded as the model rounds it
+    qkv = torch.randn(B, N, 3 * H * DH).bfloat16()
+    attn = attn.float()
+    ref = expression(attn, qkv.float(), table.float())
+    out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, table.float(), attn.q_norm.eps)
+    for name, a, b in zip("qkv", out, ref):
+        assert a.dtype == torch.bfloat16 and (a.float() - b).abs().max() < 0.05, (name, (a.float() - b).abs().max())
+    print("kernels ok")
+""")
+
+
+def test_qk_norm_rope_matches_the_expression_forward_and_backward():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "kernels ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_use_kernels_marks_the_rms_attentions_only():
+    from sprintc.kernels import use_kernels
+
+    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
+    dit = DiT(load_spec("dit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
+    assert use_kernels(sit) == 2 and all(b.attn.fused_qk for b in sit.blocks)
+    assert use_kernels(dit) == 0 and not any(b.attn.fused_qk for b in dit.blocks)  # DiT has no q/k norm
+
+
+def test_marked_attention_on_the_cpu_computes_the_expression():
+    """The kernels are for CUDA tensors: a marked model on the CPU keeps the plain expression."""
+    from sprintc.kernels import use_kernels
+
+    torch.manual_seed(0)
+    m = load_spec("sit_xl").model
+    sit = DiT(m.model_copy(update={"width": 64, "depth": 2, "heads": 4, "input": m.input.model_copy(update={"size": 8})}))
+    x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2])
+    ref = sit(x, t, y)
+    use_kernels(sit)
+    torch.testing.assert_close(sit(x, t, y), ref, rtol=0, atol=0)
