@@ -114,8 +114,9 @@ def _blocks(name, rows, warps):
 def _shapes(qkv, wq, rope):
     B, N, D3 = qkv.shape
     DH = wq.shape[0]
-    if D3 % 3 or (D3 // 3) % DH or DH % 2:
-        raise ValueError(f"qk_norm_rope: qkv {tuple(qkv.shape)} does not split into 3 x heads x {DH} with an even head width")
+    if D3 % 3 or (D3 // 3) % DH or (rope is not None and DH % 2):
+        raise ValueError(f"qk_norm_rope: qkv {tuple(qkv.shape)} does not split into 3 x heads x {DH}"
+                         + (" with an even head width for RoPE" if rope is not None else ""))
     if rope is None:
         return B, N, D3 // 3 // DH, DH, 0, 0, qkv
     rope = rope.contiguous()
