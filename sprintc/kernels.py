@@ -48,15 +48,15 @@ def _tile(tile, n_rows, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: 
 
 
 @triton.jit
-def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_rows, s_rb, s_rn, eps,
-                N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_rows, s_rb, s_rn,
+                EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                 HAS_ROPE: tl.constexpr):
     dt = q_out.dtype.element_ty
     r, d, tok, which, h, b, n, mask, cos, sin = _tile(tl.program_id(0), n_rows, rope, s_rb, s_rn, N, H, DH,
                                                      BLOCK_R, BLOCK_D, HAS_ROPE, dt)
     x = tl.load(qkv + r * DH + d, mask=mask, other=0.0).to(tl.float32)  # qkv rows are contiguous
     w = tl.where(which == 0, tl.load(wq + d, mask=d < DH, other=0.0), tl.load(wk + d, mask=d < DH, other=0.0))
-    rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + eps)
+    rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + EPS)
     y = (x * rstd * w.to(tl.float32)).to(dt).to(tl.float32)  # the norm's output is rounded, as in the model
     if HAS_ROPE:
         y = y * cos + _rotate(y, BLOCK_R, BLOCK_D) * sin
@@ -69,8 +69,8 @@ def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_rows, s_rb, s_rn, eps,
 
 @triton.jit
 def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_rows, n_tiles, s_rb, s_rn,
-                sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, eps,
-                N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2,
+                EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                 HAS_ROPE: tl.constexpr):
     dt = dqkv.dtype.element_ty
     dmask = tl.arange(0, BLOCK_D) < DH
@@ -89,7 +89,7 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_rows, n_tiles, s
         gy = g
         if HAS_ROPE:  # the rotation's transpose: dy = g cos - rotate(g sin)
             gy = g * cos - _rotate(g * sin, BLOCK_R, BLOCK_D)
-        rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + eps)
+        rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + EPS)
         dw = gy * x * rstd
         acc_q += tl.sum(tl.where(which == 0, dw, 0.0), 0)
         acc_k += tl.sum(tl.where(which == 1, dw, 0.0), 0)
@@ -137,7 +137,7 @@ def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Op
     rows, warps = _blocks("fwd", 64, 8)
     n_rows = B * N * 3 * H
     wrap_triton(_fwd_kernel)[(triton.cdiv(n_rows, rows),)](
-        qkv, wq, wk, table, q, k, v, n_rows, s_rb, s_rn, eps, N=N, H=H, DH=DH, BLOCK_R=rows,
+        qkv, wq, wk, table, q, k, v, n_rows, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows,
         BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None, num_warps=warps)
     return q, k, v
 
@@ -164,10 +164,10 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
     wrap_triton(_bwd_kernel)[(programs,)](
         dq, dk, dv, qkv, wq, wk, table, dqkv, dw_part, n_rows, tiles, s_rb, s_rn,
         dq.stride(0), dq.stride(1), dq.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2), eps, N=N, H=H, DH=DH, BLOCK_R=rows, BLOCK_D=block_d,
+        dv.stride(0), dv.stride(1), dv.stride(2), EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows, BLOCK_D=block_d,
         HAS_ROPE=rope is not None, num_warps=warps)
-    dw = dw_part.sum(0)[:, :DH]
-    return dqkv, dw[0].to(wq.dtype), dw[1].to(wk.dtype)
+    # two separate sums: a custom op's outputs may not be views of one tensor
+    return dqkv, dw_part[:, 0, :DH].sum(0).to(wq.dtype), dw_part[:, 1, :DH].sum(0).to(wk.dtype)
 
 
 def _setup_context(ctx, inputs, output):
