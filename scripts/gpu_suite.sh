@@ -480,6 +480,17 @@ print(min(t, key=t.get))" 2>/dev/null || echo 64,8,64,8)
     parts=$([ "${r#*_}" = 2 ] && echo train,sample || echo train)
     piece "qk_$r" 110 0 $BENCH --batch 128 --modes $TMODES --parts $parts $kern --json "$W/qk_$r.json"
   done
+elif [ "$PHASE" = qk2 ]; then  # session I, one GPU, after qk: the CUDA tests; the sampling step with the kernels
+  # (target.kernels, now on by default for steps without gradients) against --no-kernels, alternating; then the
+  # training step with the kernels forced on (SPRINTC_QK_KERNELS=always, q and k now written head-major) against off
+  gpu_info
+  versions
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "qk or kernel" -p no:cacheprovider --rootdir "$REPO"
+  for r in on_1 off_1 on_2 off_2; do
+    piece "qks_$r" 80 0 $BENCH --batch 128 --modes $TMODES --parts sample $([ "${r%_*}" = on ] && echo --kernels || echo --no-kernels) --json "$W/qks_$r.json"
+  done
+  piece qkt_always 100 0 env SPRINTC_QK_KERNELS=always $BENCH --batch 128 --modes $TMODES --parts train --json "$W/qkt_always.json"
+  piece qkt_off $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --no-kernels --json "$W/qkt_off.json"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead

@@ -3,7 +3,9 @@
 `qk_norm_rope(qkv, wq, wk, rope, eps)` reads the qkv projection's output (B, N, 3*D) and returns the q, k, v
 that scaled_dot_product_attention takes, (B, H, N, Dh) views of token-major memory: q and k RMS-normalised
 per head (weight in float32, rounded to the input dtype as the model does) and rotated by RoPE, v copied.
-The backward writes the whole dqkv and the norm weights' gradients. Both kernels work on rows of one head
+The backward writes the whole dqkv and the norm weights' gradients. The inductor target uses them where no
+gradient is taken (sampling): there the kernels are measured faster; in the training step they are not
+(docs/PERFORMANCE.md, session I), which SPRINTC_QK_KERNELS=always (a developer's switch) lets one re-measure. Both kernels work on rows of one head
 (Dh values), many rows per program, so every load of a tile is issued before its reductions; the backward
 is persistent (a few programs per SM), summing the weights' gradients in registers.
 
@@ -61,10 +63,10 @@ def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_rows, s_rb, s_rn,
     if HAS_ROPE:
         y = y * cos + _rotate(y, BLOCK_R, BLOCK_D) * sin
     y = tl.where(which == 2, x, y).to(dt)
-    dst = tok * (H * DH) + h * DH + d  # token-major (B, N, H, Dh) memory
-    tl.store(q_out + dst, y, mask=mask & (which == 0))
-    tl.store(k_out + dst, y, mask=mask & (which == 1))
-    tl.store(v_out + dst, y, mask=mask & (which == 2))
+    head_major = ((b * H + h) * N + n) * DH + d  # q, k: contiguous (B, H, N, Dh), as Inductor writes them
+    tl.store(q_out + head_major, y, mask=mask & (which == 0))
+    tl.store(k_out + head_major, y, mask=mask & (which == 1))
+    tl.store(v_out + tok * (H * DH) + h * DH + d, y, mask=mask & (which == 2))  # v: token-major, as the view of qkv
 
 
 @triton.jit
@@ -133,8 +135,9 @@ def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Op
                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
-    rows, warps = _blocks("fwd", 64, 8)
+    q, k = (qkv.new_empty(B, H, N, DH) for _ in range(2))
+    v = _token_major(qkv, B, N, H, DH)
+    rows, warps = _blocks("fwd", 32, 8)  # the fastest of gpu_qk_kernels.py's tiles (H100, session I)
     n_rows = B * N * 3 * H
     wrap_triton(_fwd_kernel)[(triton.cdiv(n_rows, rows),)](
         qkv, wq, wk, table, q, k, v, n_rows, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows,
@@ -155,7 +158,7 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     dq, dk, dv = (g if g.stride(-1) == 1 else g.contiguous() for g in (dq, dk, dv))
-    rows, warps = _blocks("bwd", 64, 8)
+    rows, warps = _blocks("bwd", 128, 8)
     n_rows = B * N * 3 * H
     tiles = triton.cdiv(n_rows, rows)
     programs, block_d = _programs(qkv.device, tiles), triton.next_power_of_2(DH)
@@ -185,11 +188,14 @@ def _backward(ctx, dq, dk, dv):
 qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 
 
-def use_kernels(model: torch.nn.Module) -> int:
-    """Point every sprintc Attention with RMS q/k norms at qk_norm_rope (used on CUDA tensors only); the count."""
+def use_kernels(model: torch.nn.Module, where: str = "sampling") -> int:
+    """Point every sprintc Attention with RMS q/k norms at qk_norm_rope, on CUDA tensors, in steps without gradients
+    ("sampling") or in all of them ("always"); the count."""
     from sprintc.model import Attention, RMSNorm
 
+    if where not in ("sampling", "always"):
+        raise ValueError(f"use_kernels: where is 'sampling' or 'always', not {where!r}")
     found = [m for m in model.modules() if isinstance(m, Attention) and isinstance(m.q_norm, RMSNorm)]
     for m in found:
-        m.fused_qk = True
+        m.fused_qk = where
     return len(found)

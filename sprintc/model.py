@@ -37,7 +37,7 @@ def qk_norm(kind, dim):
 
 
 class Attention(nn.Module):
-    fused_qk = False  # set by the inductor target on CUDA (target.kernels): q/k RMSNorm + RoPE in sprintc/kernels.py
+    fused_qk = None  # "sampling" / "always": the inductor target's q/k RMSNorm + RoPE kernels (sprintc/kernels.py)
 
     def __init__(self, dim, heads, norm="none"):
         super().__init__()
@@ -46,12 +46,12 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = qk_norm(norm, dim // heads), qk_norm(norm, dim // heads)
 
     def forward(self, x, rope=None):
-        # Measured (docs/PERFORMANCE.md): this plain form, q/k/v permuted to (B, H, N, Dh), compiles to faster
-        # training steps than one fused RMSNorm + RoPE expression on the (B, N, 2, H, Dh) layout (H100) and than a
-        # hand-written Triton kernel for both (H200)
+        # Measured (docs/PERFORMANCE.md): in training steps this plain form, q/k/v permuted to (B, H, N, Dh),
+        # compiles to faster steps than one fused RMSNorm + RoPE expression and than sprintc's Triton kernels
+        # (sprintc/kernels.py), which are faster only where no gradient is taken (sampling)
         B, N, D = x.shape
         qkv = self.qkv(x)
-        if self.fused_qk and qkv.is_cuda:  # the same numbers from one Triton kernel each way
+        if qkv.is_cuda and (self.fused_qk == "always" or self.fused_qk == "sampling" and not torch.is_grad_enabled()):
             q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
         else:
             q, k, v = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)

@@ -17,6 +17,7 @@ and sampling variants all fit.
 """
 from __future__ import annotations
 
+import os
 import types
 
 import torch
@@ -104,12 +105,13 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
 
 
 def use_kernels(model: nn.Module) -> int:
-    """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
+    """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions, for steps without gradients unless
+    SPRINTC_QK_KERNELS=always (a developer's switch for A/B runs); 0 where triton is missing."""
     try:
         from sprintc.kernels import use_kernels
     except ImportError:  # a torch build without triton: Inductor's code throughout
         return 0
-    return use_kernels(model)
+    return use_kernels(model, os.environ.get("SPRINTC_QK_KERNELS", "sampling"))
 
 
 def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
