@@ -63,6 +63,8 @@ CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernels (and torch "
+                    "2.11's wrap_triton rejects the interpreter's functions)")
 def test_qk_norm_rope_matches_the_expression_forward_and_backward():
     env = dict(os.environ, TRITON_INTERPRET="1")
     r = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
