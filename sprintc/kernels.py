@@ -3,11 +3,13 @@
 `qk_norm_rope(qkv, wq, wk, rope, eps)` reads the qkv projection's output (B, N, 3*D) and returns the q, k, v
 that scaled_dot_product_attention takes, (B, H, N, Dh) views of token-major memory: q and k RMS-normalised
 per head (weight in float32, rounded to the input dtype as the model does) and rotated by RoPE, v copied.
-The backward writes the whole dqkv and the norm weights' gradients. The inductor target uses them where no
-gradient is taken (sampling): there the kernels are measured faster; in the training step they are not
-(docs/PERFORMANCE.md, session I), which SPRINTC_QK_KERNELS=always (a developer's switch) lets one re-measure. Both kernels work on rows of one head
+The backward writes the whole dqkv and the norm weights' gradients. Both kernels work on rows of one head
 (Dh values), many rows per program, so every load of a tile is issued before its reductions; the backward
 is persistent (a few programs per SM), summing the weights' gradients in registers.
+
+The inductor target uses them where no gradient is taken (sampling), where they were measured faster; in the
+training step they were not (docs/PERFORMANCE.md, session I). SPRINTC_QK_KERNELS=always, a developer's switch,
+puts them in training steps too, to measure them again.
 
 Registered with `torch.library.triton_op`: torch.compile traces into it (no graph break) and CUDA graphs
 capture it. Importing this module imports triton; sprintc does it only when a CUDA lowering asks for it.

@@ -18,7 +18,7 @@ def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
     assert rc == 0
     d = json.loads(out.read_text())
     assert d["meta"]["size"] == "tiny" and d["meta"]["device"] == "cpu" and d["meta"]["matmul_peak_tflops"] > 0
-    assert d["meta"]["tune"] is False and d["meta"]["multi_kernel"] is False
+    assert d["meta"]["tune"] is False and d["meta"]["multi_kernel"] is False and d["meta"]["kernels"] is True
     rows = {r["graph"]: r for r in d["train"]}
     assert set(rows) == {"routed", "dense"}
     for r in rows.values():
@@ -103,9 +103,10 @@ def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "_loss_fn", dense_fails)
     out = tmp_path / "bench.json"
     assert main(["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "1",
-                 "--warmup", "0", "--batch", "2", "--parts", "train", "--multi-kernel", "--json", str(out)]) == 0
+                 "--warmup", "0", "--batch", "2", "--parts", "train", "--multi-kernel", "--no-kernels",
+                 "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert d["meta"]["multi_kernel"] is True
+    assert d["meta"]["multi_kernel"] is True and d["meta"]["kernels"] is False
     rows = {r["graph"]: r for r in d["train"]}
     assert rows["routed"]["ms"] > 0 and "error" not in rows["routed"]
     assert rows["dense"]["error"] == "ValueError: backend='inductor' raised: <- RuntimeError: block size too large"
