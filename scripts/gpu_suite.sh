@@ -28,7 +28,8 @@
 #   profile of `sprintc train`'s steps, scripts/gpu_train_profile.py; torchrun with target.multi_kernel); emaevery (one
 #   GPU: `sprintc train` with train.ema.every 1 against 10), like (one GPU: the anchor, then sprintc on the anchor's model,
 #   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); likeema: like, then the first pair of emaevery. Session I's qk:
-#   the q/k RMSNorm + RoPE kernels (target.kernels) alone and in the training step against the code as shipped.
+#   the q/k RMSNorm + RoPE kernels (target.kernels) alone and in the training step against the code as shipped; qk2:
+#   the same in the sampling step; qkprof (not yet run): profiles of the training step with and without the kernels.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -491,6 +492,19 @@ elif [ "$PHASE" = qk2 ]; then  # session I, one GPU, after qk: the CUDA tests; t
   done
   piece qkt_always 100 0 env SPRINTC_QK_KERNELS=always $BENCH --batch 128 --modes $TMODES --parts train --json "$W/qkt_always.json"
   piece qkt_off $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --no-kernels --json "$W/qkt_off.json"
+elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
+  # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
+  # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
+  gpu_info
+  versions
+  train_setup 128 45  # the profile's schedule waits 35 steps, warms up 3 and records 5
+  for r in always off; do
+    piece "trainprof_$r" 200 0 env SPRINTC_QK_KERNELS=$([ $r = always ] && echo always || echo sampling) \
+      python3 "$REPO/scripts/gpu_train_profile.py" "$W/xl_ddp.yaml" "$W/run_prof_$r" "$W/trainprof_$r.txt"
+    [ -f "$W/run_prof_$r/metrics.jsonl" ] && cp "$W/run_prof_$r/metrics.jsonl" "$W/trainprof_${r}_metrics.jsonl"
+    rm -rf "$W/run_prof_$r"
+  done
+  rm -rf "$W/latents"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
