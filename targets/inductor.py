@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from sprintc.spec import TargetSpec
-from sprintc.targets_api import Lowering, wrap_forwards
+from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
 RECOMPILE_LIMIT = 64
 
@@ -112,10 +112,13 @@ def use_kernels(model: nn.Module) -> int:
     """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions, for steps without gradients unless
     SPRINTC_QK_KERNELS=always (a developer's switch for A/B runs); 0 where triton is missing."""
     try:
-        from sprintc.kernels import use_kernels
+        from sprintc.kernels import WHERE, use_kernels
     except ImportError:  # a torch build without triton: Inductor's code throughout
         return 0
-    return use_kernels(model, os.environ.get("SPRINTC_QK_KERNELS", "sampling"))
+    where = os.environ.get("SPRINTC_QK_KERNELS", "sampling")
+    if where not in WHERE:
+        raise TargetError(f"SPRINTC_QK_KERNELS={where!r}: expected one of {', '.join(WHERE)} (or leave it unset: sampling)")
+    return use_kernels(model, where)
 
 
 def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
