@@ -29,7 +29,7 @@
 #   GPU: `sprintc train` with train.ema.every 1 against 10), like (one GPU: the anchor, then sprintc on the anchor's model,
 #   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); likeema: like, then the first pair of emaevery. Session I's qk:
 #   the q/k RMSNorm + RoPE kernels (target.kernels) alone and in the training step against the code as shipped; qk2:
-#   the same in the sampling step; qkprof (not yet run): profiles of the training step with and without the kernels.
+#   the same in the sampling step; qkprof: SDPA's cost by q/k/v layout, profiles of the training step with and without the kernels, their CUDA tests.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -497,6 +497,7 @@ elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler vie
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
   gpu_info
   versions
+  [ $TINY = 0 ] && piece sdpa_layout 90 0 python3 "$REPO/scripts/gpu_sdpa_layout.py" "$W/sdpa_layout.json"
   train_setup 128 45  # the profile's schedule waits 35 steps, warms up 3 and records 5
   for r in always off; do
     piece "trainprof_$r" 200 0 env SPRINTC_QK_KERNELS=$([ $r = always ] && echo always || echo sampling) \
@@ -505,6 +506,8 @@ elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler vie
     rm -rf "$W/run_prof_$r"
   done
   rm -rf "$W/latents"
+  left=$(( 570 - ($(date +%s) - T0) )); [ $left -lt 30 ] && left=30
+  piece pytest_cuda $left 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "qk or kernel" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ddp-ro ]; then  # DDP 1 -> 2 GPUs with CUDA graphs per compiled region (target.mode reduce-overhead)
   ddp_piece ddp_ro_w1 150 0 --mode reduce-overhead
   ddp_piece ddp_ro_w2 150 0,1 --mode reduce-overhead
