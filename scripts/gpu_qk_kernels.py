@@ -12,7 +12,9 @@ import torch
 from sprintc.kernels import qk_norm_rope
 from sprintc.model import Attention, rope_angles
 
-CONFIGS = ["64,8,64,8", "32,4,32,4", "64,4,32,8", "128,8,64,8", "32,8,128,8"]
+# SPRINTC_QK_BLOCKS: forward rows, warps; backward rows, warps, programs per SM (registers by ptxas for sm_90:
+# backward 32 x 8 warps 80, 16 x 4 72, 64 x 8 128; forward 32 x 8 43)
+CONFIGS = ["32,8,32,8,3", "32,8,16,4,7", "32,8,16,4,4", "64,8,64,8,2", "16,4,32,8,2", "32,8,32,4,6"]
 
 
 def timed(fn, reps=50):
@@ -61,7 +63,8 @@ def main():
         rope = table if n == 256 else table[torch.stack([torch.randperm(256)[:n] for _ in range(B)]).cuda()]
         qkv = torch.randn(B, n, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
         w = (attn.q_norm.weight, attn.k_norm.weight)
-        grads = [torch.randn(B, H, n, DH, device="cuda").bfloat16() for _ in range(3)]
+        # token-major, as attention's backward gives them for the kernels' token-major q, k, v
+        grads = [torch.randn(B, n, H, DH, device="cuda").bfloat16().transpose(1, 2) for _ in range(3)]
         traffic = qkv.numel() * 2 * 2  # bytes: qkv read once, q, k, v written once (forward)
 
         def fwd(f):

@@ -109,6 +109,18 @@ train:
 YML
   done
 }
+qk_micro() {  # the kernels alone against Inductor's code (scripts/gpu_qk_kernels.py), then SPRINTC_QK_BLOCKS set to the tiles
+  # with the least time per routed step (4 dense + 24 routed blocks at 128)
+  piece qk_micro 120 0 python3 "$REPO/scripts/gpu_qk_kernels.py" --json "$W/qk_micro.json"
+  best=$(python3 -c "
+import json, collections
+rows = json.load(open('$W/qk_micro.json')); t = collections.defaultdict(float)
+for r in rows:
+    if r['code'].startswith('kernels'): t[r['code'].split()[1]] += r['fwd_bwd_ms'] * (24 if r['tokens'] == 64 else 4)
+print(min(t, key=t.get))" 2>/dev/null || echo "$1")
+  echo "kernel tiles for the A/B: $best" | tee "$W/qk_best.txt"
+  export SPRINTC_QK_BLOCKS=$best
+}
 train_setup() {  # train_setup BATCH [TINY_STEPS]: latents and the short spec for `sprintc $TRAIN` (60 routed, 20 full-token steps)
   [ $TINY = 1 ] && export XL_STEPS=${2:-2} XL_FT_STEPS=1 XL_BATCH=4
   [ $TINY = 0 ] && export XL_BATCH=$1 XL_STEPS=60 XL_FT_STEPS=20
@@ -466,15 +478,7 @@ elif [ "$PHASE" = qk ]; then  # session I, one GPU: sprintc's q/k RMSNorm + RoPE
   versions
   piece pytest_cuda 150 0 python3 -m pytest -q -x "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
   if [ $TINY = 0 ]; then
-    piece qk_micro 120 0 python3 "$REPO/scripts/gpu_qk_kernels.py" --json "$W/qk_micro.json"
-    best=$(python3 -c "
-import json, collections
-rows = json.load(open('$W/qk_micro.json')); t = collections.defaultdict(float)
-for r in rows:
-    if r['code'].startswith('kernels'): t[r['code'].split()[1]] += r['fwd_bwd_ms'] * (24 if r['tokens'] == 64 else 4)
-print(min(t, key=t.get))" 2>/dev/null || echo 64,8,64,8)
-    echo "kernel tiles for the A/B: $best" | tee "$W/qk_best.txt"
-    export SPRINTC_QK_BLOCKS=$best
+    qk_micro 32,8,32,8,3
   fi
   for r in on_1 off_1 on_2 off_2; do
     kern=$([ "${r%_*}" = on ] && echo --kernels || echo --no-kernels)
@@ -492,6 +496,21 @@ elif [ "$PHASE" = qk2 ]; then  # session I, one GPU, after qk: the CUDA tests; t
   done
   piece qkt_always 100 0 env SPRINTC_QK_KERNELS=always $BENCH --batch 128 --modes $TMODES --parts train --json "$W/qkt_always.json"
   piece qkt_off $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --no-kernels --json "$W/qkt_off.json"
+elif [ "$PHASE" = qk3 ]; then  # session J, one GPU: the q/k kernels rewritten (q and k in separate programs, v copied by
+  # torch, dq / dk strides constant): their CUDA tests, alone against Inductor's code, then the training step with them
+  # forced on (SPRINTC_QK_KERNELS=always) against --no-kernels, alternating; the second pair also samples
+  gpu_info
+  versions
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "qk or kernel" -p no:cacheprovider --rootdir "$REPO"
+  [ $TINY = 0 ] && qk_micro 32,8,32,8,3
+  for r in on_1 off_1 on_2 off_2; do
+    parts=$([ "${r#*_}" = 2 ] && echo train,sample || echo train)
+    if [ "${r%_*}" = on ]; then
+      piece "qk3_$r" 110 0 env SPRINTC_QK_KERNELS=always $BENCH --batch 128 --modes $TMODES --parts $parts --kernels --json "$W/qk3_$r.json"
+    else
+      piece "qk3_$r" 110 0 $BENCH --batch 128 --modes $TMODES --parts $parts --no-kernels --json "$W/qk3_$r.json"
+    fi
+  done
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

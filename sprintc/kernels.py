@@ -35,11 +35,10 @@ def _rotate(y, R: tl.constexpr, BLOCK_D: tl.constexpr):
 @triton.jit
 def _tile(tile, n_rows, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr, ROUND: tl.constexpr):
-    """Indices of a tile of rows (token, q|k|v, head) and the RoPE cos / sin of their tokens (rounded as ROUND)."""
+    """Indices of a tile of rows (token, head) and the RoPE cos / sin of their tokens (rounded as ROUND)."""
     r = tile * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
-    tok, j = r // (3 * H), r % (3 * H)
-    which, h = j // H, j % H
+    tok, h = r // H, r % H
     mask = (r < n_rows) & (d < DH)
     b, n = tok // N, tok % N
     cos = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
@@ -48,72 +47,66 @@ def _tile(tile, n_rows, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: 
         row = rope + b * s_rb + n * s_rn + d
         cos = tl.load(row, mask=mask, other=0.0).to(ROUND).to(tl.float32)
         sin = tl.load(row + DH, mask=mask, other=0.0).to(ROUND).to(tl.float32)
-    return r, d, tok, which, h, b, n, mask, cos, sin
+    return tok, h, d, b, n, mask, cos, sin
 
 
 @triton.jit
-def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_rows, s_rb, s_rn,
+def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, n_rows, s_rb, s_rn,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                 HAS_ROPE: tl.constexpr):
+    # program axis 1 picks q (0) or k (1): one branch per program, so a thread holds one tensor's rows
+    which = tl.program_id(1)
+    w, out = wq, q_out
+    if which == 1:
+        w, out = wk, k_out
     dt = q_out.dtype.element_ty
-    r, d, tok, which, h, b, n, mask, cos, sin = _tile(tl.program_id(0), n_rows, rope, s_rb, s_rn, N, H, DH,
-                                                     BLOCK_R, BLOCK_D, HAS_ROPE, dt)
-    x = tl.load(qkv + r * DH + d, mask=mask, other=0.0).to(tl.float32)  # qkv rows are contiguous
-    w = tl.where(which == 0, tl.load(wq + d, mask=d < DH, other=0.0), tl.load(wk + d, mask=d < DH, other=0.0))
+    tok, h, d, b, n, mask, cos, sin = _tile(tl.program_id(0), n_rows, rope, s_rb, s_rn, N, H, DH, BLOCK_R, BLOCK_D,
+                                            HAS_ROPE, dt)
+    x = tl.load(qkv + tok * (3 * H * DH) + which * (H * DH) + h * DH + d, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + EPS)
-    y = (x * rstd * w.to(tl.float32)).to(dt).to(tl.float32)  # the norm's output is rounded, as in the model
+    y = (x * rstd * tl.load(w + d, mask=d < DH, other=0.0).to(tl.float32)).to(dt).to(tl.float32)  # rounded, as in the model
     if HAS_ROPE:
         y = y * cos + _rotate(y, BLOCK_R, BLOCK_D) * sin
-    y = tl.where(which == 2, x, y).to(dt)
-    # token-major (B, N, H, Dh) memory for all three: measured faster in the sampling step than q and k head-major
-    dst = tok * (H * DH) + h * DH + d
-    tl.store(q_out + dst, y, mask=mask & (which == 0))
-    tl.store(k_out + dst, y, mask=mask & (which == 1))
-    tl.store(v_out + dst, y, mask=mask & (which == 2))
+    tl.store(out + tok * (H * DH) + h * DH + d, y.to(dt), mask=mask)  # token-major (B, N, H, Dh) memory
 
 
 @triton.jit
-def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_rows, n_tiles, s_rb, s_rn,
-                sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2,
+def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_rows, n_tiles, s_rb, s_rn,
+                S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                 HAS_ROPE: tl.constexpr):
+    # persistent over tiles of rows; program axis 1 picks q or k. dq and dk share the (constant) strides S0-S2
+    which = tl.program_id(1)
+    w, g_in = wq, dq
+    if which == 1:
+        w, g_in = wk, dk
     dt = dqkv.dtype.element_ty
-    dmask = tl.arange(0, BLOCK_D) < DH
-    wq_ = tl.load(wq + tl.arange(0, BLOCK_D), mask=dmask, other=0.0).to(tl.float32)[None, :]
-    wk_ = tl.load(wk + tl.arange(0, BLOCK_D), mask=dmask, other=0.0).to(tl.float32)[None, :]
-    acc_q = tl.zeros([BLOCK_D], tl.float32)
-    acc_k = tl.zeros([BLOCK_D], tl.float32)
+    w = tl.load(w + tl.arange(0, BLOCK_D), mask=tl.arange(0, BLOCK_D) < DH, other=0.0).to(tl.float32)[None, :]
+    acc = tl.zeros([BLOCK_D], tl.float32)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-        r, d, tok, which, h, b, n, mask, cos, sin = _tile(tile, n_rows, rope, s_rb, s_rn, N, H, DH,
-                                                         BLOCK_R, BLOCK_D, HAS_ROPE, dt)
-        # every load first: the incoming gradient of each row from dq, dk or dv (any strides), and x
-        g = tl.load(dq + b * sq0 + h * sq1 + n * sq2 + d, mask=mask & (which == 0), other=0.0).to(tl.float32)
-        g += tl.load(dk + b * sk0 + h * sk1 + n * sk2 + d, mask=mask & (which == 1), other=0.0).to(tl.float32)
-        g += tl.load(dv + b * sv0 + h * sv1 + n * sv2 + d, mask=mask & (which == 2), other=0.0).to(tl.float32)
-        x = tl.load(qkv + r * DH + d, mask=mask & (which < 2), other=0.0).to(tl.float32)
+        tok, h, d, b, n, mask, cos, sin = _tile(tile, n_rows, rope, s_rb, s_rn, N, H, DH, BLOCK_R, BLOCK_D, HAS_ROPE, dt)
+        at = tok * (3 * H * DH) + which * (H * DH) + h * DH + d
+        g = tl.load(g_in + b * S0 + h * S1 + n * S2 + d, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(qkv + at, mask=mask, other=0.0).to(tl.float32)
         gy = g
         if HAS_ROPE:  # the rotation's transpose: dy = g cos - rotate(g sin)
             gy = g * cos - _rotate(g * sin, BLOCK_R, BLOCK_D)
         rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + EPS)
-        dw = gy * x * rstd
-        acc_q += tl.sum(tl.where(which == 0, dw, 0.0), 0)
-        acc_k += tl.sum(tl.where(which == 1, dw, 0.0), 0)
-        u = gy * tl.where(which == 0, wq_, wk_)
+        acc += tl.sum(gy * x * rstd, 0)
+        u = gy * w
         dx = rstd * u - x * (rstd * rstd * rstd) * (tl.sum(u * x, 1)[:, None] / DH)
-        tl.store(dqkv + r * DH + d, tl.where(which == 2, g, dx).to(dt), mask=mask)
-    part = dw_part + tl.program_id(0) * 2 * BLOCK_D + tl.arange(0, BLOCK_D)
-    tl.store(part, acc_q)
-    tl.store(part + BLOCK_D, acc_k)
+        tl.store(dqkv + at, dx.to(dt), mask=mask)
+    tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), acc)
 
 
-def _blocks(name, rows, warps):
-    """(rows per tile, warps) of a kernel; SPRINTC_QK_BLOCKS='fwd_rows,fwd_warps,bwd_rows,bwd_warps' overrides
-    (a developer's switch for tuning on a GPU, read when the op is traced)."""
+def _blocks(name, rows, warps, per_sm=None):
+    """(rows per tile, warps[, programs per SM]) of a kernel; SPRINTC_QK_BLOCKS='fwd_rows,fwd_warps,bwd_rows,
+    bwd_warps,bwd_per_sm' overrides (a developer's switch for tuning on a GPU, read when the op is traced)."""
     env = os.environ.get("SPRINTC_QK_BLOCKS")
     if env:
         v = [int(s) for s in env.split(",")]
-        return (v[0], v[1]) if name == "fwd" else (v[2], v[3])
-    return rows, warps
+        return (v[0], v[1]) if name == "fwd" else (v[2], v[3], v[4])
+    return (rows, warps) if per_sm is None else (rows, warps, per_sm)
 
 
 def _shapes(qkv, wq, rope):
@@ -133,22 +126,27 @@ def _token_major(like, B, N, H, DH):
     return torch.empty_strided((B, H, N, DH), (N * H * DH, DH, H * DH, 1), dtype=like.dtype, device=like.device)
 
 
+def _v_of(qkv, H, DH):
+    """The v part of qkv as a (B, H, N, Dh) view."""
+    return qkv[..., 2 * H * DH:].unflatten(-1, (H, DH)).transpose(1, 2)
+
+
 @triton_op("sprintc::qk_norm_rope", mutates_args={})
 def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
-    rows, warps = _blocks("fwd", 32, 8)  # the fastest of gpu_qk_kernels.py's tiles (H100, session I)
-    n_rows = B * N * 3 * H
-    wrap_triton(_fwd_kernel)[(triton.cdiv(n_rows, rows),)](
-        qkv, wq, wk, table, q, k, v, n_rows, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows,
+    v.copy_(_v_of(qkv, H, DH))  # a copy: a custom op's output may not be a view of its input
+    rows, warps = _blocks("fwd", 32, 8)
+    n_rows = B * N * H
+    wrap_triton(_fwd_kernel)[(triton.cdiv(n_rows, rows), 2)](
+        qkv, wq, wk, table, q, k, n_rows, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows,
         BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None, num_warps=warps)
     return q, k, v
 
 
-def _programs(device, tiles):
-    per_sm = 4
+def _programs(device, tiles, per_sm):
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
     return max(1, min(tiles, sms * per_sm))
 
@@ -159,17 +157,20 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    dq, dk, dv = (g if g.stride(-1) == 1 else g.contiguous() for g in (dq, dk, dv))
-    rows, warps = _blocks("bwd", 128, 8)
-    n_rows = B * N * 3 * H
-    tiles = triton.cdiv(n_rows, rows)
-    programs, block_d = _programs(qkv.device, tiles), triton.next_power_of_2(DH)
+    # the kernel reads dq and dk with one set of strides, compile-time constants (so its loads are vectorised):
+    # dq's own if its rows are contiguous (attention's backward gives q's layout), else token-major
+    like = dq if dq.stride(-1) == 1 else _token_major(dq, B, N, H, DH)
+    dq, dk = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk))
     dqkv = torch.empty_like(qkv)
+    _v_of(dqkv, H, DH).copy_(dv)
+    rows, warps, per_sm = _blocks("bwd", 32, 8, 2)
+    n_rows = B * N * H
+    tiles = triton.cdiv(n_rows, rows)
+    programs, block_d = _programs(qkv.device, tiles, per_sm), triton.next_power_of_2(DH)
     dw_part = torch.empty(programs, 2, block_d, dtype=torch.float32, device=qkv.device)
-    wrap_triton(_bwd_kernel)[(programs,)](
-        dq, dk, dv, qkv, wq, wk, table, dqkv, dw_part, n_rows, tiles, s_rb, s_rn,
-        dq.stride(0), dq.stride(1), dq.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2), EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows, BLOCK_D=block_d,
+    wrap_triton(_bwd_kernel)[(programs, 2)](
+        dq, dk, qkv, wq, wk, table, dqkv, dw_part, n_rows, tiles, s_rb, s_rn,
+        S0=dq.stride(0), S1=dq.stride(1), S2=dq.stride(2), EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows, BLOCK_D=block_d,
         HAS_ROPE=rope is not None, num_warps=warps)
     # two separate sums: a custom op's outputs may not be views of one tensor
     return dqkv, dw_part[:, 0, :DH].sum(0).to(wq.dtype), dw_part[:, 1, :DH].sum(0).to(wk.dtype)
