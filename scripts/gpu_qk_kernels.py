@@ -12,9 +12,9 @@ import torch
 from sprintc.kernels import qk_norm_rope
 from sprintc.model import Attention, rope_angles
 
-# SPRINTC_QK_BLOCKS: forward rows, warps; backward rows, warps, programs per SM (registers by ptxas for sm_90:
-# backward 32 x 8 warps 80, 16 x 4 72, 64 x 8 128; forward 32 x 8 43)
-CONFIGS = ["32,8,32,8,3", "32,8,16,4,7", "32,8,16,4,4", "64,8,64,8,2", "16,4,32,8,2", "32,8,32,4,6"]
+# SPRINTC_QK_BLOCKS: forward tokens per tile, warps; backward tokens, warps, programs per SM (registers by ptxas
+# for sm_90 at XL's 16 x 72 heads: backward 1 token x 4 warps 80, 2 x 8 102, 2 x 4 128, 4 x 8 128; forward 2 x 8 48)
+CONFIGS = ["2,8,1,4,6", "2,8,2,8,2", "1,4,2,4,4", "4,8,4,8,2", "2,8,1,4,12", "1,4,1,4,8"]
 
 
 def timed(fn, reps=50):

@@ -478,7 +478,7 @@ elif [ "$PHASE" = qk ]; then  # session I, one GPU: sprintc's q/k RMSNorm + RoPE
   versions
   piece pytest_cuda 150 0 python3 -m pytest -q -x "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
   if [ $TINY = 0 ]; then
-    qk_micro 32,8,32,8,3
+    qk_micro 2,8,1,4,6
   fi
   for r in on_1 off_1 on_2 off_2; do
     kern=$([ "${r%_*}" = on ] && echo --kernels || echo --no-kernels)
@@ -502,7 +502,7 @@ elif [ "$PHASE" = qk3 ]; then  # session J, one GPU: the q/k kernels rewritten (
   gpu_info
   versions
   piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "qk or kernel" -p no:cacheprovider --rootdir "$REPO"
-  [ $TINY = 0 ] && qk_micro 32,8,32,8,3
+  [ $TINY = 0 ] && qk_micro 2,8,1,4,6
   for r in on_1 off_1 on_2 off_2; do
     parts=$([ "${r#*_}" = 2 ] && echo train,sample || echo train)
     if [ "${r%_*}" = on ]; then

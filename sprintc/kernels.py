@@ -26,81 +26,84 @@ from torch.library import triton_op, wrap_triton
 
 
 @triton.jit
-def _rotate(y, R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(y0, y1, y2, y3, ...) -> (-y1, y0, -y3, y2, ...) along each row: RoPE's interleaved pairs."""
-    even, odd = tl.split(tl.reshape(y, [R, BLOCK_D // 2, 2]))
-    return tl.reshape(tl.join(-odd, even), [R, BLOCK_D])
+def _rotate(y, T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(y0, y1, y2, y3, ...) -> (-y1, y0, -y3, y2, ...) along each head: RoPE's interleaved pairs."""
+    even, odd = tl.split(tl.reshape(y, [T, BLOCK_H, BLOCK_D // 2, 2]))
+    return tl.reshape(tl.join(-odd, even), [T, BLOCK_H, BLOCK_D])
 
 
 @triton.jit
-def _tile(tile, n_rows, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr, ROUND: tl.constexpr):
-    """Indices of a tile of rows (token, head) and the RoPE cos / sin of their tokens (rounded as ROUND)."""
-    r = tile * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
-    d = tl.arange(0, BLOCK_D)[None, :]
-    tok, h = r // H, r % H
-    mask = (r < n_rows) & (d < DH)
+def _tile(tile, n_tok, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
+          BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr, ROUND: tl.constexpr):
+    """Indices of a tile of T tokens x heads x head width, and the RoPE cos / sin of its tokens (rounded as ROUND),
+    loaded once per token and broadcast over the heads."""
+    tok = tile * T + tl.arange(0, T)[:, None, None]
+    h = tl.arange(0, BLOCK_H)[None, :, None]
+    d = tl.arange(0, BLOCK_D)[None, None, :]
+    mask = (tok < n_tok) & (h < H) & (d < DH)
     b, n = tok // N, tok % N
-    cos = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    sin = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    cos = tl.zeros([T, 1, BLOCK_D], tl.float32)
+    sin = tl.zeros([T, 1, BLOCK_D], tl.float32)
     if HAS_ROPE:
         row = rope + b * s_rb + n * s_rn + d
-        cos = tl.load(row, mask=mask, other=0.0).to(ROUND).to(tl.float32)
-        sin = tl.load(row + DH, mask=mask, other=0.0).to(ROUND).to(tl.float32)
+        cos = tl.load(row, mask=(tok < n_tok) & (d < DH), other=0.0).to(ROUND).to(tl.float32)
+        sin = tl.load(row + DH, mask=(tok < n_tok) & (d < DH), other=0.0).to(ROUND).to(tl.float32)
     return tok, h, d, b, n, mask, cos, sin
 
 
 @triton.jit
-def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, n_rows, s_rb, s_rn,
-                EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                HAS_ROPE: tl.constexpr):
+def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, n_tok, s_rb, s_rn,
+                EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
     # program axis 1 picks q (0) or k (1): one branch per program, so a thread holds one tensor's rows
     which = tl.program_id(1)
     w, out = wq, q_out
     if which == 1:
         w, out = wk, k_out
     dt = q_out.dtype.element_ty
-    tok, h, d, b, n, mask, cos, sin = _tile(tl.program_id(0), n_rows, rope, s_rb, s_rn, N, H, DH, BLOCK_R, BLOCK_D,
+    tok, h, d, b, n, mask, cos, sin = _tile(tl.program_id(0), n_tok, rope, s_rb, s_rn, N, H, DH, T, BLOCK_H, BLOCK_D,
                                             HAS_ROPE, dt)
     x = tl.load(qkv + tok * (3 * H * DH) + which * (H * DH) + h * DH + d, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + EPS)
+    rstd = tl.rsqrt(tl.sum(x * x, 2)[:, :, None] / DH + EPS)
     y = (x * rstd * tl.load(w + d, mask=d < DH, other=0.0).to(tl.float32)).to(dt).to(tl.float32)  # rounded, as in the model
     if HAS_ROPE:
-        y = y * cos + _rotate(y, BLOCK_R, BLOCK_D) * sin
+        y = y * cos + _rotate(y, T, BLOCK_H, BLOCK_D) * sin
     tl.store(out + tok * (H * DH) + h * DH + d, y.to(dt), mask=mask)  # token-major (B, N, H, Dh) memory
 
 
 @triton.jit
-def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_rows, n_tiles, s_rb, s_rn,
+def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
-                EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                HAS_ROPE: tl.constexpr):
-    # persistent over tiles of rows; program axis 1 picks q or k. dq and dk share the (constant) strides S0-S2
+                EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
+    # persistent over tiles of tokens; program axis 1 picks q or k. dq and dk share the (constant) strides S0-S2
     which = tl.program_id(1)
     w, g_in = wq, dq
     if which == 1:
         w, g_in = wk, dk
     dt = dqkv.dtype.element_ty
-    w = tl.load(w + tl.arange(0, BLOCK_D), mask=tl.arange(0, BLOCK_D) < DH, other=0.0).to(tl.float32)[None, :]
-    acc = tl.zeros([BLOCK_D], tl.float32)
+    dmask = tl.arange(0, BLOCK_D) < DH
+    w = tl.load(w + tl.arange(0, BLOCK_D), mask=dmask, other=0.0).to(tl.float32)[None, None, :]
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-        tok, h, d, b, n, mask, cos, sin = _tile(tile, n_rows, rope, s_rb, s_rn, N, H, DH, BLOCK_R, BLOCK_D, HAS_ROPE, dt)
+        tok, h, d, b, n, mask, cos, sin = _tile(tile, n_tok, rope, s_rb, s_rn, N, H, DH, T, BLOCK_H, BLOCK_D,
+                                                HAS_ROPE, dt)
         at = tok * (3 * H * DH) + which * (H * DH) + h * DH + d
         g = tl.load(g_in + b * S0 + h * S1 + n * S2 + d, mask=mask, other=0.0).to(tl.float32)
         x = tl.load(qkv + at, mask=mask, other=0.0).to(tl.float32)
         gy = g
         if HAS_ROPE:  # the rotation's transpose: dy = g cos - rotate(g sin)
-            gy = g * cos - _rotate(g * sin, BLOCK_R, BLOCK_D)
-        rstd = tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + EPS)
+            gy = g * cos - _rotate(g * sin, T, BLOCK_H, BLOCK_D)
+        rstd = tl.rsqrt(tl.sum(x * x, 2)[:, :, None] / DH + EPS)
         acc += tl.sum(gy * x * rstd, 0)
         u = gy * w
-        dx = rstd * u - x * (rstd * rstd * rstd) * (tl.sum(u * x, 1)[:, None] / DH)
+        dx = rstd * u - x * (rstd * rstd * rstd) * (tl.sum(u * x, 2)[:, :, None] / DH)
         tl.store(dqkv + at, dx.to(dt), mask=mask)
-    tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), acc)
+    tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), tl.sum(acc, 0))
 
 
 def _blocks(name, rows, warps, per_sm=None):
-    """(rows per tile, warps[, programs per SM]) of a kernel; SPRINTC_QK_BLOCKS='fwd_rows,fwd_warps,bwd_rows,
+    """(tokens per tile, warps[, programs per SM]) of a kernel; SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,
     bwd_warps,bwd_per_sm' overrides (a developer's switch for tuning on a GPU, read when the op is traced)."""
     env = os.environ.get("SPRINTC_QK_BLOCKS")
     if env:
@@ -138,11 +141,11 @@ def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Op
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
     v.copy_(_v_of(qkv, H, DH))  # a copy: a custom op's output may not be a view of its input
-    rows, warps = _blocks("fwd", 32, 8)
-    n_rows = B * N * H
-    wrap_triton(_fwd_kernel)[(triton.cdiv(n_rows, rows), 2)](
-        qkv, wq, wk, table, q, k, n_rows, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows,
-        BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None, num_warps=warps)
+    tokens, warps = _blocks("fwd", 2, 8)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 2)](
+        qkv, wq, wk, table, q, k, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
+        BLOCK_H=triton.next_power_of_2(H), BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None,
+        num_warps=warps)
     return q, k, v
 
 
@@ -163,15 +166,14 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
     dq, dk = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk))
     dqkv = torch.empty_like(qkv)
     _v_of(dqkv, H, DH).copy_(dv)
-    rows, warps, per_sm = _blocks("bwd", 32, 8, 2)
-    n_rows = B * N * H
-    tiles = triton.cdiv(n_rows, rows)
+    tokens, warps, per_sm = _blocks("bwd", 2, 4, 6)
+    tiles = triton.cdiv(B * N, tokens)
     programs, block_d = _programs(qkv.device, tiles, per_sm), triton.next_power_of_2(DH)
     dw_part = torch.empty(programs, 2, block_d, dtype=torch.float32, device=qkv.device)
     wrap_triton(_bwd_kernel)[(programs, 2)](
-        dq, dk, qkv, wq, wk, table, dqkv, dw_part, n_rows, tiles, s_rb, s_rn,
-        S0=dq.stride(0), S1=dq.stride(1), S2=dq.stride(2), EPS=eps, N=N, H=H, DH=DH, BLOCK_R=rows, BLOCK_D=block_d,
-        HAS_ROPE=rope is not None, num_warps=warps)
+        dq, dk, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
+        S0=dq.stride(0), S1=dq.stride(1), S2=dq.stride(2), EPS=eps, N=N, H=H, DH=DH, T=tokens,
+        BLOCK_H=triton.next_power_of_2(H), BLOCK_D=block_d, HAS_ROPE=rope is not None, num_warps=warps)
     # two separate sums: a custom op's outputs may not be views of one tensor
     return dqkv, dw_part[:, 0, :DH].sum(0).to(wq.dtype), dw_part[:, 1, :DH].sum(0).to(wk.dtype)
 

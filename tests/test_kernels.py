@@ -30,11 +30,11 @@ CHECK = textwrap.dedent("""
         return q, k, v
 
     torch.manual_seed(0)
-    B, N, H, DH = 3, 12, 2, 10      # a head width that is not a power of two, as XL's 72; rows not a multiple of a tile
+    B, N, H, DH = 3, 13, 3, 10  # head count and width not powers of two (XL's width is 72); tokens not a multiple of a tile
     attn = Attention(H * DH, H, "rms").double()
     for w in (attn.q_norm.weight, attn.k_norm.weight):
         w.data.uniform_(0.5, 1.5)
-    table = rope_angles((3, 4), DH).double()
+    table = rope_angles((13, 1), DH).double()
     for kind in ("shared", "routed", "none"):
         rope = {"shared": table, "routed": table[torch.stack([torch.randperm(N) for _ in range(B)])], "none": None}[kind]
         qkv = torch.randn(B, N, 3 * H * DH, dtype=torch.float64, requires_grad=True)
