@@ -29,7 +29,8 @@
 #   GPU: `sprintc train` with train.ema.every 1 against 10), like (one GPU: the anchor, then sprintc on the anchor's model,
 #   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); likeema: like, then the first pair of emaevery. Session I's qk:
 #   the q/k RMSNorm + RoPE kernels (target.kernels) alone and in the training step against the code as shipped; qk2:
-#   the same in the sampling step; qkprof: SDPA's cost by q/k/v layout, profiles of the training step with and without the kernels, their CUDA tests.
+#   the same in the sampling step; session J's qk3 (the kernels rewritten, in training too), j1 and j2 (the targets
+#   on one H100 with them); qkprof: SDPA's cost by q/k/v layout, profiles of the training step with and without the kernels, their CUDA tests.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -511,6 +512,23 @@ elif [ "$PHASE" = qk3 ]; then  # session J, one GPU: the q/k kernels rewritten (
       piece "qk3_$r" 110 0 $BENCH --batch 128 --modes $TMODES --parts $parts --no-kernels --json "$W/qk3_$r.json"
     fi
   done
+elif [ "$PHASE" = j1 ]; then  # session J, one H100 (kind nvidia-h100-x1), the q/k kernels now in training too: their
+  # CUDA tests, the anchor at 128, sprintc at 128 (training and sampling) with the kernels (as shipped) and without,
+  # then `sprintc train` on XL latents at 128 as shipped
+  gpu_info
+  versions
+  piece pytest_cuda 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
+  [ $TINY = 0 ] && piece anchor_b128 220 0 $(anchor 128)
+  piece sit_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/sit_b128.json"
+  piece sit_b128_nok 80 0 $BENCH --batch 128 --modes $TMODES --parts train --no-kernels --json "$W/sit_b128_nok.json"
+  train_setup 128
+  train_each $(( 590 - ($(date +%s) - T0) )) shipped:xl_ddp
+  rm -rf "$W/latents"
+elif [ "$PHASE" = j2 ]; then  # session J, one H100, after j1: the anchor at 64 and 32, then sprintc at 64 and 32 as shipped
+  gpu_info
+  [ $TINY = 0 ] && piece anchor_b64 200 0 $(anchor 64)
+  [ $TINY = 0 ] && piece anchor_b32 200 0 $(anchor 32)
+  piece sit_b64_32 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64,32 --modes $TMODES --parts train --json "$W/sit_b64_32.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

@@ -193,17 +193,11 @@ def _backward(ctx, dq, dk, dv):
 qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 
 
-WHERE = ("sampling", "always")  # steps without gradients only, or every step
-
-
-def use_kernels(model: torch.nn.Module, where: str = "sampling") -> int:
-    """Point every sprintc Attention with RMS q/k norms at qk_norm_rope, on CUDA tensors, in steps without gradients
-    ("sampling") or in all of them ("always"); the count."""
+def use_kernels(model: torch.nn.Module) -> int:
+    """Point every sprintc Attention with RMS q/k norms at qk_norm_rope (used on CUDA tensors); the count."""
     from sprintc.model import Attention, RMSNorm
 
-    if where not in WHERE:
-        raise ValueError(f"use_kernels: where is 'sampling' or 'always', not {where!r}")
     found = [m for m in model.modules() if isinstance(m, Attention) and isinstance(m.q_norm, RMSNorm)]
     for m in found:
-        m.fused_qk = where
+        m.fused_qk = True
     return len(found)

@@ -37,7 +37,7 @@ def qk_norm(kind, dim):
 
 
 class Attention(nn.Module):
-    fused_qk = None  # "sampling" / "always": the inductor target's q/k RMSNorm + RoPE kernels (sprintc/kernels.py)
+    fused_qk = False  # set by the inductor target: q/k RMSNorm + RoPE as sprintc's kernels (sprintc/kernels.py)
 
     def __init__(self, dim, heads, norm="none"):
         super().__init__()
@@ -46,12 +46,11 @@ class Attention(nn.Module):
         self.q_norm, self.k_norm = qk_norm(norm, dim // heads), qk_norm(norm, dim // heads)
 
     def forward(self, x, rope=None):
-        # Measured (docs/PERFORMANCE.md): in training steps this plain form, q/k/v permuted to (B, H, N, Dh),
-        # compiles to faster steps than one fused RMSNorm + RoPE expression and than sprintc's Triton kernels
-        # (sprintc/kernels.py), which are faster only where no gradient is taken (sampling)
+        # On CUDA the inductor target's kernels (sprintc/kernels.py) make training and sampling steps faster than
+        # Inductor's code for this expression (docs/PERFORMANCE.md, session J); elsewhere the plain form
         B, N, D = x.shape
         qkv = self.qkv(x)
-        if qkv.is_cuda and (self.fused_qk == "always" or self.fused_qk == "sampling" and not torch.is_grad_enabled()):
+        if self.fused_qk and qkv.is_cuda:
             q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
         else:
             q, k, v = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)

@@ -125,9 +125,9 @@ class TargetSpec(Strict):
     multi_kernel: bool = Field(False, description="Inductor's multi-kernel reductions on CUDA (a persistent and a looped kernel "
                                "per reduction, the faster one picked at the first run): faster steps, but compiled without "
                                "Inductor's FX graph cache, so every process compiles them again; not used with tuning (tune, max-autotune)")
-    kernels: bool = Field(True, description="inductor on CUDA: in steps without gradients (sampling) the attention's q/k "
-                          "RMSNorm + RoPE run as sprintc's own Triton kernels (sprintc/kernels.py), measured faster than "
-                          "Inductor's code for the expression; false: Inductor's code everywhere")
+    kernels: bool = Field(True, description="inductor on CUDA: the attention's q/k RMSNorm + RoPE run as sprintc's own "
+                          "Triton kernels (sprintc/kernels.py) in training and sampling steps, measured faster than "
+                          "Inductor's code for the expression; false: Inductor's code")
 
 
 # ----------------------------------------------------------------------------------------- recipes

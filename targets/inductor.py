@@ -21,14 +21,13 @@ and sampling variants all fit.
 """
 from __future__ import annotations
 
-import os
 import types
 
 import torch
 import torch.nn as nn
 
 from sprintc.spec import TargetSpec
-from sprintc.targets_api import Lowering, TargetError, wrap_forwards
+from sprintc.targets_api import Lowering, wrap_forwards
 
 RECOMPILE_LIMIT = 64
 
@@ -109,16 +108,12 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
 
 
 def use_kernels(model: nn.Module) -> int:
-    """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions, for steps without gradients unless
-    SPRINTC_QK_KERNELS=always (a developer's switch for A/B runs); 0 where triton is missing."""
+    """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
     try:
-        from sprintc.kernels import WHERE, use_kernels
+        from sprintc.kernels import use_kernels
     except ImportError:  # a torch build without triton: Inductor's code throughout
         return 0
-    where = os.environ.get("SPRINTC_QK_KERNELS", "sampling")
-    if where not in WHERE:
-        raise TargetError(f"SPRINTC_QK_KERNELS={where!r}: expected one of {', '.join(WHERE)} (or leave it unset: sampling)")
-    return use_kernels(model, where)
+    return use_kernels(model)
 
 
 def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
