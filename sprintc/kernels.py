@@ -3,13 +3,13 @@
 `qk_norm_rope(qkv, wq, wk, rope, eps)` reads the qkv projection's output (B, N, 3*D) and returns the q, k, v
 that scaled_dot_product_attention takes, (B, H, N, Dh) views of token-major memory: q and k RMS-normalised
 per head (weight in float32, rounded to the input dtype as the model does) and rotated by RoPE, v copied.
-The backward writes the whole dqkv and the norm weights' gradients. Both kernels work on rows of one head
-(Dh values), many rows per program, so every load of a tile is issued before its reductions; the backward
-is persistent (a few programs per SM), summing the weights' gradients in registers.
+The backward writes the whole dqkv and the norm weights' gradients. Both kernels work on tiles of whole tokens
+(tokens x heads x head width, a head of 72 read as 64 + 8 columns), q, k and v in separate programs; every load
+of a tile is issued before its reductions, RoPE's cos / sin are loaded once per token, and the backward is
+persistent (a few programs per SM), summing the weights' gradients in registers.
 
-The inductor target uses them where no gradient is taken (sampling), where they were measured faster; in the
-training step they were not (docs/PERFORMANCE.md, session I). SPRINTC_QK_KERNELS=always, a developer's switch,
-puts them in training steps too, to measure them again.
+The inductor target uses them in training and sampling steps on CUDA, where they were measured faster than
+Inductor's code for the expression (docs/PERFORMANCE.md, session J).
 
 Registered with `torch.library.triton_op`: torch.compile traces into it (no graph break) and CUDA graphs
 capture it. Importing this module imports triton; sprintc does it only when a CUDA lowering asks for it.
@@ -26,80 +26,149 @@ from torch.library import triton_op, wrap_triton
 
 
 @triton.jit
-def _rotate(y, T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rotate(y, T: tl.constexpr, BLOCK_H: tl.constexpr, W: tl.constexpr):
     """(y0, y1, y2, y3, ...) -> (-y1, y0, -y3, y2, ...) along each head: RoPE's interleaved pairs."""
-    even, odd = tl.split(tl.reshape(y, [T, BLOCK_H, BLOCK_D // 2, 2]))
-    return tl.reshape(tl.join(-odd, even), [T, BLOCK_H, BLOCK_D])
+    even, odd = tl.split(tl.reshape(y, [T, BLOCK_H, W // 2, 2]))
+    return tl.reshape(tl.join(-odd, even), [T, BLOCK_H, W])
 
 
 @triton.jit
-def _tile(tile, n_tok, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
-          BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr, ROUND: tl.constexpr):
-    """Indices of a tile of T tokens x heads x head width, and the RoPE cos / sin of its tokens (rounded as ROUND),
-    loaded once per token and broadcast over the heads."""
+def _rows(tile, n_tok, N: tl.constexpr, H: tl.constexpr, T: tl.constexpr, BLOCK_H: tl.constexpr):
+    """A tile of T tokens x heads: token, head, batch and position indices, and which rows exist."""
     tok = tile * T + tl.arange(0, T)[:, None, None]
     h = tl.arange(0, BLOCK_H)[None, :, None]
-    d = tl.arange(0, BLOCK_D)[None, None, :]
-    mask = (tok < n_tok) & (h < H) & (d < DH)
-    b, n = tok // N, tok % N
-    cos = tl.zeros([T, 1, BLOCK_D], tl.float32)
-    sin = tl.zeros([T, 1, BLOCK_D], tl.float32)
-    if HAS_ROPE:
-        row = rope + b * s_rb + n * s_rn + d
-        cos = tl.load(row, mask=(tok < n_tok) & (d < DH), other=0.0).to(ROUND).to(tl.float32)
-        sin = tl.load(row + DH, mask=(tok < n_tok) & (d < DH), other=0.0).to(ROUND).to(tl.float32)
-    return tok, h, d, b, n, mask, cos, sin
+    return tok, h, tok // N, tok % N, (tok < n_tok) & (h < H)
 
 
 @triton.jit
-def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, n_tok, s_rb, s_rn,
+def _cols(START: tl.constexpr, W: tl.constexpr, DH: tl.constexpr):
+    """Columns START..START+W of a head (a head of width 72 is read as 64 + 8 columns: no padding to 128)."""
+    d = START + tl.arange(0, W)[None, None, :]
+    return d, d < DH
+
+
+@triton.jit
+def _cos_sin(rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH: tl.constexpr, ROUND: tl.constexpr):
+    """RoPE's cos / sin of the tile's tokens at columns d (rounded as ROUND), once per token for all heads."""
+    row = rope + b * s_rb + n * s_rn + d
+    m = (tok < n_tok) & dmask
+    cos = tl.load(row, mask=m, other=0.0).to(ROUND).to(tl.float32)
+    return cos, tl.load(row + DH, mask=m, other=0.0).to(ROUND).to(tl.float32)
+
+
+@triton.jit
+def _norm_rope(x, rstd, w, rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH: tl.constexpr, T: tl.constexpr,
+               BLOCK_H: tl.constexpr, W: tl.constexpr, HAS_ROPE: tl.constexpr, dt: tl.constexpr):
+    y = (x * rstd * tl.load(w + d, mask=dmask, other=0.0).to(tl.float32)).to(dt).to(tl.float32)  # rounded, as in the model
+    if HAS_ROPE:
+        cos, sin = _cos_sin(rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH, dt)
+        y = y * cos + _rotate(y, T, BLOCK_H, W) * sin
+    return y
+
+
+@triton.jit
+def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_tok, s_rb, s_rn,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
-                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
-    # program axis 1 picks q (0) or k (1): one branch per program, so a thread holds one tensor's rows
+                BLOCK_H: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_ROPE: tl.constexpr):
+    # program axis 1 picks q, k or v (v is copied): one branch per program
     which = tl.program_id(1)
     w, out = wq, q_out
     if which == 1:
         w, out = wk, k_out
+    if which == 2:
+        out = v_out
     dt = q_out.dtype.element_ty
-    tok, h, d, b, n, mask, cos, sin = _tile(tl.program_id(0), n_tok, rope, s_rb, s_rn, N, H, DH, T, BLOCK_H, BLOCK_D,
-                                            HAS_ROPE, dt)
-    x = tl.load(qkv + tok * (3 * H * DH) + which * (H * DH) + h * DH + d, mask=mask, other=0.0).to(tl.float32)
-    rstd = tl.rsqrt(tl.sum(x * x, 2)[:, :, None] / DH + EPS)
-    y = (x * rstd * tl.load(w + d, mask=d < DH, other=0.0).to(tl.float32)).to(dt).to(tl.float32)  # rounded, as in the model
-    if HAS_ROPE:
-        y = y * cos + _rotate(y, T, BLOCK_H, BLOCK_D) * sin
-    tl.store(out + tok * (H * DH) + h * DH + d, y.to(dt), mask=mask)  # token-major (B, N, H, Dh) memory
+    tok, h, b, n, rows = _rows(tl.program_id(0), n_tok, N, H, T, BLOCK_H)
+    src = qkv + tok * (3 * H * DH) + which * (H * DH) + h * DH
+    dst = out + tok * (H * DH) + h * DH  # token-major (B, N, H, Dh) memory
+    da, ma = _cols(0, DA, DH)
+    xa = tl.load(src + da, mask=rows & ma, other=0.0).to(tl.float32)
+    ss = tl.sum(xa * xa, 2)
+    if DB > 0:
+        db, mb = _cols(DA, DB, DH)
+        xb = tl.load(src + db, mask=rows & mb, other=0.0).to(tl.float32)
+        ss += tl.sum(xb * xb, 2)
+    rstd = tl.rsqrt(ss[:, :, None] / DH + EPS)
+    ya = xa
+    if which < 2:
+        ya = _norm_rope(xa, rstd, w, rope, b, n, tok, n_tok, s_rb, s_rn, da, ma, DH, T, BLOCK_H, DA, HAS_ROPE, dt)
+    tl.store(dst + da, ya.to(dt), mask=rows & ma)
+    if DB > 0:
+        yb = xb
+        if which < 2:
+            yb = _norm_rope(xb, rstd, w, rope, b, n, tok, n_tok, s_rb, s_rn, db, mb, DH, T, BLOCK_H, DB, HAS_ROPE, dt)
+        tl.store(dst + db, yb.to(dt), mask=rows & mb)
 
 
 @triton.jit
-def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
+def _unrope(g, rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH: tl.constexpr, T: tl.constexpr,
+            BLOCK_H: tl.constexpr, W: tl.constexpr, HAS_ROPE: tl.constexpr, dt: tl.constexpr):
+    """The rotation's transpose: dy = g cos - rotate(g sin)."""
+    if HAS_ROPE:
+        cos, sin = _cos_sin(rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH, dt)
+        g = g * cos - _rotate(g * sin, T, BLOCK_H, W)
+    return g
+
+
+@triton.jit
+def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
-                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
-    # persistent over tiles of tokens; program axis 1 picks q or k. dq and dk share the (constant) strides S0-S2
+                BLOCK_H: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_ROPE: tl.constexpr):
+    # persistent over tiles of tokens; program axis 1 picks q, k or v (v's gradient is copied into dqkv).
+    # dq, dk and dv share the (constant) strides S0-S2
     which = tl.program_id(1)
     w, g_in = wq, dq
     if which == 1:
         w, g_in = wk, dk
+    if which == 2:
+        g_in = dv
     dt = dqkv.dtype.element_ty
-    dmask = tl.arange(0, BLOCK_D) < DH
-    w = tl.load(w + tl.arange(0, BLOCK_D), mask=dmask, other=0.0).to(tl.float32)[None, None, :]
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    da, ma = _cols(0, DA, DH)
+    wa = tl.load(w + da, mask=ma, other=0.0).to(tl.float32)
+    acc_a = tl.zeros([BLOCK_H, DA], tl.float32)
+    if DB > 0:
+        db, mb = _cols(DA, DB, DH)
+        wb = tl.load(w + db, mask=mb, other=0.0).to(tl.float32)
+        acc_b = tl.zeros([BLOCK_H, DB], tl.float32)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-        tok, h, d, b, n, mask, cos, sin = _tile(tile, n_tok, rope, s_rb, s_rn, N, H, DH, T, BLOCK_H, BLOCK_D,
-                                                HAS_ROPE, dt)
-        at = tok * (3 * H * DH) + which * (H * DH) + h * DH + d
-        g = tl.load(g_in + b * S0 + h * S1 + n * S2 + d, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(qkv + at, mask=mask, other=0.0).to(tl.float32)
-        gy = g
-        if HAS_ROPE:  # the rotation's transpose: dy = g cos - rotate(g sin)
-            gy = g * cos - _rotate(g * sin, T, BLOCK_H, BLOCK_D)
-        rstd = tl.rsqrt(tl.sum(x * x, 2)[:, :, None] / DH + EPS)
-        acc += tl.sum(gy * x * rstd, 0)
-        u = gy * w
-        dx = rstd * u - x * (rstd * rstd * rstd) * (tl.sum(u * x, 2)[:, :, None] / DH)
-        tl.store(dqkv + at, dx.to(dt), mask=mask)
-    tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), tl.sum(acc, 0))
+        tok, h, b, n, rows = _rows(tile, n_tok, N, H, T, BLOCK_H)
+        at = tok * (3 * H * DH) + which * (H * DH) + h * DH
+        gp = g_in + b * S0 + h * S1 + n * S2
+        xrows = rows & (which < 2)  # v's rows need only the gradient
+        ga = tl.load(gp + da, mask=rows & ma, other=0.0).to(tl.float32)
+        xa = tl.load(qkv + at + da, mask=xrows & ma, other=0.0).to(tl.float32)
+        ss = tl.sum(xa * xa, 2)
+        if DB > 0:
+            gb = tl.load(gp + db, mask=rows & mb, other=0.0).to(tl.float32)
+            xb = tl.load(qkv + at + db, mask=xrows & mb, other=0.0).to(tl.float32)
+            ss += tl.sum(xb * xb, 2)
+        dxa = ga
+        if DB > 0:
+            dxb = gb
+        if which < 2:
+            rstd = tl.rsqrt(ss[:, :, None] / DH + EPS)
+            ua = _unrope(ga, rope, b, n, tok, n_tok, s_rb, s_rn, da, ma, DH, T, BLOCK_H, DA, HAS_ROPE, dt)
+            acc_a += tl.sum(ua * xa * rstd, 0)
+            ua = ua * wa
+            dot = tl.sum(ua * xa, 2)
+            if DB > 0:
+                ub = _unrope(gb, rope, b, n, tok, n_tok, s_rb, s_rn, db, mb, DH, T, BLOCK_H, DB, HAS_ROPE, dt)
+                acc_b += tl.sum(ub * xb * rstd, 0)
+                ub = ub * wb
+                dot += tl.sum(ub * xb, 2)
+            c = (rstd * rstd * rstd) * (dot[:, :, None] / DH)
+            dxa = rstd * ua - xa * c
+            if DB > 0:
+                dxb = rstd * ub - xb * c
+        tl.store(dqkv + at + da, dxa.to(dt), mask=rows & ma)
+        if DB > 0:
+            tl.store(dqkv + at + db, dxb.to(dt), mask=rows & mb)
+    if which < 2:
+        part = dw_part + (tl.program_id(0) * 2 + which) * (DA + DB)
+        tl.store(part + tl.arange(0, DA), tl.sum(acc_a, 0))
+        if DB > 0:
+            tl.store(part + DA + tl.arange(0, DB), tl.sum(acc_b, 0))
 
 
 def _blocks(name, rows, warps, per_sm=None):
@@ -129,9 +198,10 @@ def _token_major(like, B, N, H, DH):
     return torch.empty_strided((B, H, N, DH), (N * H * DH, DH, H * DH, 1), dtype=like.dtype, device=like.device)
 
 
-def _v_of(qkv, H, DH):
-    """The v part of qkv as a (B, H, N, Dh) view."""
-    return qkv[..., 2 * H * DH:].unflatten(-1, (H, DH)).transpose(1, 2)
+def _split(DH):
+    """A head's columns as a power of two plus a (padded) rest: 72 -> 64 + 8, 128 -> 128 + 0."""
+    da = 1 << (DH.bit_length() - 1)
+    return da, (triton.next_power_of_2(DH - da) if DH > da else 0)
 
 
 @triton_op("sprintc::qk_norm_rope", mutates_args={})
@@ -139,13 +209,13 @@ def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Op
                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
+    # v is copied (a custom op's output may not be a view of its input), in the same kernel
     q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
-    v.copy_(_v_of(qkv, H, DH))  # a copy: a custom op's output may not be a view of its input
     tokens, warps = _blocks("fwd", 2, 8)
-    wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 2)](
-        qkv, wq, wk, table, q, k, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
-        BLOCK_H=triton.next_power_of_2(H), BLOCK_D=triton.next_power_of_2(DH), HAS_ROPE=rope is not None,
-        num_warps=warps)
+    da, db = _split(DH)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 3)](
+        qkv, wq, wk, table, q, k, v, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
+        BLOCK_H=triton.next_power_of_2(H), DA=da, DB=db, HAS_ROPE=rope is not None, num_warps=warps)
     return q, k, v
 
 
@@ -160,20 +230,19 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    # the kernel reads dq and dk with one set of strides, compile-time constants (so its loads are vectorised):
+    # the kernel reads dq, dk and dv with one set of strides, compile-time constants (so its loads are vectorised):
     # dq's own if its rows are contiguous (attention's backward gives q's layout), else token-major
     like = dq if dq.stride(-1) == 1 else _token_major(dq, B, N, H, DH)
-    dq, dk = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk))
+    dq, dk, dv = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk, dv))
     dqkv = torch.empty_like(qkv)
-    _v_of(dqkv, H, DH).copy_(dv)
     tokens, warps, per_sm = _blocks("bwd", 2, 4, 6)
     tiles = triton.cdiv(B * N, tokens)
-    programs, block_d = _programs(qkv.device, tiles, per_sm), triton.next_power_of_2(DH)
-    dw_part = torch.empty(programs, 2, block_d, dtype=torch.float32, device=qkv.device)
-    wrap_triton(_bwd_kernel)[(programs, 2)](
-        dq, dk, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
+    programs, (da, db) = _programs(qkv.device, tiles, per_sm), _split(DH)
+    dw_part = torch.empty(programs, 2, da + db, dtype=torch.float32, device=qkv.device)
+    wrap_triton(_bwd_kernel)[(programs, 3)](
+        dq, dk, dv, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
         S0=dq.stride(0), S1=dq.stride(1), S2=dq.stride(2), EPS=eps, N=N, H=H, DH=DH, T=tokens,
-        BLOCK_H=triton.next_power_of_2(H), BLOCK_D=block_d, HAS_ROPE=rope is not None, num_warps=warps)
+        BLOCK_H=triton.next_power_of_2(H), DA=da, DB=db, HAS_ROPE=rope is not None, num_warps=warps)
     # two separate sums: a custom op's outputs may not be views of one tensor
     return dqkv, dw_part[:, 0, :DH].sum(0).to(wq.dtype), dw_part[:, 1, :DH].sum(0).to(wk.dtype)
 

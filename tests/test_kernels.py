@@ -30,35 +30,37 @@ CHECK = textwrap.dedent("""
         return q, k, v
 
     torch.manual_seed(0)
-    B, N, H, DH = 3, 13, 3, 10  # head count and width not powers of two (XL's width is 72); tokens not a multiple of a tile
-    attn = Attention(H * DH, H, "rms").double()
-    for w in (attn.q_norm.weight, attn.k_norm.weight):
-        w.data.uniform_(0.5, 1.5)
-    table = rope_angles((13, 1), DH).double()
-    for kind in ("shared", "routed", "none"):
-        rope = {"shared": table, "routed": table[torch.stack([torch.randperm(N) for _ in range(B)])], "none": None}[kind]
-        qkv = torch.randn(B, N, 3 * H * DH, dtype=torch.float64, requires_grad=True)
-        ref = expression(attn, qkv, rope)
-        out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
-        for name, a, b in zip("qkv", out, ref):  # the kernels compute in float32
-            assert a.shape == b.shape and a.stride(-1) == 1, (kind, name, a.shape)  # rows contiguous for attention
-            assert (a - b).abs().max() < 1e-5, (kind, name, (a - b).abs().max())
-        # gradients in the layouts attention's backward may give: token-major, transposed, head-major
-        grads = [torch.randn_like(o) for o in out]
-        grads[1] = torch.randn(B, N, H, DH, dtype=torch.float64).transpose(1, 2)
-        grads[2] = torch.randn(B, H, N, DH, dtype=torch.float64)
-        wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)
-        want = torch.autograd.grad(ref, wrt, grads, retain_graph=True)
-        got = torch.autograd.grad(out, wrt, grads, retain_graph=True)
-        for name, a, b in zip(("qkv", "wq", "wk"), got, want):
-            assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), (kind, name, (a - b).abs().max())
-    # bf16 in, as under autocast: the norm's output rounded as the model rounds it
-    qkv = torch.randn(B, N, 3 * H * DH).bfloat16()
-    attn = attn.float()
-    ref = expression(attn, qkv.float(), table.float())
-    out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, table.float(), attn.q_norm.eps)
-    for name, a, b in zip("qkv", out, ref):
-        assert a.dtype == torch.bfloat16 and (a.float() - b).abs().max() < 0.05, (name, (a.float() - b).abs().max())
+    # head counts and widths not powers of two (XL: 16 x 72, read as 64 + 8 columns; 14: 8 + 6 padded to 8);
+    # tokens not a multiple of a tile
+    for B, N, H, DH in ((3, 13, 3, 10), (2, 13, 2, 14), (2, 13, 5, 8)):
+        attn = Attention(H * DH, H, "rms").double()
+        for w in (attn.q_norm.weight, attn.k_norm.weight):
+            w.data.uniform_(0.5, 1.5)
+        table = rope_angles((13, 1), DH).double()
+        for kind in ("shared", "routed", "none"):
+            rope = {"shared": table, "routed": table[torch.stack([torch.randperm(N) for _ in range(B)])], "none": None}[kind]
+            qkv = torch.randn(B, N, 3 * H * DH, dtype=torch.float64, requires_grad=True)
+            ref = expression(attn, qkv, rope)
+            out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
+            for name, a, b in zip("qkv", out, ref):  # the kernels compute in float32
+                assert a.shape == b.shape and a.stride(-1) == 1, (kind, name, a.shape)  # rows contiguous for attention
+                assert (a - b).abs().max() < 1e-5, (kind, name, (a - b).abs().max())
+            # gradients in the layouts attention's backward may give: token-major, transposed, head-major
+            grads = [torch.randn_like(o) for o in out]
+            grads[1] = torch.randn(B, N, H, DH, dtype=torch.float64).transpose(1, 2)
+            grads[2] = torch.randn(B, H, N, DH, dtype=torch.float64)
+            wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)
+            want = torch.autograd.grad(ref, wrt, grads, retain_graph=True)
+            got = torch.autograd.grad(out, wrt, grads, retain_graph=True)
+            for name, a, b in zip(("qkv", "wq", "wk"), got, want):
+                assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), (kind, name, (a - b).abs().max())
+        # bf16 in, as under autocast: the norm's output rounded as the model rounds it
+        qkv = torch.randn(B, N, 3 * H * DH).bfloat16()
+        attn = attn.float()
+        ref = expression(attn, qkv.float(), table.float())
+        out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, table.float(), attn.q_norm.eps)
+        for name, a, b in zip("qkv", out, ref):
+            assert a.dtype == torch.bfloat16 and (a.float() - b).abs().max() < 0.05, (name, (a.float() - b).abs().max())
     print("kernels ok")
 """)
 
