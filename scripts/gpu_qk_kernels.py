@@ -13,9 +13,9 @@ from sprintc.kernels import qk_norm_rope
 from sprintc.model import Attention, rope_angles
 
 # SPRINTC_QK_BLOCKS: forward tokens per tile, warps; backward tokens, warps, programs per SM (registers by ptxas
-# for sm_90 at XL's 16 x 72 heads read as 64 + 8 columns: backward 1 token x 4 warps 79, 2 x 8 98; forward 1 x 4 48,
-# 2 x 8 62, 4 x 8 79)
-CONFIGS = ["2,8,1,4,6", "1,4,1,4,6", "2,8,2,8,2", "1,4,1,4,12", "2,8,1,4,8", "4,8,1,4,6"]
+# for sm_90 at XL's 16 x 72 heads: forward (64 + 8 columns) 4 tokens x 8 warps 79, 2 x 8 62; backward (padded to
+# 128) 1 x 4 80, 2 x 8 102)
+CONFIGS = ["4,8,1,4,6", "2,8,1,4,6", "4,8,2,8,2", "4,8,1,4,8", "8,8,1,4,6", "4,4,1,4,6"]
 
 
 def timed(fn, reps=50):

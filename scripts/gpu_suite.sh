@@ -529,6 +529,16 @@ elif [ "$PHASE" = j2 ]; then  # session J, one H100, after j1: the anchor at 64 
   [ $TINY = 0 ] && piece anchor_b64 200 0 $(anchor 64)
   [ $TINY = 0 ] && piece anchor_b32 200 0 $(anchor 32)
   piece sit_b64_32 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64,32 --modes $TMODES --parts train --json "$W/sit_b64_32.json"
+elif [ "$PHASE" = j3 ]; then  # session J, one H100, after qk3's third run: the kernels as shipped now (forward 64 + 8
+  # columns with v, backward padded): CUDA tests, the kernels alone (for information: the benches run the defaults),
+  # the anchor at 128, sprintc at 128 with and without the kernels (training and sampling)
+  gpu_info
+  versions
+  piece pytest_cuda 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
+  [ $TINY = 0 ] && qk_micro 4,8,1,4,6 && unset SPRINTC_QK_BLOCKS
+  [ $TINY = 0 ] && piece anchor_b128 220 0 $(anchor 128)
+  piece sit_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/sit_b128.json"
+  piece sit_b128_nok $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --no-kernels --json "$W/sit_b128_nok.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

@@ -4,9 +4,10 @@
 that scaled_dot_product_attention takes, (B, H, N, Dh) views of token-major memory: q and k RMS-normalised
 per head (weight in float32, rounded to the input dtype as the model does) and rotated by RoPE, v copied.
 The backward writes the whole dqkv and the norm weights' gradients. Both kernels work on tiles of whole tokens
-(tokens x heads x head width, a head of 72 read as 64 + 8 columns), q, k and v in separate programs; every load
-of a tile is issued before its reductions, RoPE's cos / sin are loaded once per token, and the backward is
-persistent (a few programs per SM), summing the weights' gradients in registers.
+(tokens x heads x head width) with q, k (and in the forward v) in separate programs; every load of a tile is issued
+before its reductions and RoPE's cos / sin are loaded once per token. The forward reads a head of 72 as 64 + 8
+columns; the backward pads it to 128 (each measured the faster there, session J) and is persistent (a few programs
+per SM), summing the weights' gradients in registers.
 
 The inductor target uses them in training and sampling steps on CUDA, where they were measured faster than
 Inductor's code for the expression (docs/PERFORMANCE.md, session J).
@@ -101,74 +102,53 @@ def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_tok, s_rb, s_rn,
 
 
 @triton.jit
-def _unrope(g, rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH: tl.constexpr, T: tl.constexpr,
-            BLOCK_H: tl.constexpr, W: tl.constexpr, HAS_ROPE: tl.constexpr, dt: tl.constexpr):
-    """The rotation's transpose: dy = g cos - rotate(g sin)."""
+def _tile(tile, n_tok, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
+          BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr, ROUND: tl.constexpr):
+    """Indices of a tile of T tokens x heads x head width, and the RoPE cos / sin of its tokens (rounded as ROUND),
+    loaded once per token and broadcast over the heads."""
+    tok = tile * T + tl.arange(0, T)[:, None, None]
+    h = tl.arange(0, BLOCK_H)[None, :, None]
+    d = tl.arange(0, BLOCK_D)[None, None, :]
+    mask = (tok < n_tok) & (h < H) & (d < DH)
+    b, n = tok // N, tok % N
+    cos = tl.zeros([T, 1, BLOCK_D], tl.float32)
+    sin = tl.zeros([T, 1, BLOCK_D], tl.float32)
     if HAS_ROPE:
-        cos, sin = _cos_sin(rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH, dt)
-        g = g * cos - _rotate(g * sin, T, BLOCK_H, W)
-    return g
+        row = rope + b * s_rb + n * s_rn + d
+        cos = tl.load(row, mask=(tok < n_tok) & (d < DH), other=0.0).to(ROUND).to(tl.float32)
+        sin = tl.load(row + DH, mask=(tok < n_tok) & (d < DH), other=0.0).to(ROUND).to(tl.float32)
+    return tok, h, d, b, n, mask, cos, sin
 
 
 @triton.jit
-def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
+def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
-                BLOCK_H: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_ROPE: tl.constexpr):
-    # persistent over tiles of tokens; program axis 1 picks q, k or v (v's gradient is copied into dqkv).
-    # dq, dk and dv share the (constant) strides S0-S2
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
+    # persistent over tiles of tokens; program axis 1 picks q or k. dq and dk share the (constant) strides S0-S2
     which = tl.program_id(1)
     w, g_in = wq, dq
     if which == 1:
         w, g_in = wk, dk
-    if which == 2:
-        g_in = dv
     dt = dqkv.dtype.element_ty
-    da, ma = _cols(0, DA, DH)
-    wa = tl.load(w + da, mask=ma, other=0.0).to(tl.float32)
-    acc_a = tl.zeros([BLOCK_H, DA], tl.float32)
-    if DB > 0:
-        db, mb = _cols(DA, DB, DH)
-        wb = tl.load(w + db, mask=mb, other=0.0).to(tl.float32)
-        acc_b = tl.zeros([BLOCK_H, DB], tl.float32)
+    dmask = tl.arange(0, BLOCK_D) < DH
+    w = tl.load(w + tl.arange(0, BLOCK_D), mask=dmask, other=0.0).to(tl.float32)[None, None, :]
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
     for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-        tok, h, b, n, rows = _rows(tile, n_tok, N, H, T, BLOCK_H)
-        at = tok * (3 * H * DH) + which * (H * DH) + h * DH
-        gp = g_in + b * S0 + h * S1 + n * S2
-        xrows = rows & (which < 2)  # v's rows need only the gradient
-        ga = tl.load(gp + da, mask=rows & ma, other=0.0).to(tl.float32)
-        xa = tl.load(qkv + at + da, mask=xrows & ma, other=0.0).to(tl.float32)
-        ss = tl.sum(xa * xa, 2)
-        if DB > 0:
-            gb = tl.load(gp + db, mask=rows & mb, other=0.0).to(tl.float32)
-            xb = tl.load(qkv + at + db, mask=xrows & mb, other=0.0).to(tl.float32)
-            ss += tl.sum(xb * xb, 2)
-        dxa = ga
-        if DB > 0:
-            dxb = gb
-        if which < 2:
-            rstd = tl.rsqrt(ss[:, :, None] / DH + EPS)
-            ua = _unrope(ga, rope, b, n, tok, n_tok, s_rb, s_rn, da, ma, DH, T, BLOCK_H, DA, HAS_ROPE, dt)
-            acc_a += tl.sum(ua * xa * rstd, 0)
-            ua = ua * wa
-            dot = tl.sum(ua * xa, 2)
-            if DB > 0:
-                ub = _unrope(gb, rope, b, n, tok, n_tok, s_rb, s_rn, db, mb, DH, T, BLOCK_H, DB, HAS_ROPE, dt)
-                acc_b += tl.sum(ub * xb * rstd, 0)
-                ub = ub * wb
-                dot += tl.sum(ub * xb, 2)
-            c = (rstd * rstd * rstd) * (dot[:, :, None] / DH)
-            dxa = rstd * ua - xa * c
-            if DB > 0:
-                dxb = rstd * ub - xb * c
-        tl.store(dqkv + at + da, dxa.to(dt), mask=rows & ma)
-        if DB > 0:
-            tl.store(dqkv + at + db, dxb.to(dt), mask=rows & mb)
-    if which < 2:
-        part = dw_part + (tl.program_id(0) * 2 + which) * (DA + DB)
-        tl.store(part + tl.arange(0, DA), tl.sum(acc_a, 0))
-        if DB > 0:
-            tl.store(part + DA + tl.arange(0, DB), tl.sum(acc_b, 0))
+        tok, h, d, b, n, mask, cos, sin = _tile(tile, n_tok, rope, s_rb, s_rn, N, H, DH, T, BLOCK_H, BLOCK_D,
+                                                HAS_ROPE, dt)
+        at = tok * (3 * H * DH) + which * (H * DH) + h * DH + d
+        g = tl.load(g_in + b * S0 + h * S1 + n * S2 + d, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(qkv + at, mask=mask, other=0.0).to(tl.float32)
+        gy = g
+        if HAS_ROPE:  # the rotation's transpose: dy = g cos - rotate(g sin)
+            gy = g * cos - _rotate(g * sin, T, BLOCK_H, BLOCK_D)
+        rstd = tl.rsqrt(tl.sum(x * x, 2)[:, :, None] / DH + EPS)
+        acc += tl.sum(gy * x * rstd, 0)
+        u = gy * w
+        dx = rstd * u - x * (rstd * rstd * rstd) * (tl.sum(u * x, 2)[:, :, None] / DH)
+        tl.store(dqkv + at, dx.to(dt), mask=mask)
+    tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), tl.sum(acc, 0))
 
 
 def _blocks(name, rows, warps, per_sm=None):
@@ -211,7 +191,7 @@ def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Op
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     # v is copied (a custom op's output may not be a view of its input), in the same kernel
     q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
-    tokens, warps = _blocks("fwd", 2, 8)
+    tokens, warps = _blocks("fwd", 4, 8)
     da, db = _split(DH)
     wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 3)](
         qkv, wq, wk, table, q, k, v, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
@@ -230,19 +210,21 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    # the kernel reads dq, dk and dv with one set of strides, compile-time constants (so its loads are vectorised):
+    # the kernel reads dq and dk with one set of strides, compile-time constants (so its loads are vectorised):
     # dq's own if its rows are contiguous (attention's backward gives q's layout), else token-major
     like = dq if dq.stride(-1) == 1 else _token_major(dq, B, N, H, DH)
-    dq, dk, dv = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk, dv))
+    dq, dk = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk))
     dqkv = torch.empty_like(qkv)
-    tokens, warps, per_sm = _blocks("bwd", 2, 4, 6)
+    dqkv[..., 2 * H * DH:].unflatten(-1, (H, DH)).transpose(1, 2).copy_(dv)  # v's gradient, by torch
+    tokens, warps, per_sm = _blocks("bwd", 1, 4, 6)
     tiles = triton.cdiv(B * N, tokens)
-    programs, (da, db) = _programs(qkv.device, tiles, per_sm), _split(DH)
-    dw_part = torch.empty(programs, 2, da + db, dtype=torch.float32, device=qkv.device)
-    wrap_triton(_bwd_kernel)[(programs, 3)](
-        dq, dk, dv, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
+    programs, block_d = _programs(qkv.device, tiles, per_sm), triton.next_power_of_2(DH)
+    dw_part = torch.empty(programs, 2, block_d, dtype=torch.float32, device=qkv.device)
+    # measured (session J): whole head widths padded to a power of two are faster here than the forward's 64 + 8
+    wrap_triton(_bwd_kernel)[(programs, 2)](
+        dq, dk, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
         S0=dq.stride(0), S1=dq.stride(1), S2=dq.stride(2), EPS=eps, N=N, H=H, DH=DH, T=tokens,
-        BLOCK_H=triton.next_power_of_2(H), DA=da, DB=db, HAS_ROPE=rope is not None, num_warps=warps)
+        BLOCK_H=triton.next_power_of_2(H), BLOCK_D=block_d, HAS_ROPE=rope is not None, num_warps=warps)
     # two separate sums: a custom op's outputs may not be views of one tensor
     return dqkv, dw_part[:, 0, :DH].sum(0).to(wq.dtype), dw_part[:, 1, :DH].sum(0).to(wk.dtype)
 
