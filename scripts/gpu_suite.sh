@@ -29,8 +29,8 @@
 #   GPU: `sprintc train` with train.ema.every 1 against 10), like (one GPU: the anchor, then sprintc on the anchor's model,
 #   scripts/xl_like_anchor.yaml, and on sit_xl_sprint); likeema: like, then the first pair of emaevery. Session I's qk:
 #   the q/k RMSNorm + RoPE kernels (target.kernels) alone and in the training step against the code as shipped; qk2:
-#   the same in the sampling step; session J's qk3 (the kernels rewritten, in training too), j1 and j2 (the targets
-#   on one H100 with them); qkprof: SDPA's cost by q/k/v layout, profiles of the training step with and without the kernels, their CUDA tests.
+#   the same in the sampling step; session J's qk3 (the kernels rewritten, in training too), j1, j2 and j3 (the targets
+#   on one H100 with them), jprof (a profile of the step with them, the 250-step sampling); qkprof: SDPA's cost by q/k/v layout, profiles of the training step with and without the kernels, their CUDA tests.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -539,6 +539,16 @@ elif [ "$PHASE" = j3 ]; then  # session J, one H100, after qk3's third run: the 
   [ $TINY = 0 ] && piece anchor_b128 220 0 $(anchor 128)
   piece sit_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/sit_b128.json"
   piece sit_b128_nok $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --no-kernels --json "$W/sit_b128_nok.json"
+elif [ "$PHASE" = jprof ]; then  # session J, one H100, the last call: a profile of `sprintc train`'s routed steps at 128 as
+  # shipped (the q/k kernels in training), then the 250-step sampling of 64 images with the kernels and without
+  gpu_info
+  versions
+  train_setup 128 45
+  piece trainprof_shipped 200 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/xl_ddp.yaml" "$W/run_prof" "$W/trainprof_shipped.txt"
+  [ -f "$W/run_prof/metrics.jsonl" ] && cp "$W/run_prof/metrics.jsonl" "$W/trainprof_shipped_metrics.jsonl"
+  rm -rf "$W/run_prof" "$W/latents"
+  piece sample250 150 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/sample250.json"
+  piece sample250_nok $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --no-kernels --json "$W/sample250_nok.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
