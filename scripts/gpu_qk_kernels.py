@@ -14,8 +14,8 @@ from sprintc.model import Attention, rope_angles
 
 # SPRINTC_QK_BLOCKS: forward tokens per tile, warps; backward tokens, warps, programs per SM (registers by ptxas
 # for sm_90 at XL's 16 x 72 heads: forward (64 + 8 columns) 4 tokens x 8 warps 79, 2 x 8 62; backward (padded to
-# 128) 1 x 4 80, 2 x 8 102)
-CONFIGS = ["4,8,1,4,6", "2,8,1,4,6", "4,8,2,8,2", "4,8,1,4,8", "8,8,1,4,6", "4,4,1,4,6"]
+# 128, v copied too) 1 x 4 96)
+CONFIGS = ["4,8,1,4,5", "4,8,1,4,6", "4,8,1,4,4", "4,8,2,8,2", "4,4,1,4,5", "4,8,1,4,10"]
 
 
 def timed(fn, reps=50):

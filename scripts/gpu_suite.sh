@@ -549,6 +549,17 @@ elif [ "$PHASE" = jprof ]; then  # session J, one H100, the last call: a profile
   rm -rf "$W/run_prof" "$W/latents"
   piece sample250 150 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/sample250.json"
   piece sample250_nok $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --no-kernels --json "$W/sample250_nok.json"
+elif [ "$PHASE" = jfold ]; then  # session J, one GPU: the backward kernel also copying v's gradient (this wheel) against
+  # the wheel of BASE (v's gradient copied by torch; `BASE=REV scripts/gpu_prepare.sh`): CUDA tests, the kernels alone,
+  # then the training step at 128 alternating base, new, base, new on the card (both with their default tiles)
+  gpu_info
+  versions
+  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  piece pytest_cuda 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "qk or kernel" -p no:cacheprovider --rootdir "$REPO"
+  [ $TINY = 0 ] && qk_micro 4,8,1,4,5 && unset SPRINTC_QK_BLOCKS
+  for r in base_1 new_1 base_2 new_2; do
+    PYTHONPATH=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) piece "fold_$r" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/fold_$r.json"
+  done
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

@@ -4,7 +4,7 @@
 that scaled_dot_product_attention takes, (B, H, N, Dh) views of token-major memory: q and k RMS-normalised
 per head (weight in float32, rounded to the input dtype as the model does) and rotated by RoPE, v copied.
 The backward writes the whole dqkv and the norm weights' gradients. Both kernels work on tiles of whole tokens
-(tokens x heads x head width) with q, k (and in the forward v) in separate programs; every load of a tile is issued
+(tokens x heads x head width) with q, k and v in separate programs (v is copied); every load of a tile is issued
 before its reductions and RoPE's cos / sin are loaded once per token. The forward reads a head of 72 as 64 + 8
 columns; the backward pads it to 128 (each measured the faster there, session J) and is persistent (a few programs
 per SM), summing the weights' gradients in registers.
@@ -121,15 +121,18 @@ def _tile(tile, n_tok, rope, s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: t
 
 
 @triton.jit
-def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
+def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
                 BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr):
-    # persistent over tiles of tokens; program axis 1 picks q or k. dq and dk share the (constant) strides S0-S2
+    # persistent over tiles of tokens; program axis 1 picks q, k or v (v's gradient is copied: x is read as 0 and
+    # the result replaced, the same code for all three). dq, dk and dv share the (constant) strides S0-S2
     which = tl.program_id(1)
     w, g_in = wq, dq
     if which == 1:
         w, g_in = wk, dk
+    if which == 2:
+        g_in = dv
     dt = dqkv.dtype.element_ty
     dmask = tl.arange(0, BLOCK_D) < DH
     w = tl.load(w + tl.arange(0, BLOCK_D), mask=dmask, other=0.0).to(tl.float32)[None, None, :]
@@ -139,7 +142,7 @@ def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, 
                                                 HAS_ROPE, dt)
         at = tok * (3 * H * DH) + which * (H * DH) + h * DH + d
         g = tl.load(g_in + b * S0 + h * S1 + n * S2 + d, mask=mask, other=0.0).to(tl.float32)
-        x = tl.load(qkv + at, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(qkv + at, mask=mask & (which < 2), other=0.0).to(tl.float32)
         gy = g
         if HAS_ROPE:  # the rotation's transpose: dy = g cos - rotate(g sin)
             gy = g * cos - _rotate(g * sin, T, BLOCK_H, BLOCK_D)
@@ -147,8 +150,8 @@ def _bwd_kernel(dq, dk, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, 
         acc += tl.sum(gy * x * rstd, 0)
         u = gy * w
         dx = rstd * u - x * (rstd * rstd * rstd) * (tl.sum(u * x, 2)[:, :, None] / DH)
-        tl.store(dqkv + at, dx.to(dt), mask=mask)
-    tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), tl.sum(acc, 0))
+        tl.store(dqkv + at, tl.where(which == 2, g, dx).to(dt), mask=mask)
+    tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), tl.sum(acc, 0), mask=which < 2)
 
 
 def _blocks(name, rows, warps, per_sm=None):
@@ -210,19 +213,18 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    # the kernel reads dq and dk with one set of strides, compile-time constants (so its loads are vectorised):
+    # the kernel reads dq, dk and dv with one set of strides, compile-time constants (so its loads are vectorised):
     # dq's own if its rows are contiguous (attention's backward gives q's layout), else token-major
     like = dq if dq.stride(-1) == 1 else _token_major(dq, B, N, H, DH)
-    dq, dk = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk))
+    dq, dk, dv = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk, dv))
     dqkv = torch.empty_like(qkv)
-    dqkv[..., 2 * H * DH:].unflatten(-1, (H, DH)).transpose(1, 2).copy_(dv)  # v's gradient, by torch
-    tokens, warps, per_sm = _blocks("bwd", 1, 4, 6)
+    tokens, warps, per_sm = _blocks("bwd", 1, 4, 5)
     tiles = triton.cdiv(B * N, tokens)
     programs, block_d = _programs(qkv.device, tiles, per_sm), triton.next_power_of_2(DH)
     dw_part = torch.empty(programs, 2, block_d, dtype=torch.float32, device=qkv.device)
     # measured (session J): whole head widths padded to a power of two are faster here than the forward's 64 + 8
-    wrap_triton(_bwd_kernel)[(programs, 2)](
-        dq, dk, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
+    wrap_triton(_bwd_kernel)[(programs, 3)](
+        dq, dk, dv, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
         S0=dq.stride(0), S1=dq.stride(1), S2=dq.stride(2), EPS=eps, N=N, H=H, DH=DH, T=tokens,
         BLOCK_H=triton.next_power_of_2(H), BLOCK_D=block_d, HAS_ROPE=rope is not None, num_warps=warps)
     # two separate sums: a custom op's outputs may not be views of one tensor
