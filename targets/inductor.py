@@ -22,10 +22,13 @@ and sampling variants all fit.
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
+import sprintc
 from sprintc.spec import TargetSpec
 from sprintc.targets_api import Lowering, wrap_forwards
 
@@ -52,12 +55,24 @@ def head_types() -> tuple[type, ...]:
     return (PatchEmbed, TimestepEmbedder, FinalLayer, Fusion)
 
 
+class KernelsInCacheKey(CustomGraphPass):
+    """A graph pass that changes nothing and puts a hash of sprintc/kernels.py into Inductor's cache keys. The
+    AOTAutograd cache keys a graph by its custom ops' names, not their code, so without it a graph compiled with
+    older kernels would be read back from the cache after the kernels change (seen in session J)."""
+
+    def __call__(self, graph):
+        pass
+
+    def uuid(self):
+        return get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),))
+
+
 def _options(target: TargetSpec) -> dict:
     import torch._inductor
 
     opts = {"fullgraph": True, "dynamic": False}
     mode_opts = torch._inductor.list_mode_options(target.mode)
-    extra = {}
+    extra = {"post_grad_custom_post_pass": KernelsInCacheKey()} if target.kernels else {}
     if target.tune:
         extra["coordinate_descent_tuning"] = True
     elif target.multi_kernel and not mode_opts.get("coordinate_descent_tuning"):

@@ -94,3 +94,26 @@ def test_marked_attention_on_the_cpu_computes_the_expression():
     use_kernels(sit)
     torch.testing.assert_close(sit(x, t, y), ref, rtol=0, atol=0)
 
+
+
+def test_the_kernels_source_is_in_inductors_cache_keys(tmp_path, monkeypatch):
+    """Inductor's caches key a graph by its custom ops' names: the inductor target adds a hash of kernels.py, so a
+    graph compiled with other kernels is not read back."""
+    from pathlib import Path
+
+    import sprintc
+    from sprintc.spec import TargetSpec
+    from sprintc.targets.inductor import _options
+
+    def key(**target):
+        opts = _options(TargetSpec(name="inductor", **target)).get("options", {})
+        return opts["post_grad_custom_post_pass"].uuid() if "post_grad_custom_post_pass" in opts else None
+
+    shipped = key()
+    source = Path(sprintc.__file__).with_name("kernels.py").read_bytes()
+    for name, text in (("same", source), ("changed", source + b"\n# changed\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "kernels.py").write_bytes(text)
+        monkeypatch.setattr(sprintc, "__file__", str(tmp_path / name / "__init__.py"))
+        assert (key() == shipped) == (name == "same")
+    assert key(kernels=False) is None

@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_spec
 from sprintc.compiler import compile_spec
 from sprintc.errors import SprintcError
+from sprintc.targets.inductor import KernelsInCacheKey
 from sprintc.targets_api import (SamplingStep, TargetError, clip_and_step, lower, lower_sampling_step, lowering_of,
                                  prepare_inference, resolve_device, resolve_target)
 
@@ -156,14 +157,20 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
 
     def options_of(**target):
         seen.clear()
+        target.setdefault("kernels", False)
         lower(small().model, {"name": "inductor", "dtype": "float32", **target}, device="cpu")
         assert seen and all(kw["fullgraph"] for kw in seen)
         assert all(kw == seen[0] for kw in seen)
-        return seen[0].get("mode"), seen[0].get("options")
+        opts = dict(seen[0].get("options") or {})
+        # target.kernels puts the kernels' source into Inductor's cache keys through a no-op graph pass
+        assert isinstance(opts.pop("post_grad_custom_post_pass", None), KernelsInCacheKey) == target["kernels"]
+        return seen[0].get("mode"), opts or None
 
     assert options_of(tune=True, mode="reduce-overhead") == (None, {"triton.cudagraphs": True, "coordinate_descent_tuning": True})
     assert options_of() == (None, None)
+    assert options_of(kernels=True) == (None, None)
     assert options_of(mode="max-autotune") == ("max-autotune", None)
+    assert options_of(mode="max-autotune", kernels=True) == (None, torch._inductor.list_mode_options("max-autotune"))
     # multi-kernel reductions skip the FX graph cache (torch 2.11 failed to load them from it); tune (cached) wins
     no_cache = {"triton.multi_kernel": 1, "fx_graph_cache": False}
     assert options_of(multi_kernel=True) == (None, no_cache)
