@@ -194,7 +194,7 @@ def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Op
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     # v is copied (a custom op's output may not be a view of its input), in the same kernel
     q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
-    tokens, warps = _blocks("fwd", 4, 8)
+    tokens, warps = _blocks("fwd", 4, 4)  # the fastest forward tiles on both cards (session J, calls 7 and 9)
     da, db = _split(DH)
     wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 3)](
         qkv, wq, wk, table, q, k, v, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
