@@ -557,7 +557,7 @@ elif [ "$PHASE" = jfold ]; then  # session J, one GPU: the backward kernel also 
   rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
   if [ "${JFOLD_AB_ONLY:-0}" = 0 ]; then
     piece pytest_cuda 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "qk or kernel" -p no:cacheprovider --rootdir "$REPO"
-    [ $TINY = 0 ] && qk_micro 4,8,1,4,5 && unset SPRINTC_QK_BLOCKS
+    [ $TINY = 0 ] && qk_micro 4,4,1,4,5 && unset SPRINTC_QK_BLOCKS
   fi
   # one Inductor cache per wheel: the first run of this phase (session J, call 9) read the base's compiled graphs back
   # in the new wheel's runs (AOTAutograd's cache keyed the custom op by name; fixed by targets.inductor.KernelsInCacheKey)
