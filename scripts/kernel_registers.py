@@ -2,7 +2,7 @@
 GPU architecture on this machine, no GPU needed: Triton writes the PTX and the `ptxas` that ships with Triton
 assembles it. Session J found its slow backward this way (255 registers with spills: one program per SM).
 
-    python scripts/kernel_registers.py [--arch 90] [--heads 16] [--head-width 72] [--tokens 256] [--batch 128]
+    python scripts/kernel_registers.py [--arch 90] [--heads 16] [--head-width 72] [--tokens 256]
 """
 import argparse
 import collections
@@ -47,9 +47,8 @@ def main():
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--head-width", type=int, default=72)
     p.add_argument("--tokens", type=int, default=256)
-    p.add_argument("--batch", type=int, default=128)
     args = p.parse_args()
-    B, N, H, DH = args.batch, args.tokens, args.heads, args.head_width
+    N, H, DH = args.tokens, args.heads, args.head_width
     common = dict(EPS=1e-6, N=N, H=H, DH=DH, BLOCK_H=triton.next_power_of_2(H), HAS_ROPE=True)
     aligned_strides = ["s_rb", "s_rn"]  # the RoPE table's strides, 0 or multiples of 2 * DH floats
     tokens, warps = K._blocks("fwd", *K.FWD_TILES)
