@@ -54,7 +54,7 @@ def _rows(tile, n_tok, N: tl.constexpr, H: tl.constexpr, T: tl.constexpr, BLOCK_
 
 @triton.jit
 def _cols(START: tl.constexpr, W: tl.constexpr, DH: tl.constexpr):
-    """Columns START..START+W of a head (a head of width 72 is read as 64 + 8 columns: no padding to 128)."""
+    """Columns START..START+W of a head and which of them exist (those up to its width DH)."""
     d = START + tl.arange(0, W)[None, None, :]
     return d, d < DH
 
