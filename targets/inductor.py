@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 import sprintc
@@ -56,15 +57,30 @@ def head_types() -> tuple[type, ...]:
 
 
 class KernelsInCacheKey(CustomGraphPass):
-    """A graph pass that changes nothing and puts a hash of sprintc/kernels.py into Inductor's cache keys. The
-    AOTAutograd cache keys a graph by its custom ops' names, not their code, so without it a graph compiled with
-    older kernels would be read back from the cache after the kernels change (seen in session J)."""
+    """A graph pass that puts a hash of sprintc/kernels.py into Inductor's cache keys and otherwise runs the post-grad
+    pass the user configured, if any. The AOTAutograd cache keys a graph by its custom ops' names, not their code,
+    so without it a graph compiled with older kernels would be read back from the cache after the kernels change
+    (seen in session J)."""
+
+    def __init__(self, then: CustomGraphPass | None = None):
+        self.then = then
 
     def __call__(self, graph):
-        pass
+        if self.then is not None:
+            self.then(graph)
 
     def uuid(self):
-        return get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),))
+        own = get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),))
+        return own if self.then is None else (own, self.then.uuid())
+
+
+def _cache_key_pass() -> dict:
+    """Inductor options that add KernelsInCacheKey, chained after a user's own post-grad pass. A pass that is a
+    plain function already keeps Inductor from caching (it has no uuid): left alone."""
+    user = inductor_config.post_grad_custom_post_pass
+    if user is not None and not isinstance(user, CustomGraphPass):
+        return {}
+    return {"post_grad_custom_post_pass": KernelsInCacheKey(user)}
 
 
 def _options(target: TargetSpec) -> dict:
@@ -72,7 +88,7 @@ def _options(target: TargetSpec) -> dict:
 
     opts = {"fullgraph": True, "dynamic": False}
     mode_opts = torch._inductor.list_mode_options(target.mode)
-    extra = {"post_grad_custom_post_pass": KernelsInCacheKey()} if target.kernels else {}
+    extra = _cache_key_pass() if target.kernels else {}
     if target.tune:
         extra["coordinate_descent_tuning"] = True
     elif target.multi_kernel and not mode_opts.get("coordinate_descent_tuning"):

@@ -117,3 +117,32 @@ def test_the_kernels_source_is_in_inductors_cache_keys(tmp_path, monkeypatch):
         monkeypatch.setattr(sprintc, "__file__", str(tmp_path / name / "__init__.py"))
         assert (key() == shipped) == (name == "same")
     assert key(kernels=False) is None
+
+
+def test_the_cache_key_pass_runs_after_a_users_own_post_grad_pass(monkeypatch):
+    from torch._inductor import config
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    from sprintc.spec import TargetSpec
+    from sprintc.targets.inductor import KernelsInCacheKey, _options
+
+    class UserPass(CustomGraphPass):
+        calls = 0
+
+        def __call__(self, graph):
+            UserPass.calls += 1
+
+        def uuid(self):
+            return "user-pass-1"
+
+    def configured():
+        return _options(TargetSpec(name="inductor")).get("options", {}).get("post_grad_custom_post_pass")
+
+    monkeypatch.setattr(config, "post_grad_custom_post_pass", UserPass())
+    chained = configured()
+    assert isinstance(chained, KernelsInCacheKey) and chained.uuid()[1] == "user-pass-1"
+    chained(torch.fx.Graph())
+    assert UserPass.calls == 1
+    # a plain function has no uuid, so Inductor does not cache such graphs anyway: sprintc leaves it in place
+    monkeypatch.setattr(config, "post_grad_custom_post_pass", lambda graph: None)
+    assert configured() is None
