@@ -146,3 +146,25 @@ def test_the_cache_key_pass_runs_after_a_users_own_post_grad_pass(monkeypatch):
     # a plain function has no uuid, so Inductor does not cache such graphs anyway: sprintc leaves it in place
     monkeypatch.setattr(config, "post_grad_custom_post_pass", lambda graph: None)
     assert configured() is None
+
+
+@pytest.mark.parametrize("heads, width", [(16, 72), (12, 64)])  # XL's heads; B's
+def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, width):
+    """Compiled for sm_90 here (Triton's PTX, Triton's ptxas): session I's backward needed 255 registers and spilled,
+    so one program ran per SM and the training step got slower; unaligned bf16 loads are issued 2 bytes at a time."""
+    import importlib.util
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this triton has no ptxas")
+    path = Path(__file__).parents[1] / "scripts" / "kernel_registers.py"
+    spec = importlib.util.spec_from_file_location("kernel_registers", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    found = tool.kernels(heads, width)
+    assert len(found) == 2
+    for name, r in found.items():
+        assert r["spill_bytes"] == 0 and r["registers"] <= 128, (name, r)
+        assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
