@@ -47,14 +47,14 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
     common = dict(EPS=1e-6, N=N, H=H, DH=DH, BLOCK_H=triton.next_power_of_2(H), HAS_ROPE=True)
     aligned_strides = ["s_rb", "s_rn"]  # the RoPE table's strides, 0 or multiples of 2 * DH floats
     out = {}
-    t, warps = K._blocks("fwd", *K.FWD_TILES)
+    t, warps = K._tiles("fwd")
     da, db = K._split(DH)
     sig = {"qkv": "*bf16", "wq": "*fp32", "wk": "*fp32", "rope": "*fp32", "q_out": "*bf16", "k_out": "*bf16",
            "v_out": "*bf16", "n_tok": "i32", "s_rb": "i32", "s_rn": "i32"}
     fwd = compiled(K._fwd_kernel, sig, {**common, "T": t, "DA": da, "DB": db},
                    [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
     out[f"forward {t} tok x {warps} warps"] = resources(fwd, arch)
-    t, warps, _ = K._blocks("bwd", *K.BWD_TILES)
+    t, warps, _ = K._tiles("bwd")
     sig = {**{n: "*bf16" for n in ("dq", "dk", "dv", "qkv", "dqkv")}, "wq": "*fp32", "wk": "*fp32", "rope": "*fp32",
            "dw_part": "*fp32", "n_tok": "i32", "n_tiles": "i32", "s_rb": "i32", "s_rn": "i32"}
     strides = dict(S0=N * H * DH, S1=DH, S2=H * DH)  # token-major gradients, as attention's backward gives them

@@ -146,14 +146,14 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_
 FWD_TILES, BWD_TILES = (4, 4), (1, 4, 5)
 
 
-def _blocks(name, rows, warps, per_sm=None):
-    """(tokens per tile, warps[, programs per SM]) of a kernel; SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,
-    bwd_warps,bwd_per_sm' overrides (a developer's switch for tuning on a GPU, read when the op is traced)."""
+def _tiles(name):
+    """FWD_TILES or BWD_TILES; SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm' overrides
+    (a developer's switch for tuning on a GPU, read when the op is traced)."""
     env = os.environ.get("SPRINTC_QK_BLOCKS")
     if env:
         v = [int(s) for s in env.split(",")]
         return (v[0], v[1]) if name == "fwd" else (v[2], v[3], v[4])
-    return (rows, warps) if per_sm is None else (rows, warps, per_sm)
+    return FWD_TILES if name == "fwd" else BWD_TILES
 
 
 def _shapes(qkv, wq, rope):
@@ -186,7 +186,7 @@ def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Op
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     # v is copied (a custom op's output may not be a view of its input), in the same kernel
     q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
-    tokens, warps = _blocks("fwd", *FWD_TILES)
+    tokens, warps = _tiles("fwd")
     da, db = _split(DH)
     wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 3)](
         qkv, wq, wk, table, q, k, v, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
@@ -210,7 +210,7 @@ def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, 
     like = dq if dq.stride(-1) == 1 else _token_major(dq, B, N, H, DH)
     dq, dk, dv = (g if g.stride() == like.stride() else torch.empty_like(like).copy_(g) for g in (dq, dk, dv))
     dqkv = torch.empty_like(qkv)
-    tokens, warps, per_sm = _blocks("bwd", *BWD_TILES)
+    tokens, warps, per_sm = _tiles("bwd")
     tiles = triton.cdiv(B * N, tokens)
     programs, block_d = _programs(qkv.device, tiles, per_sm), triton.next_power_of_2(DH)
     dw_part = torch.empty(programs, 2, block_d, dtype=torch.float32, device=qkv.device)

@@ -162,7 +162,7 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
         assert seen and all(kw["fullgraph"] for kw in seen)
         assert all(kw == seen[0] for kw in seen)
         opts = dict(seen[0].get("options") or {})
-        # target.kernels puts the kernels' source into Inductor's cache keys through a no-op graph pass
+        # target.kernels puts the kernels' source into Inductor's cache keys through a graph pass
         assert isinstance(opts.pop("post_grad_custom_post_pass", None), KernelsInCacheKey) == target["kernels"]
         return seen[0].get("mode"), opts or None
 
