@@ -50,13 +50,8 @@ def main():
     attn = Attention(H * DH, H, "rms").cuda()
     table = rope_angles((16, 16), DH).cuda()
 
-    def expression(qkv, wq, wk, rope):
-        b, n = qkv.shape[:2]
-        q, k, v = qkv.view(b, n, 3, H, DH).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
-        rot = lambda t: torch.stack((-t[..., 1::2], t[..., 0::2]), -1).flatten(-2)
-        return q * cos + rot(q) * sin, k * cos + rot(k) * sin, v
+    def expression(qkv, wq, wk, rope):  # the model's unfused branch (wq, wk: attn's own norm weights)
+        return attn.split_heads(qkv, rope)
 
     inductor = torch.compile(expression, fullgraph=True, dynamic=False)
     rows = []

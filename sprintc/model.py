@@ -45,6 +45,17 @@ class Attention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.q_norm, self.k_norm = qk_norm(norm, dim // heads), qk_norm(norm, dim // heads)
 
+    def split_heads(self, qkv, rope=None):
+        """q, k, v (B, H, N, Dh) of the qkv projection's output, q and k normalised and rotated by RoPE: the
+        expression sprintc's kernels (sprintc/kernels.py) compute."""
+        B, N, D3 = qkv.shape
+        q, k, v = qkv.view(B, N, 3, self.heads, D3 // 3 // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # (N, 2*Dh) or routed (B, M, 2*Dh): [cos | sin]
+            cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        return q, k, v
+
     def forward(self, x, rope=None):
         # On CUDA the inductor target's kernels (sprintc/kernels.py) make training and sampling steps faster than
         # Inductor's code for this expression (docs/PERFORMANCE.md, session J); elsewhere the plain form
@@ -53,11 +64,7 @@ class Attention(nn.Module):
         if self.fused_qk and qkv.is_cuda:
             q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
         else:
-            q, k, v = qkv.view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-            q, k = self.q_norm(q), self.k_norm(k)
-            if rope is not None:  # (N, 2*Dh) or routed (B, M, 2*Dh): [cos | sin]
-                cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
-                q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            q, k, v = self.split_heads(qkv, rope)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 

@@ -103,14 +103,7 @@ def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
     M = rope.shape[-2]
     qkv = torch.randn(B, M, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
 
-    def expression(qkv):
-        q, k, v = qkv.view(B, M, 3, H, DH).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
-        rot = lambda t: torch.stack((-t[..., 1::2], t[..., 0::2]), -1).flatten(-2)
-        return q * cos + rot(q) * sin, k * cos + rot(k) * sin, v
-
-    ref = expression(qkv)
+    ref = attn.split_heads(qkv, rope)  # Attention.forward's unfused branch
     out = qk_norm_rope(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
     grads = [torch.randn_like(o) for o in out]
     wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)

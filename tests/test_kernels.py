@@ -20,14 +20,7 @@ CHECK = textwrap.dedent("""
     from sprintc.model import Attention, rope_angles
 
     def expression(attn, qkv, rope):  # Attention.forward's unfused branch, stopped before the attention
-        B, N, D3 = qkv.shape
-        q, k, v = qkv.view(B, N, 3, attn.heads, D3 // 3 // attn.heads).permute(2, 0, 3, 1, 4)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        if rope is not None:
-            cos, sin = rope.unsqueeze(-3).to(q.dtype).chunk(2, -1)
-            rot = lambda t: torch.stack((-t[..., 1::2], t[..., 0::2]), -1).flatten(-2)
-            q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
-        return q, k, v
+        return attn.split_heads(qkv, rope)
 
     torch.manual_seed(0)
     # head counts and widths not powers of two (XL: 16 x 72, read as 64 + 8 columns; 14: 8 + 6 padded to 8);
