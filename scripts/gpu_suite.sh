@@ -31,6 +31,8 @@
 #   the q/k RMSNorm + RoPE kernels (target.kernels) alone and in the training step against the code as shipped; qk2:
 #   the same in the sampling step; session J's qk3 (the kernels rewritten, in training too), j1, j2 and j3 (the targets
 #   on one H100 with them), jprof (a profile of the step with them, the 250-step sampling); qkprof: SDPA's cost by q/k/v layout, profiles of the training step with and without the kernels, their CUDA tests.
+#   SPRINTC_QK_KERNELS (set by qk2, qk3 and qkprof) was removed in e11b418: from that commit on the kernels run in every
+#   step and the variable is ignored, so those phases' "always" / "off" arms differ only where --no-kernels is passed.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
