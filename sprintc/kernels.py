@@ -146,14 +146,26 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_
 FWD_TILES, BWD_TILES = (4, 4), (1, 4, 5)
 
 
-def _tiles(name):
-    """FWD_TILES or BWD_TILES; SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm' overrides
-    (a developer's switch for tuning on a GPU, read when the op is traced)."""
+def tiles_from_env():
+    """SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm' (a developer's switch for tuning on
+    a GPU) as (forward, backward) tiles, or None where it is unset; ValueError naming it where it is malformed."""
     env = os.environ.get("SPRINTC_QK_BLOCKS")
-    if env:
+    if not env:
+        return None
+    try:
         v = [int(s) for s in env.split(",")]
-        return (v[0], v[1]) if name == "fwd" else (v[2], v[3], v[4])
-    return FWD_TILES if name == "fwd" else BWD_TILES
+    except ValueError:
+        v = []
+    if len(v) != 5 or min(v) < 1:
+        raise ValueError(f"SPRINTC_QK_BLOCKS={env!r}: expected five positive integers, "
+                         "fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm (e.g. 4,4,1,4,5)")
+    return (v[0], v[1]), (v[2], v[3], v[4])
+
+
+def _tiles(name):
+    """FWD_TILES or BWD_TILES, unless SPRINTC_QK_BLOCKS overrides them (read when the op is traced)."""
+    fwd, bwd = tiles_from_env() or (FWD_TILES, BWD_TILES)
+    return fwd if name == "fwd" else bwd
 
 
 def _shapes(qkv, wq, rope):

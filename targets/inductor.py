@@ -31,7 +31,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 import sprintc
 from sprintc.spec import TargetSpec
-from sprintc.targets_api import Lowering, wrap_forwards
+from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
 RECOMPILE_LIMIT = 64
 
@@ -141,9 +141,13 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
 def use_kernels(model: nn.Module) -> int:
     """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
     try:
-        from sprintc.kernels import use_kernels
+        from sprintc.kernels import tiles_from_env, use_kernels
     except ImportError:  # a torch build without triton: Inductor's code throughout
         return 0
+    try:
+        tiles_from_env()  # checked here: at trace time a bad value would end in a compiler traceback
+    except ValueError as e:
+        raise TargetError(str(e)) from None
     return use_kernels(model)
 
 

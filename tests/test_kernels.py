@@ -161,3 +161,16 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
     for name, r in found.items():
         assert r["spill_bytes"] == 0 and r["registers"] <= 128, (name, r)
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
+
+
+@pytest.mark.parametrize("value", ["4,4,1,4", "4,x,1,4,5", "4,4,0,4,5"])
+def test_a_malformed_tile_switch_is_a_clear_error(monkeypatch, value):
+    from sprintc.targets.inductor import use_kernels
+    from sprintc.targets_api import TargetError
+
+    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
+    monkeypatch.setenv("SPRINTC_QK_BLOCKS", value)
+    with pytest.raises(TargetError, match=r"SPRINTC_QK_BLOCKS=.*expected five positive integers"):
+        use_kernels(sit)
+    monkeypatch.setenv("SPRINTC_QK_BLOCKS", "4,4,1,4,5")
+    assert use_kernels(sit) == 2
