@@ -567,6 +567,19 @@ elif [ "$PHASE" = jfold ]; then  # session J, one GPU: the backward kernel also 
     PYTHONPATH=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${r%_*} \
       piece "fold_$r" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/fold_$r.json"
   done
+elif [ "$PHASE" = k1 ]; then  # session K, one H100: the CUDA tests at HEAD (its kernels had not run on a GPU), the v-grad
+  # fold A/B against BASE (as jfold, one Inductor cache per wheel), HEAD with target.multi_kernel (train and sampling),
+  # then the anchor at 128 with the time left
+  gpu_info
+  versions
+  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  piece pytest_cuda 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
+  for r in base_1 new_1 base_2 new_2; do
+    PYTHONPATH=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${r%_*} \
+      piece "fold_$r" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/fold_$r.json"
+  done
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_new piece mk_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --multi-kernel --json "$W/mk_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
