@@ -580,6 +580,17 @@ elif [ "$PHASE" = k1 ]; then  # session K, one H100: the CUDA tests at HEAD (its
   done
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_new piece mk_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --multi-kernel --json "$W/mk_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = k2 ]; then  # session K, one H100: why the register test's ptxas failed on the device (call 1), profiles of
+  # the sampling steps at 128 (where PDG loses against its FLOP ratio), the step at 128 twice with the warmed-up matmul
+  # peak, then `sprintc train` at 128 on XL latents as shipped (HEAD had not run it)
+  gpu_info
+  versions
+  piece ptxas 90 0 bash -c "env | grep -i ptxas; python3 $REPO/scripts/kernel_registers.py; python3 -m pytest -q $REPO/tests/test_kernels.py -k hopper -p no:cacheprovider --rootdir $REPO"
+  piece sample_prof 150 0 $BENCH --batch 128 --modes compiled,cudagraph --parts sample --profile "$W/prof" --json "$W/sample_prof.json"
+  for r in 1 2; do piece step_b128_$r 90 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/step_b128_$r.json"; done
+  train_setup 128
+  train_each $(( 585 - ($(date +%s) - T0) )) shipped:xl_ddp
+  rm -rf "$W/latents"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

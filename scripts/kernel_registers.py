@@ -17,7 +17,17 @@ from triton.compiler import ASTSource
 
 import sprintc.kernels as K
 
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def ptxas(arch=90):
+    """The ptxas Triton itself runs for `arch` (a system CUDA's when TRITON_PTXAS_PATH or its knobs say so): another
+    ptxas may reject the PTX version this Triton writes (the device's torch 2.11 build failed with its bundled one)."""
+    from triton.backends.nvidia import compiler
+
+    try:
+        return compiler.get_ptxas(arch).path
+    except TypeError:  # older Triton: get_ptxas() takes no architecture
+        return compiler.get_ptxas().path
 
 
 def compiled(fn, signature, constants, aligned, warps, arch):
@@ -34,8 +44,11 @@ def resources(kernel, arch):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         open(path, "w").write(ptx)
-        info = subprocess.run([PTXAS, "-v", f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", path,
-                               "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True).stderr
+        done = subprocess.run([ptxas(arch), "-v", f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", path,
+                               "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{ptxas(arch)} failed ({done.returncode}) on {kernel.name}: {done.stderr.strip()}")
+        info = done.stderr
     return {"registers": int(re.search(r"Used (\d+) registers", info).group(1)),
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
             "accesses": dict(collections.Counter(m.group(0) for m in re.finditer(r"\b(ld|st)\.global(\.[a-z0-9]+)*", ptx)))}

@@ -164,15 +164,24 @@ def tiny_version(spec: Spec) -> Spec:
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     """Measured dense matmul rate (FLOP/s) of this device in `dtype`: the MFU denominator."""
-    n = 8192 if device.type == "cuda" else 1024
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    # on CUDA, half a second of matmuls first: the clocks settle as in a running step (timed cold, an H100's
+    # figure moved by 5% between processes of one call); then the median of groups of back-to-back calls
+    end = time.perf_counter() + (0.5 if cuda else 0.0)
+    while time.perf_counter() < end:
+        a @ b
+        _sync(device)
+    group = 10 if cuda else 1
     times = []
-    for i in range(13 if device.type == "cuda" else 4):
+    for i in range(7 if cuda else 4):
         t = Timer(device)
         with t:
-            a @ b
-        if i >= (3 if device.type == "cuda" else 1):
-            times.append(t.ms)
+            for _ in range(group):
+                a @ b
+        if i >= 1:
+            times.append(t.ms / group)
     return 2 * n ** 3 / (statistics.median(times) / 1e3)
 
 

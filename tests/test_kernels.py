@@ -148,14 +148,15 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
     import importlib.util
     from pathlib import Path
 
-    import triton
-
-    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
-        pytest.skip("this triton has no ptxas")
     path = Path(__file__).parents[1] / "scripts" / "kernel_registers.py"
     spec = importlib.util.spec_from_file_location("kernel_registers", path)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    try:
+        if not Path(tool.ptxas()).exists():
+            pytest.skip("this triton has no ptxas")
+    except RuntimeError as e:  # Triton's knobs raise when they find no ptxas at all
+        pytest.skip(f"this triton has no ptxas: {e}")
     found = tool.kernels(heads, width)
     assert len(found) == 2
     for name, r in found.items():
