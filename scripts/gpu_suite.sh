@@ -591,6 +591,15 @@ elif [ "$PHASE" = k2 ]; then  # session K, one H100: why the register test's ptx
   train_setup 128
   train_each $(( 585 - ($(date +%s) - T0) )) shipped:xl_ddp
   rm -rf "$W/latents"
+elif [ "$PHASE" = k3 ]; then  # session K, one H100: the step at 128 compiled as one graph (target.regional: false, the glue
+  # between blocks fused and each block's last residual add fused into the next block's norm) against the regional
+  # default, then the anchor with the time left
+  gpu_info
+  versions
+  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
+  piece step_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/step_b128.json"
+  piece whole_b128 300 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts train --json "$W/whole_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
