@@ -600,6 +600,20 @@ elif [ "$PHASE" = k3 ]; then  # session K, one H100: the step at 128 compiled as
   piece step_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/step_b128.json"
   piece whole_b128 300 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts train --json "$W/whole_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = k4 ]; then  # session K, one H100: Inductor's mix-order reductions off (target.mix_order_reduction, this
+  # wheel) against on (the wheel of BASE, torch's default): the CUDA tests, the scale-shift-table gradients with the
+  # switch on and off, the step at 128 alternating base, new, and the whole-model routed step that call 3 saw crash
+  gpu_info
+  versions
+  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -p no:cacheprovider --rootdir "$REPO"
+  piece mix_demo 90 0 python3 "$REPO/scripts/gpu_mix_order.py"
+  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
+  ab() { PYTHONPATH=$([ "${1%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${1%_*} \
+    piece "mix_$1" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/mix_$1.json"; }
+  ab base_1; ab new_1
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_new piece whole_routed 170 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/whole_routed.json"
+  ab base_2; ab new_2
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

@@ -89,6 +89,10 @@ def _options(target: TargetSpec) -> dict:
     opts = {"fullgraph": True, "dynamic": False}
     mode_opts = torch._inductor.list_mode_options(target.mode)
     extra = _cache_key_pass() if target.kernels else {}
+    if hasattr(inductor_config.triton, "mix_order_reduction"):
+        # set either way: the default is on from torch 2.10, where it crashed our whole-model routed backward
+        # (pytorch#178080) and gives wrong gradients for scale-shift tables (pytorch#193061, a silent error)
+        extra["triton.mix_order_reduction"] = target.mix_order_reduction
     if target.tune:
         extra["coordinate_descent_tuning"] = True
     elif target.multi_kernel and not mode_opts.get("coordinate_descent_tuning"):

@@ -161,3 +161,51 @@ def test_inductor_with_qk_kernels_equals_eager(dtype):
     den = sum(b.float().norm() ** 2 for b in wgrads) ** 0.5
     assert num / den < tol * 10
     assert not counters["graph_break"]
+
+
+class _TableBlock(torch.nn.Module):
+    """Two adaLN-modulated norms whose shift / scale / gate are chunks of one learned table plus a time embedding
+    shared by the batch (as diffusers' PixArt / Wan blocks): Inductor's mix-order reductions (torch 2.10-2.14)
+    left the second norm's slice of the table's gradient unwritten at this size (pytorch#193061)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
+        self.fc = torch.nn.Linear(d, d)
+
+    def forward(self, x, temb):
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.table + temb).chunk(6, dim=1)
+        norm = lambda h: torch.nn.functional.layer_norm(h, h.shape[-1:], eps=1e-6)  # noqa: E731
+        x = x + gate1 * self.fc(norm(x) * (1 + scale1) + shift1)
+        return x + gate2 * (norm(x) * (1 + scale2) + shift2)
+
+
+class _TableNet(torch.nn.Module):
+    def __init__(self, d, depth=2):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_TableBlock(d) for _ in range(depth))
+
+    def forward(self, x, temb):
+        for b in self.blocks:
+            x = b(x, temb)
+        return x
+
+
+def test_inductor_gradients_of_a_scale_shift_table_are_eagers():
+    """The inductor target keeps Inductor's mix-order reductions off (target.mix_order_reduction): with them, a
+    model like the above trained through sprintc.lower got wrong gradients with no error (32k tokens per step)."""
+    import copy
+
+    from sprintc.targets_api import lower
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ref = _TableNet(256).cuda()
+    model = lower(copy.deepcopy(ref), {"name": "inductor", "dtype": "float32"}, device="cuda")
+    x, temb = torch.randn(2, 16384, 256, device="cuda"), torch.randn(1, 6, 256, device="cuda")
+    for m in (ref, model):
+        for _ in range(2):  # the second backward: a stale gradient buffer would show its first values
+            m.zero_grad(set_to_none=True)
+            m(x, temb).square().mean().backward()
+    for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
