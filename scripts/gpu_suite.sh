@@ -614,6 +614,17 @@ elif [ "$PHASE" = k4 ]; then  # session K, one H100: Inductor's mix-order reduct
   ab base_1; ab new_1
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_new piece whole_routed 170 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/whole_routed.json"
   ab base_2; ab new_2
+elif [ "$PHASE" = k5 ]; then  # session K, one H100, the last call: the step at 128 as shipped (mix-order reductions off),
+  # the anchor, then the routed step compiled as one graph (target.regional: false), alone and with target.multi_kernel
+  gpu_info
+  versions
+  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
+  printf 'extends: %s\nname: whole_mk\ntarget: {regional: false, multi_kernel: true}\n' "$SPEC" > "$W/whole_mk.yaml"
+  piece step_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/step_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 210 0 $(anchor 128)
+  for v in whole whole_mk; do
+    piece ${v}_routed $(( 590 - ($(date +%s) - T0) )) 0 python3 -m sprintc bench "$W/$v.yaml" $DEV --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/${v}_routed.json"
+  done
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
