@@ -625,6 +625,17 @@ elif [ "$PHASE" = k5 ]; then  # session K, one H100, the last call: the step at 
   for v in whole whole_mk; do
     piece ${v}_routed $(( 590 - ($(date +%s) - T0) )) 0 python3 -m sprintc bench "$W/$v.yaml" $DEV --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/${v}_routed.json"
   done
+elif [ "$PHASE" = k6 ]; then  # session K, one H100: the sampling step at 128 compiled as one graph against the regional
+  # default (PDG/CFG), then `sprintc train` on XL latents with target.regional false and target.multi_kernel
+  gpu_info
+  versions
+  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
+  piece sample_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/sample_b128.json"
+  piece whole_sample_b128 200 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts sample --json "$W/whole_sample_b128.json"
+  train_setup 128
+  variant xl_whole_mk 'target: {regional: false, multi_kernel: true}'
+  train_each $(( 585 - ($(date +%s) - T0) )) whole_mk:xl_whole_mk
+  rm -rf "$W/latents"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
