@@ -33,6 +33,10 @@
 #   on one H100 with them), jprof (a profile of the step with them, the 250-step sampling); qkprof: SDPA's cost by q/k/v layout, profiles of the training step with and without the kernels, their CUDA tests.
 #   SPRINTC_QK_KERNELS (set by qk2, qk3 and qkprof) was removed in e11b418: from that commit on the kernels run in every
 #   step and the variable is ignored, so those phases' "always" / "off" arms differ only where --no-kernels is passed.
+# Session K's (one H100 each; not run C's k, k2, k3 of older commits): k1 (CUDA tests, the v-grad fold A/B, multi-kernel,
+#   anchor), k2 (ptxas, sampling profiles, the step twice, `sprintc train`), k3 (whole-model compile), k4 (mix-order
+#   reductions off against on), k5 (the step, the anchor, whole-model alone and with multi-kernel), k6 (whole-model
+#   sampling, `sprintc train` whole-model with multi-kernel).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -614,7 +618,7 @@ elif [ "$PHASE" = k4 ]; then  # session K, one H100: Inductor's mix-order reduct
   ab base_1; ab new_1
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_new piece whole_routed 170 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/whole_routed.json"
   ab base_2; ab new_2
-elif [ "$PHASE" = k5 ]; then  # session K, one H100, the last call: the step at 128 as shipped (mix-order reductions off),
+elif [ "$PHASE" = k5 ]; then  # session K, one H100: the step at 128 as shipped (mix-order reductions off),
   # the anchor, then the routed step compiled as one graph (target.regional: false), alone and with target.multi_kernel
   gpu_info
   versions

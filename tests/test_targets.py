@@ -102,6 +102,32 @@ def test_deep_copy_of_a_lowered_model_runs_its_own_weights():
 
 # --------------------------------------------------------------------------------------- inductor
 @pytest.mark.slow
+def test_inductor_whole_model_routed_training_step_equals_eager():
+    """target.regional false compiles the forward as one graph, the routing glue (gather, scatter, mask-token fill,
+    path drop) inside it: the routed step's output and every gradient, the mask token's included, are eager's."""
+    torch._dynamo.reset()
+    built = small()
+    ref = copy.deepcopy(built.model)
+    model = lower(built.model, {"name": "inductor", "dtype": "float32", "regional": False}, device="cpu")
+    assert lowering_of(model).regions == [""]
+    model.train(), ref.train()
+    x, t, y = inputs()
+    ids = torch.tensor([[0, 3, 9, 14], [5, 6, 8, 15]])
+    pd = torch.tensor([False, True])
+    outs = []
+    for m in (model, ref):
+        m.zero_grad(set_to_none=True)
+        out = m(x, t, y, ids_keep=ids, path_drop=pd)
+        out.square().mean().backward()
+        outs.append((out, dict(m.named_parameters())))
+    (out, params), (want, wparams) = outs
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    assert params.keys() == wparams.keys() and "sprint.mask_token" in params
+    for name, p in params.items():
+        torch.testing.assert_close(p.grad, wparams[name].grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
 def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_breaks_equals_eager():
     from torch._dynamo.utils import counters
 
