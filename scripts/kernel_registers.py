@@ -18,7 +18,6 @@ from triton.compiler import ASTSource
 import sprintc.kernels as K
 
 
-
 def ptxas(arch=90):
     """The ptxas Triton itself runs for `arch` (a system CUDA's when TRITON_PTXAS_PATH or its knobs say so): another
     ptxas may reject the PTX version this Triton writes (the device's torch 2.11 build failed with its bundled one)."""

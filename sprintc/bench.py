@@ -322,7 +322,7 @@ class Bench:
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "dtype": target.dtype, "compile_mode": target.mode, "tune": target.tune, "multi_kernel": target.multi_kernel, "kernels": target.kernels,
-            "regional": target.regional,
+            "regional": target.regional, "mix_order_reduction": target.mix_order_reduction,
             "params_M": round(sum(p.numel() for p in self.built.model.parameters()) / 1e6, 2),
             "matmul_peak_tflops": _sig(peak / 1e12), "steps": steps, "warmup": warmup, "clip": clip,
             "grad_clip": spec.train.grad_clip, "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),
@@ -611,7 +611,8 @@ class Bench:
         m = self.meta
         con.print(f"[bold]sprintc bench[/] {m['spec']} ({m['size']}, {m['params_M']}M params) on {m['device_name']}, "
                   f"torch {m['torch']}, {m['dtype']}, matmul peak {m['matmul_peak_tflops']} TFLOP/s")
-        settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel", "kernels") if m.get(k)]
+        settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel", "kernels", "mix_order_reduction") if m.get(k)]
+        settings += [] if m.get("regional", True) else ["whole model"]
         settings += [f"{k}={v}" for k, v in m.get("inductor_config", {}).items()]
         con.print("compile settings: " + ", ".join(settings))
         if self.results["train"]:

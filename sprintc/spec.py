@@ -129,9 +129,9 @@ class TargetSpec(Strict):
                           "Triton kernels (sprintc/kernels.py) in training and sampling steps, measured faster than "
                           "Inductor's code for the expression; false: Inductor's code")
     mix_order_reduction: bool = Field(False, description="let Inductor (torch >= 2.10, CUDA) fuse reductions over rows and "
-                                      "columns of one tensor into one kernel; off by default: on torch 2.10-2.14 it crashes "
-                                      "the backward of a parameter broadcast over the batch (pytorch#178080) and computes "
-                                      "wrong gradients for scale-shift tables (pytorch#193061)")
+                                      "columns of one tensor into one kernel; off by default: on torch 2.11 it crashed the "
+                                      "backward of a parameter broadcast over the batch (pytorch#178080), and from 2.10 to "
+                                      "at least 2.14 it computes wrong gradients for scale-shift tables (pytorch#193061)")
 
 
 # ----------------------------------------------------------------------------------------- recipes
