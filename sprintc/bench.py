@@ -60,6 +60,10 @@ def add_bench_arguments(p):
                    help="set / clear target.multi_kernel (Inductor's multi-kernel reductions, compiled without its cache)")
     p.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=None,
                    help="set / clear target.kernels (sprintc's Triton kernels for the q/k RMSNorm + RoPE, CUDA)")
+    p.add_argument("--regional", action=argparse.BooleanOptionalAction, default=None,
+                   help="set / clear target.regional (--no-regional: the forward compiled as one graph; longer compile)")
+    p.add_argument("--mix-order-reduction", action=argparse.BooleanOptionalAction, default=None,
+                   help="set / clear target.mix_order_reduction (Inductor's mix-order reductions; off by default)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
                    help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, "
                         "compiled); rows say off when the spec's train.grad_clip is 0")
@@ -109,7 +113,8 @@ def run_bench(args) -> int:
     steps = args.steps or (20 if dev.type == "cuda" else 3)
     tiny = args.size == "tiny" or (args.size == "auto" and dev.type == "cpu")
     target = resolve_target(spec.target, name="inductor", mode=args.compile_mode, tune=args.tune,
-                            multi_kernel=args.multi_kernel, kernels=args.kernels)
+                            multi_kernel=args.multi_kernel, kernels=args.kernels, regional=args.regional,
+                            mix_order_reduction=args.mix_order_reduction)
     inductor_cfg = _inductor_config(args.inductor_config)
     if tiny:
         spec = tiny_version(spec)
