@@ -143,10 +143,22 @@ train_each() {  # train_each TIMEOUT NAME:SPEC...: `sprintc $TRAIN $W/SPEC.yaml`
     rm -rf "$run"
   done
 }
+base_wheel() {  # install the wheel of BASE (`BASE=REV scripts/gpu_prepare.sh`) into /tmp/site_base, for A/B runs
+  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+}
+ab_bench() {  # ab_bench base|new NAME TIMEOUT ARGS...: `$BENCH ARGS` as piece NAME with the wheel of BASE (base_wheel) or
+  # this one; one Inductor cache per wheel (a shared one served the base's compiled kernels to the new wheel, session J)
+  local wheel=$1 name=$2 t=$3; shift 3
+  PYTHONPATH=$([ "$wheel" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$wheel \
+    piece "$name" "$t" 0 $BENCH "$@"
+}
+bench_variant() {  # bench_variant NAME 'YAML': $W/NAME.yaml, the bench's spec with YAML on top
+  printf 'extends: %s\nname: %s\n%s\n' "$SPEC" "$1" "$2" > "$W/$1.yaml"
+}
 ab_train() {  # ab_train TIMEOUT: `sprintc train` on XL latents at 128 on GPU 0, this wheel (new) against the wheel of
   # BASE (base, `BASE=REV scripts/gpu_prepare.sh`), alternating base, new, base, new on the card
   ls "$REPO"/.gpu/base/sprintc-*.whl >/dev/null 2>&1 || { echo "no .gpu/base wheel: run BASE=REV scripts/gpu_prepare.sh"; exit 1; }
-  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  base_wheel
   train_setup 128
   for r in base_1 new_1 base_2 new_2; do
     PYTHONPATH=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) train_each "$1" "$r:xl_ddp"
@@ -560,28 +572,22 @@ elif [ "$PHASE" = jfold ]; then  # session J, one GPU: the backward kernel also 
   # then the training step at 128 alternating base, new, base, new on the card (both with their default tiles)
   gpu_info
   versions
-  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  base_wheel
   if [ "${JFOLD_AB_ONLY:-0}" = 0 ]; then
     piece pytest_cuda 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "qk or kernel" -p no:cacheprovider --rootdir "$REPO"
     [ $TINY = 0 ] && qk_micro 4,4,1,4,5 && unset SPRINTC_QK_BLOCKS
   fi
   # one Inductor cache per wheel: the first run of this phase (session J, call 9) read the base's compiled graphs back
   # in the new wheel's runs (AOTAutograd's cache keyed the custom op by name; fixed by targets.inductor.KernelsInCacheKey)
-  for r in base_1 new_1 base_2 new_2; do
-    PYTHONPATH=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${r%_*} \
-      piece "fold_$r" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/fold_$r.json"
-  done
+  for r in base_1 new_1 base_2 new_2; do ab_bench "${r%_*}" "fold_$r" 100 --batch 128 --modes $TMODES --parts train --json "$W/fold_$r.json"; done
 elif [ "$PHASE" = k1 ]; then  # session K, one H100: the CUDA tests at HEAD (its kernels had not run on a GPU), the v-grad
   # fold A/B against BASE (as jfold, one Inductor cache per wheel), HEAD with target.multi_kernel (train and sampling),
   # then the anchor at 128 with the time left
   gpu_info
   versions
-  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  base_wheel
   piece pytest_cuda 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
-  for r in base_1 new_1 base_2 new_2; do
-    PYTHONPATH=$([ "${r%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${r%_*} \
-      piece "fold_$r" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/fold_$r.json"
-  done
+  for r in base_1 new_1 base_2 new_2; do ab_bench "${r%_*}" "fold_$r" 100 --batch 128 --modes $TMODES --parts train --json "$W/fold_$r.json"; done
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_new piece mk_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --multi-kernel --json "$W/mk_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = k2 ]; then  # session K, one H100: why the register test's ptxas failed on the device (call 1), profiles of
@@ -600,7 +606,7 @@ elif [ "$PHASE" = k3 ]; then  # session K, one H100: the step at 128 compiled as
   # default, then the anchor with the time left
   gpu_info
   versions
-  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
+  bench_variant whole 'target: {regional: false}'
   piece step_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/step_b128.json"
   piece whole_b128 300 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts train --json "$W/whole_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
@@ -609,12 +615,11 @@ elif [ "$PHASE" = k4 ]; then  # session K, one H100: Inductor's mix-order reduct
   # switch on and off, the step at 128 alternating base, new, and the whole-model routed step that call 3 saw crash
   gpu_info
   versions
-  rm -rf /tmp/site_base && python3 -m pip install -q --no-index --no-deps --target /tmp/site_base "$REPO"/.gpu/base/sprintc-*.whl 2>&1 | tail -2
+  base_wheel
   piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -p no:cacheprovider --rootdir "$REPO"
   piece mix_demo 90 0 python3 "$REPO/scripts/gpu_mix_order.py"
-  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
-  ab() { PYTHONPATH=$([ "${1%_*}" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${1%_*} \
-    piece "mix_$1" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/mix_$1.json"; }
+  bench_variant whole 'target: {regional: false}'
+  ab() { ab_bench "${1%_*}" "mix_$1" 100 --batch 128 --modes $TMODES --parts train --json "$W/mix_$1.json"; }
   ab base_1; ab new_1
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_new piece whole_routed 170 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/whole_routed.json"
   ab base_2; ab new_2
@@ -622,8 +627,8 @@ elif [ "$PHASE" = k5 ]; then  # session K, one H100: the step at 128 as shipped 
   # the anchor, then the routed step compiled as one graph (target.regional: false), alone and with target.multi_kernel
   gpu_info
   versions
-  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
-  printf 'extends: %s\nname: whole_mk\ntarget: {regional: false, multi_kernel: true}\n' "$SPEC" > "$W/whole_mk.yaml"
+  bench_variant whole 'target: {regional: false}'
+  bench_variant whole_mk 'target: {regional: false, multi_kernel: true}'
   piece step_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/step_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 210 0 $(anchor 128)
   for v in whole whole_mk; do
@@ -633,7 +638,7 @@ elif [ "$PHASE" = k6 ]; then  # session K, one H100: the sampling step at 128 co
   # default (PDG/CFG), then `sprintc train` on XL latents with target.regional false and target.multi_kernel
   gpu_info
   versions
-  printf 'extends: %s\nname: whole\ntarget: {regional: false}\n' "$SPEC" > "$W/whole.yaml"
+  bench_variant whole 'target: {regional: false}'
   piece sample_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/sample_b128.json"
   piece whole_sample_b128 200 0 python3 -m sprintc bench "$W/whole.yaml" $DEV --batch 128 --modes $TMODES --parts sample --json "$W/whole_sample_b128.json"
   train_setup 128

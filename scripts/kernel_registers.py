@@ -43,10 +43,11 @@ def resources(kernel, arch):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         open(path, "w").write(ptx)
-        done = subprocess.run([ptxas(arch), "-v", f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", path,
+        tool = ptxas(arch)
+        done = subprocess.run([tool, "-v", f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", path,
                                "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{ptxas(arch)} failed ({done.returncode}) on {kernel.name}: {done.stderr.strip()}")
+            raise RuntimeError(f"{tool} failed ({done.returncode}) on {kernel.name}: {done.stderr.strip()}")
         info = done.stderr
     return {"registers": int(re.search(r"Used (\d+) registers", info).group(1)),
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),

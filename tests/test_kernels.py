@@ -88,7 +88,6 @@ def test_marked_attention_on_the_cpu_computes_the_expression():
     torch.testing.assert_close(sit(x, t, y), ref, rtol=0, atol=0)
 
 
-
 def test_the_kernels_source_is_in_inductors_cache_keys(tmp_path, monkeypatch):
     """Inductor's caches key a graph by its custom ops' names: the inductor target adds a hash of kernels.py, so a
     graph compiled with other kernels is not read back."""
