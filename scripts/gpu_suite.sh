@@ -37,6 +37,7 @@
 #   anchor), k2 (ptxas, sampling profiles, the step twice, `sprintc train`), k3 (whole-model compile), k4 (mix-order
 #   reductions off against on), k5 (the step, the anchor, whole-model alone and with multi-kernel), k6 (whole-model
 #   sampling, `sprintc train` whole-model with multi-kernel).
+# Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -645,6 +646,19 @@ elif [ "$PHASE" = k6 ]; then  # session K, one H100: the sampling step at 128 co
   variant xl_whole_mk 'target: {regional: false, multi_kernel: true}'
   train_each $(( 585 - ($(date +%s) - T0) )) whole_mk:xl_whole_mk
   rm -rf "$W/latents"
+elif [ "$PHASE" = l1 ]; then  # session L, one H100: short_attention alone against SDPA (warps), the CUDA tests, then the
+  # step at 128 with it (this wheel) against the wheel of BASE (without it), alternating, one Inductor cache per wheel;
+  # batch 64 and 32 with it
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece short_attn 120 0 python3 "$REPO/scripts/gpu_short_attention.py" "$W/short_attention.json"
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
+  base_wheel
+  ab_bench base l_base_1 100 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l_base_1.json"
+  ab_bench new l_new_1 130 --batch 128 --modes $TMODES --parts train --json "$W/l_new_1.json"
+  ab_bench base l_base_2 100 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l_base_2.json"
+  ab_bench new l_new_2 100 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l_new_2.json"
+  ab_bench new l_new_b64_32 $(( 590 - ($(date +%s) - T0) )) --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/l_new_b64_32.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

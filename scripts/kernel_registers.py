@@ -74,6 +74,20 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
     bwd = compiled(K._bwd_kernel, sig, {**common, **strides, "T": t, "BLOCK_D": triton.next_power_of_2(DH)},
                    [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
     out[f"backward {t} tok x {warps} warps"] = resources(bwd, arch)
+    out.update(attention(heads, head_width, K.SHORT_TOKENS, arch))
+    return out
+
+
+def attention(heads=16, head_width=72, tokens=64, arch=90, warps=None):
+    """{name: resources} of short_attention's forward and backward kernels at `tokens` (ATTENTION_WARPS by default)."""
+    const = dict(N=tokens, H=heads, DH=head_width, BN=max(16, triton.next_power_of_2(tokens)),
+                 BD=max(16, triton.next_power_of_2(head_width)))
+    out = {}
+    for which, fn, names, w in (("forward", K._attention_fwd_kernel, "q k v o", (warps or K.ATTENTION_WARPS)[0]),
+                                ("backward", K._attention_bwd_kernel, "q k v o do dq dk dv", (warps or K.ATTENTION_WARPS)[1])):
+        sig = {**{n: "*bf16" for n in names.split()}, "scale": "fp32"}
+        out[f"attention {which} {tokens} tok x {w} warps"] = resources(
+            compiled(fn, sig, const, [n for n in sig if sig[n].startswith("*")], w, arch), arch)
     return out
 
 

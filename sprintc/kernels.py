@@ -250,11 +250,112 @@ def _backward(ctx, dq, dk, dv):
 qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 
 
+# Attention over short sequences (the routed blocks' kept tokens: 64 at 75% drop), one program per (batch, head)
+# holding the whole sequence: S = q k^T and the softmax stay in registers, and the backward needs no saved
+# log-sum-exp, no atomics and no second pass. SHORT_TOKENS is the longest sequence the inductor target sends here
+# (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and the backward's warps.
+SHORT_TOKENS, ATTENTION_WARPS = 64, (4, 8)
+
+
+@triton.jit
+def _head(b, h, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """Offsets and mask of one (batch, head)'s N x DH tile of token-major (B, N, H, DH) memory, padded to BN x BD."""
+    n = tl.arange(0, BN)[:, None]
+    d = tl.arange(0, BD)[None, :]
+    return b * (N * H * DH) + n * (H * DH) + h * DH + d, (n < N) & (d < DH)
+
+
+@triton.jit
+def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
+    """softmax(q k^T * scale) in float32, padded keys left out."""
+    s = tl.dot(q, tl.trans(k)).to(tl.float32) * (scale * 1.4426950408889634)  # log2(e): exp2 below
+    s = tl.where(tl.arange(0, BN)[None, :] < N, s, float("-inf"))
+    p = tl.exp2(s - tl.max(s, 1)[:, None])
+    return p / tl.sum(p, 1)[:, None]
+
+
+@triton.jit
+def _attention_fwd_kernel(q, k, v, o, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
+                          BN: tl.constexpr, BD: tl.constexpr):
+    at, m = _head(tl.program_id(0) // H, tl.program_id(0) % H, N, H, DH, BN, BD)
+    qt = tl.load(q + at, mask=m, other=0.0)
+    kt = tl.load(k + at, mask=m, other=0.0)
+    vt = tl.load(v + at, mask=m, other=0.0)
+    p = _softmax_rows(qt, kt, scale, N, BN)
+    tl.store(o + at, tl.dot(p.to(vt.dtype), vt).to(o.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
+                          BN: tl.constexpr, BD: tl.constexpr):
+    at, m = _head(tl.program_id(0) // H, tl.program_id(0) % H, N, H, DH, BN, BD)
+    qt = tl.load(q + at, mask=m, other=0.0)
+    kt = tl.load(k + at, mask=m, other=0.0)
+    vt = tl.load(v + at, mask=m, other=0.0)
+    dot = tl.load(do + at, mask=m, other=0.0)
+    dt = qt.dtype
+    p = _softmax_rows(qt, kt, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
+    delta = tl.sum(dot.to(tl.float32) * tl.load(o + at, mask=m, other=0.0).to(tl.float32), 1)
+    tl.store(dv + at, tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
+    ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * scale).to(dt)
+    tl.store(dq + at, tl.dot(ds, kt).to(dt), mask=m)
+    tl.store(dk + at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
+
+
+def _attention_shapes(q):
+    B, H, N, DH = q.shape
+    if N > 128 or DH > 128:
+        raise ValueError(f"short_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= 128 and Dh <= 128")
+    # tl.dot takes dimensions of at least 16
+    return B, H, N, DH, max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(DH))
+
+
+def _as_token_major(t):
+    B, H, N, DH = t.shape
+    like = _token_major(t, B, N, H, DH)
+    return t if t.stride() == like.stride() else like.copy_(t)
+
+
+@triton_op("sprintc::short_attention", mutates_args={})
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 128; the output
+    in token-major memory, so that its transpose(1, 2) to (B, N, H*Dh) is a view."""
+    B, H, N, DH, bn, bd = _attention_shapes(q)
+    q, k, v = (_as_token_major(t) for t in (q, k, v))
+    o = _token_major(q, B, N, H, DH)
+    wrap_triton(_attention_fwd_kernel)[(B * H,)](q, k, v, o, DH ** -0.5, N=N, H=H, DH=DH, BN=bn, BD=bd,
+                                                 num_warps=ATTENTION_WARPS[0])
+    return o
+
+
+@triton_op("sprintc::short_attention_backward", mutates_args={})
+def short_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, N, DH, bn, bd = _attention_shapes(q)
+    q, k, v, o, do = (_as_token_major(t) for t in (q, k, v, o, do))
+    dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+    wrap_triton(_attention_bwd_kernel)[(B * H,)](q, k, v, o, do, dq, dk, dv, DH ** -0.5, N=N, H=H, DH=DH,
+                                                 BN=bn, BD=bd, num_warps=ATTENTION_WARPS[1])
+    return dq, dk, dv
+
+
+def _attention_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output)
+
+
+def _attention_backward(ctx, do):
+    return short_attention_backward(do, *ctx.saved_tensors)
+
+
+short_attention.register_autograd(_attention_backward, setup_context=_attention_setup_context)
+
+
 def use_kernels(model: torch.nn.Module) -> int:
-    """Point every sprintc Attention with RMS q/k norms at qk_norm_rope (used on CUDA tensors); the count."""
+    """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, and those with RMS
+    q/k norms at qk_norm_rope (both used on CUDA tensors only); the number of attentions."""
     from sprintc.model import Attention, RMSNorm
 
-    found = [m for m in model.modules() if isinstance(m, Attention) and isinstance(m.q_norm, RMSNorm)]
+    found = [m for m in model.modules() if isinstance(m, Attention)]
     for m in found:
-        m.fused_qk = True
+        m.fused_qk, m.short_tokens = isinstance(m.q_norm, RMSNorm), SHORT_TOKENS
     return len(found)

@@ -113,6 +113,28 @@ def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
         assert (a.float() - b.float()).norm() / b.float().norm() < 1e-2
 
 
+@pytest.mark.parametrize("tokens", [64, 13])
+def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens):
+    """sprintc's attention for the routed blocks (64 kept tokens of XL's 16 heads of 72), bf16, against SDPA in
+    float32; from q, k, v in token-major memory (the q/k kernel's) and from views of one qkv tensor."""
+    pytest.importorskip("triton")
+    from sprintc.kernels import short_attention
+
+    torch.manual_seed(0)
+    B, H, DH = 32, 16, 72
+    qkv = torch.randn(B, tokens, 3, H, DH, device="cuda").bfloat16().requires_grad_()
+    for q, k, v in (qkv.permute(2, 0, 3, 1, 4), [t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+                                                 for t in qkv.permute(2, 0, 3, 1, 4)]):
+        leaves = [qkv] if q.requires_grad and not q.is_leaf else [q, k, v]
+        ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        out = short_attention(q, k, v)
+        g = torch.randn_like(ref)
+        want = torch.autograd.grad(ref, leaves, g)
+        got = torch.autograd.grad(out, leaves, g.bfloat16())
+        for a, b in zip([out, *got], [ref, *want]):
+            assert (a.float() - b).norm() / b.norm() < 1e-2
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_inductor_with_qk_kernels_equals_eager(dtype):
     """target.kernels: the compiled SiT blocks' q/k norm + RoPE run as sprintc's kernels, without a graph break

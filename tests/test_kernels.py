@@ -66,13 +66,54 @@ def test_qk_norm_rope_matches_the_expression_forward_and_backward():
     assert r.returncode == 0 and "kernels ok" in r.stdout, r.stdout + r.stderr
 
 
-def test_use_kernels_marks_the_rms_attentions_only():
-    from sprintc.kernels import use_kernels
+ATTENTION_CHECK = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from sprintc.kernels import short_attention
+
+    torch.manual_seed(0)
+    # tokens and head widths not powers of two (XL's routed blocks: 64 x 72); float32 and float64 only: the
+    # interpreter's tl.dot gets bf16 wrong (tests/test_cuda.py checks bf16 on a GPU)
+    for B, H, N, DH, dtype in ((2, 3, 13, 10, torch.float64), (1, 2, 64, 72, torch.float32), (2, 1, 1, 16, torch.float64)):
+        qkv = torch.randn(B, N, 3, H, DH, dtype=dtype, requires_grad=True)
+        head_major = [torch.randn(B, H, N, DH, dtype=dtype, requires_grad=True) for _ in range(3)]
+        for layout, (q, k, v) in (("views of qkv", qkv.permute(2, 0, 3, 1, 4)), ("head-major", head_major)):
+            leaves = (qkv,) if layout == "views of qkv" else tuple(head_major)
+            ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+            out = short_attention(q, k, v)
+            assert out.dtype == dtype and out.shape == ref.shape, (layout, out.dtype, out.shape)
+            assert out.transpose(1, 2).is_contiguous(), out.stride()  # token-major: the projection's reshape is a view
+            assert (out - ref).abs().max() < 1e-5, (layout, (out - ref).abs().max())
+            g = torch.randn(B, N, H, DH, dtype=dtype).transpose(1, 2)  # the layout the projection's backward gives
+            want = torch.autograd.grad(ref, leaves, g.double())
+            got = torch.autograd.grad(out, leaves, g)
+            for a, b in zip(got, want):
+                assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), (layout, (a - b).abs().max())
+    try:
+        short_attention(*torch.randn(3, 1, 1, 129, 8).unbind(0))
+    except ValueError as e:
+        assert "N <= 128" in str(e), e
+    else:
+        raise AssertionError("129 tokens accepted")
+    print("attention ok")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernel")
+def test_short_attention_matches_sdpa_forward_and_backward():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", ATTENTION_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "attention ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_use_kernels_marks_every_attention_for_short_sequences_and_the_rms_ones_for_qk():
+    from sprintc.kernels import SHORT_TOKENS, use_kernels
 
     sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
     dit = DiT(load_spec("dit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
     assert use_kernels(sit) == 2 and all(b.attn.fused_qk for b in sit.blocks)
-    assert use_kernels(dit) == 0 and not any(b.attn.fused_qk for b in dit.blocks)  # DiT has no q/k norm
+    assert use_kernels(dit) == 2 and not any(b.attn.fused_qk for b in dit.blocks)  # DiT has no q/k norm
+    assert all(b.attn.short_tokens == SHORT_TOKENS for m in (sit, dit) for b in m.blocks)
 
 
 def test_marked_attention_on_the_cpu_computes_the_expression():
@@ -157,7 +198,7 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
     except RuntimeError as e:  # Triton's knobs raise when they find no ptxas at all
         pytest.skip(f"this triton has no ptxas: {e}")
     found = tool.kernels(heads, width)
-    assert len(found) == 2
+    assert len(found) == 4  # q/k forward and backward, short attention's forward and backward
     for name, r in found.items():
         assert r["spill_bytes"] == 0 and r["registers"] <= 128, (name, r)
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
