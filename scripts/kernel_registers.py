@@ -11,6 +11,7 @@ import re
 import subprocess
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -80,8 +81,8 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
 
 def attention(heads=16, head_width=72, tokens=64, arch=90, warps=None):
     """{name: resources} of short_attention's forward and backward kernels at `tokens` (ATTENTION_WARPS by default)."""
-    const = dict(N=tokens, H=heads, DH=head_width, BN=max(16, triton.next_power_of_2(tokens)),
-                 BD=max(16, triton.next_power_of_2(head_width)))
+    _, _, _, _, bn, da, db = K._attention_shapes(torch.empty(0, heads, tokens, head_width, device="meta"))
+    const = dict(N=tokens, H=heads, DH=head_width, BN=bn, DA=da, DB=db)
     out = {}
     for which, fn, names, w in (("forward", K._attention_fwd_kernel, "q k v o", (warps or K.ATTENTION_WARPS)[0]),
                                 ("backward", K._attention_bwd_kernel, "q k v o do dq dk dv", (warps or K.ATTENTION_WARPS)[1])):

@@ -252,23 +252,27 @@ qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 
 # Attention over short sequences (the routed blocks' kept tokens: 64 at 75% drop), one program per (batch, head)
 # holding the whole sequence: S = q k^T and the softmax stay in registers, and the backward needs no saved
-# log-sum-exp, no atomics and no second pass. SHORT_TOKENS is the longest sequence the inductor target sends here
-# (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and the backward's warps.
-SHORT_TOKENS, ATTENTION_WARPS = 64, (4, 8)
+# log-sum-exp, no atomics and no second pass. A head's columns are read as a power of two plus a padded rest
+# (72 = 64 + 16) when ATTENTION_SPLIT, else padded whole (72 -> 128). SHORT_TOKENS is the longest sequence the
+# inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and
+# the backward's warps.
+SHORT_TOKENS, ATTENTION_WARPS, ATTENTION_SPLIT = 64, (4, 8), True
 
 
 @triton.jit
-def _head(b, h, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
-    """Offsets and mask of one (batch, head)'s N x DH tile of token-major (B, N, H, DH) memory, padded to BN x BD."""
+def _part(b, h, START: tl.constexpr, W: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
+          BN: tl.constexpr):
+    """Offsets and mask of columns START..START+W of one (batch, head)'s N x DH tile of token-major (B, N, H, DH)
+    memory, rows padded to BN."""
     n = tl.arange(0, BN)[:, None]
-    d = tl.arange(0, BD)[None, :]
+    d = START + tl.arange(0, W)[None, :]
     return b * (N * H * DH) + n * (H * DH) + h * DH + d, (n < N) & (d < DH)
 
 
 @triton.jit
-def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
-    """softmax(q k^T * scale) in float32, padded keys left out."""
-    s = tl.dot(q, tl.trans(k)).to(tl.float32) * (scale * 1.4426950408889634)  # log2(e): exp2 below
+def _softmax_rows(s, scale, N: tl.constexpr, BN: tl.constexpr):
+    """softmax(s * scale) by rows in float32, padded keys left out."""
+    s = s * (scale * 1.4426950408889634)  # log2(e): exp2 below
     s = tl.where(tl.arange(0, BN)[None, :] < N, s, float("-inf"))
     p = tl.exp2(s - tl.max(s, 1)[:, None])
     return p / tl.sum(p, 1)[:, None]
@@ -276,38 +280,62 @@ def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
 
 @triton.jit
 def _attention_fwd_kernel(q, k, v, o, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                          BN: tl.constexpr, BD: tl.constexpr):
-    at, m = _head(tl.program_id(0) // H, tl.program_id(0) % H, N, H, DH, BN, BD)
-    qt = tl.load(q + at, mask=m, other=0.0)
-    kt = tl.load(k + at, mask=m, other=0.0)
-    vt = tl.load(v + at, mask=m, other=0.0)
-    p = _softmax_rows(qt, kt, scale, N, BN)
-    tl.store(o + at, tl.dot(p.to(vt.dtype), vt).to(o.dtype.element_ty), mask=m)
+                          BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
+    b, h = tl.program_id(0) // H, tl.program_id(0) % H
+    at, m = _part(b, h, 0, DA, N, H, DH, BN)
+    qa = tl.load(q + at, mask=m, other=0.0)
+    s = tl.dot(qa, tl.trans(tl.load(k + at, mask=m, other=0.0))).to(tl.float32)
+    if DB > 0:
+        bt, mb = _part(b, h, DA, DB, N, H, DH, BN)
+        s += tl.dot(tl.load(q + bt, mask=mb, other=0.0), tl.trans(tl.load(k + bt, mask=mb, other=0.0))).to(tl.float32)
+    p = _softmax_rows(s, scale, N, BN).to(qa.dtype)
+    tl.store(o + at, tl.dot(p, tl.load(v + at, mask=m, other=0.0)).to(o.dtype.element_ty), mask=m)
+    if DB > 0:
+        tl.store(o + bt, tl.dot(p, tl.load(v + bt, mask=mb, other=0.0)).to(o.dtype.element_ty), mask=mb)
 
 
 @triton.jit
 def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                          BN: tl.constexpr, BD: tl.constexpr):
-    at, m = _head(tl.program_id(0) // H, tl.program_id(0) % H, N, H, DH, BN, BD)
-    qt = tl.load(q + at, mask=m, other=0.0)
-    kt = tl.load(k + at, mask=m, other=0.0)
-    vt = tl.load(v + at, mask=m, other=0.0)
-    dot = tl.load(do + at, mask=m, other=0.0)
-    dt = qt.dtype
-    p = _softmax_rows(qt, kt, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
-    delta = tl.sum(dot.to(tl.float32) * tl.load(o + at, mask=m, other=0.0).to(tl.float32), 1)
-    tl.store(dv + at, tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
-    ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * scale).to(dt)
-    tl.store(dq + at, tl.dot(ds, kt).to(dt), mask=m)
-    tl.store(dk + at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
+                          BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
+    b, h = tl.program_id(0) // H, tl.program_id(0) % H
+    at, m = _part(b, h, 0, DA, N, H, DH, BN)
+    qa = tl.load(q + at, mask=m, other=0.0)
+    ka = tl.load(k + at, mask=m, other=0.0)
+    doa = tl.load(do + at, mask=m, other=0.0)
+    dt = qa.dtype
+    s = tl.dot(qa, tl.trans(ka)).to(tl.float32)
+    dp = tl.dot(doa, tl.trans(tl.load(v + at, mask=m, other=0.0))).to(tl.float32)
+    delta = tl.sum(doa.to(tl.float32) * tl.load(o + at, mask=m, other=0.0).to(tl.float32), 1)
+    if DB > 0:
+        bt, mb = _part(b, h, DA, DB, N, H, DH, BN)
+        qb = tl.load(q + bt, mask=mb, other=0.0)
+        kb = tl.load(k + bt, mask=mb, other=0.0)
+        dob = tl.load(do + bt, mask=mb, other=0.0)
+        s += tl.dot(qb, tl.trans(kb)).to(tl.float32)
+        dp += tl.dot(dob, tl.trans(tl.load(v + bt, mask=mb, other=0.0))).to(tl.float32)
+        delta += tl.sum(dob.to(tl.float32) * tl.load(o + bt, mask=mb, other=0.0).to(tl.float32), 1)
+    p = _softmax_rows(s, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
+    ds = (p * (dp - delta[:, None]) * scale).to(dt)
+    pt = tl.trans(p.to(dt))
+    dst = tl.trans(ds)
+    tl.store(dv + at, tl.dot(pt, doa).to(dt), mask=m)
+    tl.store(dq + at, tl.dot(ds, ka).to(dt), mask=m)
+    tl.store(dk + at, tl.dot(dst, qa).to(dt), mask=m)
+    if DB > 0:
+        tl.store(dv + bt, tl.dot(pt, dob).to(dt), mask=mb)
+        tl.store(dq + bt, tl.dot(ds, kb).to(dt), mask=mb)
+        tl.store(dk + bt, tl.dot(dst, qb).to(dt), mask=mb)
 
 
 def _attention_shapes(q):
+    """B, H, N, DH, and the row and column blocks: tl.dot takes dimensions of at least 16."""
     B, H, N, DH = q.shape
     if N > 128 or DH > 128:
         raise ValueError(f"short_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= 128 and Dh <= 128")
-    # tl.dot takes dimensions of at least 16
-    return B, H, N, DH, max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(DH))
+    da, db = _split(DH) if ATTENTION_SPLIT else (triton.next_power_of_2(DH), 0)
+    if da < 16:
+        da, db = max(16, triton.next_power_of_2(DH)), 0
+    return B, H, N, DH, max(16, triton.next_power_of_2(N)), da, (max(16, db) if db else 0)
 
 
 def _as_token_major(t):
@@ -320,10 +348,10 @@ def _as_token_major(t):
 def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 128; the output
     in token-major memory, so that its transpose(1, 2) to (B, N, H*Dh) is a view."""
-    B, H, N, DH, bn, bd = _attention_shapes(q)
+    B, H, N, DH, bn, da, db = _attention_shapes(q)
     q, k, v = (_as_token_major(t) for t in (q, k, v))
     o = _token_major(q, B, N, H, DH)
-    wrap_triton(_attention_fwd_kernel)[(B * H,)](q, k, v, o, DH ** -0.5, N=N, H=H, DH=DH, BN=bn, BD=bd,
+    wrap_triton(_attention_fwd_kernel)[(B * H,)](q, k, v, o, DH ** -0.5, N=N, H=H, DH=DH, BN=bn, DA=da, DB=db,
                                                  num_warps=ATTENTION_WARPS[0])
     return o
 
@@ -331,11 +359,11 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 @triton_op("sprintc::short_attention_backward", mutates_args={})
 def short_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, H, N, DH, bn, bd = _attention_shapes(q)
+    B, H, N, DH, bn, da, db = _attention_shapes(q)
     q, k, v, o, do = (_as_token_major(t) for t in (q, k, v, o, do))
     dq, dk, dv = (torch.empty_like(q) for _ in range(3))
     wrap_triton(_attention_bwd_kernel)[(B * H,)](q, k, v, o, do, dq, dk, dv, DH ** -0.5, N=N, H=H, DH=DH,
-                                                 BN=bn, BD=bd, num_warps=ATTENTION_WARPS[1])
+                                                 BN=bn, DA=da, DB=db, num_warps=ATTENTION_WARPS[1])
     return dq, dk, dv
 
 
