@@ -37,7 +37,8 @@
 #   anchor), k2 (ptxas, sampling profiles, the step twice, `sprintc train`), k3 (whole-model compile), k4 (mix-order
 #   reductions off against on), k5 (the step, the anchor, whole-model alone and with multi-kernel), k6 (whole-model
 #   sampling, `sprintc train` whole-model with multi-kernel).
-# Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32).
+# Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32), l2
+#   (short_attention alone by head split and warps; the step with SDPA, as committed and at the fastest setting; a profile).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -659,6 +660,26 @@ elif [ "$PHASE" = l1 ]; then  # session L, one H100: short_attention alone again
   ab_bench base l_base_2 100 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l_base_2.json"
   ab_bench new l_new_2 100 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l_new_2.json"
   ab_bench new l_new_b64_32 $(( 590 - ($(date +%s) - T0) )) --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/l_new_b64_32.json"
+elif [ "$PHASE" = l2 ]; then  # session L, one H100: short_attention alone (split / padded heads, warps), then the step at
+  # 128 alternating three arms set by SPRINTC_SHORT_ATTENTION, one Inductor cache each: every attention in SDPA (sdpa),
+  # short_attention as committed (committed) and at the micro-benchmark's fastest setting at 64 tokens (best); then a
+  # profile of the step with the best arm
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece short_attn 150 0 python3 "$REPO/scripts/gpu_short_attention.py" "$W/short_attention.json"
+  BEST=$(python3 - "$W/short_attention.json" <<'PY' 2>/dev/null || echo 64,1,4,8
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1])) if r["tokens"] == 64 and r["arm"] != "sdpa" and r["fwd_bwd_ms"]]
+split, warps = min(rows, key=lambda r: r["fwd_bwd_ms"])["arm"].split(" w")
+print(f"64,{int(split == 'split')},{','.join(warps.strip('()').replace(' ', '').split(','))}")
+PY
+)
+  echo "best: $BEST" | tee -a "$W/rc.txt"
+  arm() {  # arm NAME SETTING RUN
+    SPRINTC_SHORT_ATTENTION=$2 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$1 piece "l2_$1_$3" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l2_$1_$3.json"
+  }
+  for r in 1 2; do arm sdpa 0,1,4,8 $r; arm committed 64,1,4,8 $r; arm best "$BEST" $r; done
+  SPRINTC_SHORT_ATTENTION=$BEST TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_best piece l2_prof $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/l2_prof.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

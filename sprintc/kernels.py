@@ -378,6 +378,24 @@ def _attention_backward(ctx, do):
 short_attention.register_autograd(_attention_backward, setup_context=_attention_setup_context)
 
 
+def attention_from_env():
+    """SPRINTC_SHORT_ATTENTION='tokens,split,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; tokens 0
+    sends every attention to SDPA) sets SHORT_TOKENS, ATTENTION_SPLIT and ATTENTION_WARPS; ValueError naming it
+    where it is malformed."""
+    global SHORT_TOKENS, ATTENTION_SPLIT, ATTENTION_WARPS
+    env = os.environ.get("SPRINTC_SHORT_ATTENTION")
+    if not env:
+        return
+    try:
+        v = [int(s) for s in env.split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 4 or not 0 <= v[0] <= 128 or v[1] not in (0, 1) or min(v[2:]) < 1:
+        raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-128), split (0 or 1), forward warps, "
+                         "backward warps (e.g. 64,1,4,8)")
+    SHORT_TOKENS, ATTENTION_SPLIT, ATTENTION_WARPS = v[0], bool(v[1]), (v[2], v[3])
+
+
 def use_kernels(model: torch.nn.Module) -> int:
     """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, and those with RMS
     q/k norms at qk_norm_rope (both used on CUDA tensors only); the number of attentions."""

@@ -215,3 +215,20 @@ def test_a_malformed_tile_switch_is_a_clear_error(monkeypatch, value):
         use_kernels(sit)
     monkeypatch.setenv("SPRINTC_QK_BLOCKS", "4,4,1,4,5")
     assert use_kernels(sit) == 2
+
+
+@pytest.mark.parametrize("value", ["64,1,4", "64,2,4,8", "129,1,4,8", "64,1,0,8", "a,1,4,8"])
+def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
+    import sprintc.kernels as K
+    from sprintc.targets.inductor import use_kernels
+    from sprintc.targets_api import TargetError
+
+    for name in ("SHORT_TOKENS", "ATTENTION_SPLIT", "ATTENTION_WARPS"):  # restored after the test
+        monkeypatch.setattr(K, name, getattr(K, name))
+    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
+    monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", value)
+    with pytest.raises(TargetError, match=r"SPRINTC_SHORT_ATTENTION=.*expected tokens"):
+        use_kernels(sit)
+    monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,0,2,4")  # every attention to SDPA
+    assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
+    assert (K.ATTENTION_SPLIT, K.ATTENTION_WARPS) == (False, (2, 4))
