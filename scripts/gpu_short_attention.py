@@ -1,9 +1,9 @@
 """sprintc's short-sequence attention (sprintc/kernels.py, short_attention) against scaled_dot_product_attention at
-the XL shapes of a batch-128 training step (16 heads of 72; 64 kept tokens in the routed blocks at 75% drop, 32 and
-128 for comparison), bf16, q, k, v and the output's gradient in token-major memory as in the step: ms per call of the
-forward and of forward + backward (CUDA graph, median of 5) for a head read as 64 + 16 columns (split) or padded to
-128, at several (forward, backward) warp counts, and the relative error of each output and gradient against SDPA in
-float32. On the device: python3 scripts/gpu_short_attention.py [JSON]"""
+the XL shapes of a batch-128 training step (16 heads of 72; 64 kept tokens in the routed blocks at 75% drop, 32 for
+comparison), bf16, q, k, v and the output's gradient in token-major memory as in the step: ms per call of the forward
+and of forward + backward (CUDA graph, median of 5) at several ATTENTION_TILES (forward warps, backward warps, stages,
+programs per SM), and the relative error of each output and gradient against SDPA in float32.
+On the device: python3 scripts/gpu_short_attention.py [JSON]"""
 import json
 import sys
 
@@ -14,8 +14,9 @@ import sprintc.kernels as K
 from gpu_qk_kernels import timed
 
 B, H, DH = 128, 16, 72
-ARMS = {64: [(s, w) for s in (True, False) for w in ((4, 8), (4, 4), (8, 8), (2, 4))],
-        32: [(True, (4, 8)), (True, (4, 4)), (False, (4, 8))], 128: [(True, (8, 8)), (False, (8, 8))]}
+ARMS = {64: [(4, 4, 1, 0), (4, 8, 1, 0), (2, 4, 1, 0), (4, 4, 2, 0)]
+        + [(4, w, s, per_sm) for per_sm in (2, 4, 8) for s in (2, 3) for w in (4, 8)] + [(8, 8, 2, 4), (2, 4, 2, 8)],
+        32: [(4, 4, 1, 0), (4, 4, 2, 4), (4, 8, 2, 4)]}
 
 
 def token_major(n):
@@ -34,20 +35,19 @@ def errors(fn, q, k, v, grad):
 
 
 rows = []
-for n in (64, 32, 128):
+for n in (64, 32):
     q, k, v = token_major(n), token_major(n), token_major(n)
     grad = torch.randn(B, n, H, DH, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    for split, warps in [(None, None)] + ARMS[n]:
-        fn = F.scaled_dot_product_attention if split is None else K.short_attention
-        if split is not None:
-            K.ATTENTION_SPLIT, K.ATTENTION_WARPS = split, warps
+    for tiles in [None] + ARMS[n]:
+        fn = F.scaled_dot_product_attention if tiles is None else K.short_attention
+        K.ATTENTION_TILES = tiles or K.ATTENTION_TILES
         try:
             err = errors(fn, q, k, v, grad)
             fwd = timed(lambda: fn(q, k, v))
             both = timed(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad))
-        except Exception as e:  # one arm's failure (resources at 128 tokens) leaves the others
+        except Exception as e:  # one arm's failure leaves the others
             err, fwd, both = repr(e)[:200], None, None
-        rows.append({"tokens": n, "arm": "sdpa" if split is None else f"{'split' if split else 'pad'} w{warps}",
+        rows.append({"tokens": n, "arm": "sdpa" if tiles is None else ",".join(map(str, tiles)),
                      "fwd_ms": fwd and round(fwd, 4), "fwd_bwd_ms": both and round(both, 4), "rel_err": err})
         print(json.dumps(rows[-1]), flush=True)
 if len(sys.argv) > 1:

@@ -38,7 +38,8 @@
 #   reductions off against on), k5 (the step, the anchor, whole-model alone and with multi-kernel), k6 (whole-model
 #   sampling, `sprintc train` whole-model with multi-kernel).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32), l2
-#   (short_attention alone by head split and warps; the step with SDPA, as committed and at the fastest setting; a profile).
+#   (short_attention alone by head split and warps; the step with SDPA, as committed and at the fastest setting; a profile),
+#   l3 (the same for the persistent, pipelined kernel: its tiles alone, the step's three arms, the dense step, CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -680,6 +681,25 @@ PY
   }
   for r in 1 2; do arm sdpa 0,1,4,8 $r; arm committed 64,1,4,8 $r; arm best "$BEST" $r; done
   SPRINTC_SHORT_ATTENTION=$BEST TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_best piece l2_prof $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/l2_prof.json"
+elif [ "$PHASE" = l3 ]; then  # session L, one H100: short_attention alone at several ATTENTION_TILES (persistent and
+  # pipelined loops), then the step at 128 alternating every attention in SDPA (sdpa), the committed tiles (committed)
+  # and the micro-benchmark's fastest at 64 tokens (best), one Inductor cache each; the dense step; the CUDA tests
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece short_attn 200 0 python3 "$REPO/scripts/gpu_short_attention.py" "$W/short_attention.json"
+  BEST=$(python3 - "$W/short_attention.json" <<'PY' 2>/dev/null || echo 64,4,4,1,0
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1])) if r["tokens"] == 64 and r["arm"] != "sdpa" and r["fwd_bwd_ms"]]
+print("64," + min(rows, key=lambda r: r["fwd_bwd_ms"])["arm"])
+PY
+)
+  echo "best: $BEST" | tee -a "$W/rc.txt"
+  arm() {  # arm NAME SETTING RUN
+    SPRINTC_SHORT_ATTENTION=$2 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$1 piece "l3_$1_$3" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l3_$1_$3.json"
+  }
+  for r in 1 2; do arm sdpa 0,4,4,1,0 $r; arm committed 64,4,4,1,0 $r; arm best "$BEST" $r; done
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_committed piece l3_dense 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs dense --json "$W/l3_dense.json"
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

@@ -250,92 +250,72 @@ def _backward(ctx, dq, dk, dv):
 qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 
 
-# Attention over short sequences (the routed blocks' kept tokens: 64 at 75% drop), one program per (batch, head)
-# holding the whole sequence: S = q k^T and the softmax stay in registers, and the backward needs no saved
-# log-sum-exp, no atomics and no second pass. A head's columns are read as a power of two plus a padded rest
-# (72 = 64 + 16) when ATTENTION_SPLIT, else padded whole (72 -> 128). SHORT_TOKENS is the longest sequence the
-# inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and
-# the backward's warps.
-SHORT_TOKENS, ATTENTION_WARPS, ATTENTION_SPLIT = 64, (4, 8), True
+# Attention over short sequences (the routed blocks' kept tokens: 64 at 75% drop): a program holds a whole (batch,
+# head) sequence, so S = q k^T and the softmax stay in registers, and the backward needs no saved log-sum-exp, no
+# atomics and no second pass. A head's width is padded to a power of two (72 -> 128; reading it as 64 + 16 columns
+# was no faster and gave NaN at 4 warps on an H100, session L). Programs loop over (batch, head) pairs, so that
+# with STAGES > 1 Triton loads the next pair while the current one computes. SHORT_TOKENS is the longest sequence
+# the inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_TILES the forward's
+# warps, the backward's warps, the loop's stages and the programs per SM (0: one program per pair).
+SHORT_TOKENS, ATTENTION_TILES = 64, (4, 4, 1, 0)
 
 
 @triton.jit
-def _part(b, h, START: tl.constexpr, W: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-          BN: tl.constexpr):
-    """Offsets and mask of columns START..START+W of one (batch, head)'s N x DH tile of token-major (B, N, H, DH)
-    memory, rows padded to BN."""
+def _head(i, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """Offsets and mask of (batch, head) pair i's N x DH tile of token-major (B, N, H, DH) memory, padded to BN x BD."""
     n = tl.arange(0, BN)[:, None]
-    d = START + tl.arange(0, W)[None, :]
-    return b * (N * H * DH) + n * (H * DH) + h * DH + d, (n < N) & (d < DH)
+    d = tl.arange(0, BD)[None, :]
+    return (i // H) * (N * H * DH) + n * (H * DH) + (i % H) * DH + d, (n < N) & (d < DH)
 
 
 @triton.jit
-def _softmax_rows(s, scale, N: tl.constexpr, BN: tl.constexpr):
-    """softmax(s * scale) by rows in float32, padded keys left out."""
-    s = s * (scale * 1.4426950408889634)  # log2(e): exp2 below
+def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
+    """softmax(q k^T * scale) by rows in float32, padded keys left out."""
+    s = tl.dot(q, tl.trans(k)).to(tl.float32) * (scale * 1.4426950408889634)  # log2(e): exp2 below
     s = tl.where(tl.arange(0, BN)[None, :] < N, s, float("-inf"))
     p = tl.exp2(s - tl.max(s, 1)[:, None])
     return p / tl.sum(p, 1)[:, None]
 
 
 @triton.jit
-def _attention_fwd_kernel(q, k, v, o, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                          BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
-    b, h = tl.program_id(0) // H, tl.program_id(0) % H
-    at, m = _part(b, h, 0, DA, N, H, DH, BN)
-    qa = tl.load(q + at, mask=m, other=0.0)
-    s = tl.dot(qa, tl.trans(tl.load(k + at, mask=m, other=0.0))).to(tl.float32)
-    if DB > 0:
-        bt, mb = _part(b, h, DA, DB, N, H, DH, BN)
-        s += tl.dot(tl.load(q + bt, mask=mb, other=0.0), tl.trans(tl.load(k + bt, mask=mb, other=0.0))).to(tl.float32)
-    p = _softmax_rows(s, scale, N, BN).to(qa.dtype)
-    tl.store(o + at, tl.dot(p, tl.load(v + at, mask=m, other=0.0)).to(o.dtype.element_ty), mask=m)
-    if DB > 0:
-        tl.store(o + bt, tl.dot(p, tl.load(v + bt, mask=mb, other=0.0)).to(o.dtype.element_ty), mask=mb)
+def _attention_fwd_kernel(q, k, v, o, scale, pairs, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
+                          BN: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr):
+    for i in tl.range(tl.program_id(0), pairs, tl.num_programs(0), num_stages=STAGES):
+        at, m = _head(i, N, H, DH, BN, BD)
+        qt = tl.load(q + at, mask=m, other=0.0)
+        kt = tl.load(k + at, mask=m, other=0.0)
+        vt = tl.load(v + at, mask=m, other=0.0)
+        p = _softmax_rows(qt, kt, scale, N, BN)
+        tl.store(o + at, tl.dot(p.to(vt.dtype), vt).to(o.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                          BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
-    b, h = tl.program_id(0) // H, tl.program_id(0) % H
-    at, m = _part(b, h, 0, DA, N, H, DH, BN)
-    qa = tl.load(q + at, mask=m, other=0.0)
-    ka = tl.load(k + at, mask=m, other=0.0)
-    doa = tl.load(do + at, mask=m, other=0.0)
-    dt = qa.dtype
-    s = tl.dot(qa, tl.trans(ka)).to(tl.float32)
-    dp = tl.dot(doa, tl.trans(tl.load(v + at, mask=m, other=0.0))).to(tl.float32)
-    delta = tl.sum(doa.to(tl.float32) * tl.load(o + at, mask=m, other=0.0).to(tl.float32), 1)
-    if DB > 0:
-        bt, mb = _part(b, h, DA, DB, N, H, DH, BN)
-        qb = tl.load(q + bt, mask=mb, other=0.0)
-        kb = tl.load(k + bt, mask=mb, other=0.0)
-        dob = tl.load(do + bt, mask=mb, other=0.0)
-        s += tl.dot(qb, tl.trans(kb)).to(tl.float32)
-        dp += tl.dot(dob, tl.trans(tl.load(v + bt, mask=mb, other=0.0))).to(tl.float32)
-        delta += tl.sum(dob.to(tl.float32) * tl.load(o + bt, mask=mb, other=0.0).to(tl.float32), 1)
-    p = _softmax_rows(s, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
-    ds = (p * (dp - delta[:, None]) * scale).to(dt)
-    pt = tl.trans(p.to(dt))
-    dst = tl.trans(ds)
-    tl.store(dv + at, tl.dot(pt, doa).to(dt), mask=m)
-    tl.store(dq + at, tl.dot(ds, ka).to(dt), mask=m)
-    tl.store(dk + at, tl.dot(dst, qa).to(dt), mask=m)
-    if DB > 0:
-        tl.store(dv + bt, tl.dot(pt, dob).to(dt), mask=mb)
-        tl.store(dq + bt, tl.dot(ds, kb).to(dt), mask=mb)
-        tl.store(dk + bt, tl.dot(dst, qb).to(dt), mask=mb)
+def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, pairs, N: tl.constexpr, H: tl.constexpr,
+                          DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr):
+    for i in tl.range(tl.program_id(0), pairs, tl.num_programs(0), num_stages=STAGES):
+        at, m = _head(i, N, H, DH, BN, BD)
+        qt = tl.load(q + at, mask=m, other=0.0)
+        kt = tl.load(k + at, mask=m, other=0.0)
+        vt = tl.load(v + at, mask=m, other=0.0)
+        dot = tl.load(do + at, mask=m, other=0.0)
+        ot = tl.load(o + at, mask=m, other=0.0)
+        dt = qt.dtype
+        p = _softmax_rows(qt, kt, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
+        delta = tl.sum(dot.to(tl.float32) * ot.to(tl.float32), 1)
+        tl.store(dv + at, tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
+        ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * scale).to(dt)
+        tl.store(dq + at, tl.dot(ds, kt).to(dt), mask=m)
+        tl.store(dk + at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
 
 
 def _attention_shapes(q):
-    """B, H, N, DH, and the row and column blocks: tl.dot takes dimensions of at least 16."""
+    """B, H, N, DH, the row and column blocks (tl.dot takes dimensions of at least 16), and the launch grid."""
     B, H, N, DH = q.shape
-    if N > 128 or DH > 128:
-        raise ValueError(f"short_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= 128 and Dh <= 128")
-    da, db = _split(DH) if ATTENTION_SPLIT else (triton.next_power_of_2(DH), 0)
-    if da < 16:
-        da, db = max(16, triton.next_power_of_2(DH)), 0
-    return B, H, N, DH, max(16, triton.next_power_of_2(N)), da, (max(16, db) if db else 0)
+    if N > 64 or DH > 128:  # at 128 tokens it failed on an H100 (an illegal address, session L): not sent here
+        raise ValueError(f"short_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= 64 and Dh <= 128")
+    per_sm = ATTENTION_TILES[3]
+    grid = (B * H if per_sm == 0 else _programs(q.device, B * H, per_sm),)
+    return B, H, N, DH, max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(DH)), grid
 
 
 def _as_token_major(t):
@@ -346,24 +326,24 @@ def _as_token_major(t):
 
 @triton_op("sprintc::short_attention", mutates_args={})
 def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 128; the output
+    """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 64; the output
     in token-major memory, so that its transpose(1, 2) to (B, N, H*Dh) is a view."""
-    B, H, N, DH, bn, da, db = _attention_shapes(q)
+    B, H, N, DH, bn, bd, grid = _attention_shapes(q)
     q, k, v = (_as_token_major(t) for t in (q, k, v))
     o = _token_major(q, B, N, H, DH)
-    wrap_triton(_attention_fwd_kernel)[(B * H,)](q, k, v, o, DH ** -0.5, N=N, H=H, DH=DH, BN=bn, DA=da, DB=db,
-                                                 num_warps=ATTENTION_WARPS[0])
+    wrap_triton(_attention_fwd_kernel)[grid](q, k, v, o, DH ** -0.5, B * H, N=N, H=H, DH=DH, BN=bn, BD=bd,
+                                             STAGES=ATTENTION_TILES[2], num_warps=ATTENTION_TILES[0])
     return o
 
 
 @triton_op("sprintc::short_attention_backward", mutates_args={})
 def short_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, H, N, DH, bn, da, db = _attention_shapes(q)
+    B, H, N, DH, bn, bd, grid = _attention_shapes(q)
     q, k, v, o, do = (_as_token_major(t) for t in (q, k, v, o, do))
     dq, dk, dv = (torch.empty_like(q) for _ in range(3))
-    wrap_triton(_attention_bwd_kernel)[(B * H,)](q, k, v, o, do, dq, dk, dv, DH ** -0.5, N=N, H=H, DH=DH,
-                                                 BN=bn, DA=da, DB=db, num_warps=ATTENTION_WARPS[1])
+    wrap_triton(_attention_bwd_kernel)[grid](q, k, v, o, do, dq, dk, dv, DH ** -0.5, B * H, N=N, H=H, DH=DH,
+                                             BN=bn, BD=bd, STAGES=ATTENTION_TILES[2], num_warps=ATTENTION_TILES[1])
     return dq, dk, dv
 
 
@@ -379,10 +359,10 @@ short_attention.register_autograd(_attention_backward, setup_context=_attention_
 
 
 def attention_from_env():
-    """SPRINTC_SHORT_ATTENTION='tokens,split,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; tokens 0
-    sends every attention to SDPA) sets SHORT_TOKENS, ATTENTION_SPLIT and ATTENTION_WARPS; ValueError naming it
-    where it is malformed."""
-    global SHORT_TOKENS, ATTENTION_SPLIT, ATTENTION_WARPS
+    """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps,stages,per_sm' (a developer's switch for A/B runs on a GPU;
+    tokens 0 sends every attention to SDPA) sets SHORT_TOKENS and ATTENTION_TILES; ValueError naming it where it is
+    malformed."""
+    global SHORT_TOKENS, ATTENTION_TILES
     env = os.environ.get("SPRINTC_SHORT_ATTENTION")
     if not env:
         return
@@ -390,10 +370,10 @@ def attention_from_env():
         v = [int(s) for s in env.split(",")]
     except ValueError:
         v = []
-    if len(v) != 4 or not 0 <= v[0] <= 128 or v[1] not in (0, 1) or min(v[2:]) < 1:
-        raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-128), split (0 or 1), forward warps, "
-                         "backward warps (e.g. 64,1,4,8)")
-    SHORT_TOKENS, ATTENTION_SPLIT, ATTENTION_WARPS = v[0], bool(v[1]), (v[2], v[3])
+    if len(v) != 5 or not 0 <= v[0] <= 64 or min(v[1:4]) < 1 or v[4] < 0:
+        raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-64), forward warps, backward warps, "
+                         "stages, programs per SM (0: one per batch and head), e.g. 64,4,4,1,0")
+    SHORT_TOKENS, ATTENTION_TILES = v[0], tuple(v[1:])
 
 
 def use_kernels(model: torch.nn.Module) -> int:
