@@ -1,8 +1,8 @@
 """sprintc's short-sequence attention (sprintc/kernels.py, short_attention) against scaled_dot_product_attention at
 the XL shapes of a batch-128 training step (16 heads of 72; 64 kept tokens in the routed blocks at 75% drop, 32 for
 comparison), bf16, q, k, v and the output's gradient in token-major memory as in the step: ms per call of the forward
-and of forward + backward (CUDA graph, median of 5) at several ATTENTION_TILES (forward warps, backward warps, stages,
-programs per SM), and the relative error of each output and gradient against SDPA in float32.
+and of forward + backward (CUDA graph, median of 5) at several ATTENTION_WARPS (forward, backward), and the relative
+error of each output and gradient against SDPA in float32.
 On the device: python3 scripts/gpu_short_attention.py [JSON]"""
 import json
 import sys
@@ -14,9 +14,7 @@ import sprintc.kernels as K
 from gpu_qk_kernels import timed
 
 B, H, DH = 128, 16, 72
-ARMS = {64: [(4, 4, 1, 0), (4, 8, 1, 0), (2, 4, 1, 0), (4, 4, 2, 0)]
-        + [(4, w, s, per_sm) for per_sm in (2, 4, 8) for s in (2, 3) for w in (4, 8)] + [(8, 8, 2, 4), (2, 4, 2, 8)],
-        32: [(4, 4, 1, 0), (4, 4, 2, 4), (4, 8, 2, 4)]}
+ARMS = {64: [(4, 4), (4, 8), (8, 8), (2, 4)], 32: [(4, 4), (4, 8)]}
 
 
 def token_major(n):
@@ -40,7 +38,7 @@ for n in (64, 32):
     grad = torch.randn(B, n, H, DH, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     for tiles in [None] + ARMS[n]:
         fn = F.scaled_dot_product_attention if tiles is None else K.short_attention
-        K.ATTENTION_TILES = tiles or K.ATTENTION_TILES
+        K.ATTENTION_WARPS = tiles or K.ATTENTION_WARPS
         try:
             err = errors(fn, q, k, v, grad)
             fwd = timed(lambda: fn(q, k, v))

@@ -39,7 +39,8 @@
 #   sampling, `sprintc train` whole-model with multi-kernel).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32), l2
 #   (short_attention alone by head split and warps; the step with SDPA, as committed and at the fastest setting; a profile),
-#   l3 (the same for the persistent, pipelined kernel: its tiles alone, the step's three arms, the dense step, CUDA tests).
+#   l3 (the same for the persistent, pipelined kernel: its tiles alone, the step's three arms, the dense step, CUDA tests),
+#   l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -700,6 +701,19 @@ PY
   for r in 1 2; do arm sdpa 0,4,4,1,0 $r; arm committed 64,4,4,1,0 $r; arm best "$BEST" $r; done
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_committed piece l3_dense 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs dense --json "$W/l3_dense.json"
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = l4 ]; then  # session L, one H100: the CUDA tests; the step at 128 as committed (short_attention in the
+  # routed blocks) and with every attention in SDPA, alternating, one Inductor cache each; the dense step; the anchor;
+  # batch 64 and 32; the routed step compiled as one graph with multi-kernel reductions
+  gpu_info
+  versions
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
+  arm() {  # arm NAME SETTING RUN [GRAPHS]
+    SPRINTC_SHORT_ATTENTION=$2 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$1 piece "l4_$1_$3" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs ${4:-routed} --json "$W/l4_$1_$3.json"
+  }
+  arm sdpa 0,4,4 1; arm committed 64,4,4 1 routed,dense; arm sdpa 0,4,4 2; arm committed 64,4,4 2
+  [ $TINY = 0 ] && piece anchor_b128 150 0 $(anchor 128)
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_committed piece l4_b64_32 100 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/l4_b64_32.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece l4_whole_mk $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --no-regional --multi-kernel --json "$W/l4_whole_mk.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

@@ -250,22 +250,24 @@ def _backward(ctx, dq, dk, dv):
 qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 
 
-# Attention over short sequences (the routed blocks' kept tokens: 64 at 75% drop): a program holds a whole (batch,
-# head) sequence, so S = q k^T and the softmax stay in registers, and the backward needs no saved log-sum-exp, no
-# atomics and no second pass. A head's width is padded to a power of two (72 -> 128; reading it as 64 + 16 columns
-# was no faster and gave NaN at 4 warps on an H100, session L). Programs loop over (batch, head) pairs, so that
-# with STAGES > 1 Triton loads the next pair while the current one computes. SHORT_TOKENS is the longest sequence
-# the inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_TILES the forward's
-# warps, the backward's warps, the loop's stages and the programs per SM (0: one program per pair).
-SHORT_TOKENS, ATTENTION_TILES = 64, (4, 4, 1, 0)
+# Attention over short sequences (the routed blocks' kept tokens: 64 at 75% drop): one program per (batch, head)
+# holding the whole sequence, so S = q k^T and the softmax stay in registers, and the backward needs no saved
+# log-sum-exp, no atomics and no second pass. A head's width is padded to a power of two (72 -> 128). Measured on an
+# H100 (session L) and not kept: reading a head as 64 + 16 columns (no faster; NaN at 4 warps), and persistent
+# programs with pipelined loads (faster alone, slower in the training step). SHORT_TOKENS is the longest sequence the
+# inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and the
+# backward's warps.
+SHORT_TOKENS, ATTENTION_WARPS = 64, (4, 4)
 
 
 @triton.jit
-def _head(i, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
-    """Offsets and mask of (batch, head) pair i's N x DH tile of token-major (B, N, H, DH) memory, padded to BN x BD."""
+def _head(N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    """Offsets and mask of this program's (batch, head) N x DH tile of token-major (B, N, H, DH) memory, padded to
+    BN x BD."""
+    b, h = tl.program_id(0) // H, tl.program_id(0) % H
     n = tl.arange(0, BN)[:, None]
     d = tl.arange(0, BD)[None, :]
-    return (i // H) * (N * H * DH) + n * (H * DH) + (i % H) * DH + d, (n < N) & (d < DH)
+    return b * (N * H * DH) + n * (H * DH) + h * DH + d, (n < N) & (d < DH)
 
 
 @triton.jit
@@ -278,44 +280,39 @@ def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def _attention_fwd_kernel(q, k, v, o, scale, pairs, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                          BN: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr):
-    for i in tl.range(tl.program_id(0), pairs, tl.num_programs(0), num_stages=STAGES):
-        at, m = _head(i, N, H, DH, BN, BD)
-        qt = tl.load(q + at, mask=m, other=0.0)
-        kt = tl.load(k + at, mask=m, other=0.0)
-        vt = tl.load(v + at, mask=m, other=0.0)
-        p = _softmax_rows(qt, kt, scale, N, BN)
-        tl.store(o + at, tl.dot(p.to(vt.dtype), vt).to(o.dtype.element_ty), mask=m)
+def _attention_fwd_kernel(q, k, v, o, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
+                          BN: tl.constexpr, BD: tl.constexpr):
+    at, m = _head(N, H, DH, BN, BD)
+    qt = tl.load(q + at, mask=m, other=0.0)
+    kt = tl.load(k + at, mask=m, other=0.0)
+    vt = tl.load(v + at, mask=m, other=0.0)
+    p = _softmax_rows(qt, kt, scale, N, BN)
+    tl.store(o + at, tl.dot(p.to(vt.dtype), vt).to(o.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, pairs, N: tl.constexpr, H: tl.constexpr,
-                          DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, STAGES: tl.constexpr):
-    for i in tl.range(tl.program_id(0), pairs, tl.num_programs(0), num_stages=STAGES):
-        at, m = _head(i, N, H, DH, BN, BD)
-        qt = tl.load(q + at, mask=m, other=0.0)
-        kt = tl.load(k + at, mask=m, other=0.0)
-        vt = tl.load(v + at, mask=m, other=0.0)
-        dot = tl.load(do + at, mask=m, other=0.0)
-        ot = tl.load(o + at, mask=m, other=0.0)
-        dt = qt.dtype
-        p = _softmax_rows(qt, kt, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
-        delta = tl.sum(dot.to(tl.float32) * ot.to(tl.float32), 1)
-        tl.store(dv + at, tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
-        ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * scale).to(dt)
-        tl.store(dq + at, tl.dot(ds, kt).to(dt), mask=m)
-        tl.store(dk + at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
+def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
+                          BN: tl.constexpr, BD: tl.constexpr):
+    at, m = _head(N, H, DH, BN, BD)
+    qt = tl.load(q + at, mask=m, other=0.0)
+    kt = tl.load(k + at, mask=m, other=0.0)
+    vt = tl.load(v + at, mask=m, other=0.0)
+    dot = tl.load(do + at, mask=m, other=0.0)
+    dt = qt.dtype
+    p = _softmax_rows(qt, kt, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
+    delta = tl.sum(dot.to(tl.float32) * tl.load(o + at, mask=m, other=0.0).to(tl.float32), 1)
+    tl.store(dv + at, tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
+    ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * scale).to(dt)
+    tl.store(dq + at, tl.dot(ds, kt).to(dt), mask=m)
+    tl.store(dk + at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
 
 
 def _attention_shapes(q):
-    """B, H, N, DH, the row and column blocks (tl.dot takes dimensions of at least 16), and the launch grid."""
+    """B, H, N, DH and the row and column blocks (tl.dot takes dimensions of at least 16)."""
     B, H, N, DH = q.shape
     if N > 64 or DH > 128:  # at 128 tokens it failed on an H100 (an illegal address, session L): not sent here
         raise ValueError(f"short_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= 64 and Dh <= 128")
-    per_sm = ATTENTION_TILES[3]
-    grid = (B * H if per_sm == 0 else _programs(q.device, B * H, per_sm),)
-    return B, H, N, DH, max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(DH)), grid
+    return B, H, N, DH, max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(DH))
 
 
 def _as_token_major(t):
@@ -328,22 +325,22 @@ def _as_token_major(t):
 def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 64; the output
     in token-major memory, so that its transpose(1, 2) to (B, N, H*Dh) is a view."""
-    B, H, N, DH, bn, bd, grid = _attention_shapes(q)
+    B, H, N, DH, bn, bd = _attention_shapes(q)
     q, k, v = (_as_token_major(t) for t in (q, k, v))
     o = _token_major(q, B, N, H, DH)
-    wrap_triton(_attention_fwd_kernel)[grid](q, k, v, o, DH ** -0.5, B * H, N=N, H=H, DH=DH, BN=bn, BD=bd,
-                                             STAGES=ATTENTION_TILES[2], num_warps=ATTENTION_TILES[0])
+    wrap_triton(_attention_fwd_kernel)[(B * H,)](q, k, v, o, DH ** -0.5, N=N, H=H, DH=DH, BN=bn, BD=bd,
+                                                 num_warps=ATTENTION_WARPS[0])
     return o
 
 
 @triton_op("sprintc::short_attention_backward", mutates_args={})
 def short_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, H, N, DH, bn, bd, grid = _attention_shapes(q)
+    B, H, N, DH, bn, bd = _attention_shapes(q)
     q, k, v, o, do = (_as_token_major(t) for t in (q, k, v, o, do))
     dq, dk, dv = (torch.empty_like(q) for _ in range(3))
-    wrap_triton(_attention_bwd_kernel)[grid](q, k, v, o, do, dq, dk, dv, DH ** -0.5, B * H, N=N, H=H, DH=DH,
-                                             BN=bn, BD=bd, STAGES=ATTENTION_TILES[2], num_warps=ATTENTION_TILES[1])
+    wrap_triton(_attention_bwd_kernel)[(B * H,)](q, k, v, o, do, dq, dk, dv, DH ** -0.5, N=N, H=H, DH=DH,
+                                                 BN=bn, BD=bd, num_warps=ATTENTION_WARPS[1])
     return dq, dk, dv
 
 
@@ -359,10 +356,9 @@ short_attention.register_autograd(_attention_backward, setup_context=_attention_
 
 
 def attention_from_env():
-    """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps,stages,per_sm' (a developer's switch for A/B runs on a GPU;
-    tokens 0 sends every attention to SDPA) sets SHORT_TOKENS and ATTENTION_TILES; ValueError naming it where it is
-    malformed."""
-    global SHORT_TOKENS, ATTENTION_TILES
+    """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; tokens 0 sends
+    every attention to SDPA) sets SHORT_TOKENS and ATTENTION_WARPS; ValueError naming it where it is malformed."""
+    global SHORT_TOKENS, ATTENTION_WARPS
     env = os.environ.get("SPRINTC_SHORT_ATTENTION")
     if not env:
         return
@@ -370,10 +366,10 @@ def attention_from_env():
         v = [int(s) for s in env.split(",")]
     except ValueError:
         v = []
-    if len(v) != 5 or not 0 <= v[0] <= 64 or min(v[1:4]) < 1 or v[4] < 0:
-        raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-64), forward warps, backward warps, "
-                         "stages, programs per SM (0: one per batch and head), e.g. 64,4,4,1,0")
-    SHORT_TOKENS, ATTENTION_TILES = v[0], tuple(v[1:])
+    if len(v) != 3 or not 0 <= v[0] <= 64 or min(v[1:]) < 1:
+        raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-64), forward warps, backward warps "
+                         "(e.g. 64,4,4)")
+    SHORT_TOKENS, ATTENTION_WARPS = v[0], (v[1], v[2])
 
 
 def use_kernels(model: torch.nn.Module) -> int:

@@ -69,15 +69,12 @@ def test_qk_norm_rope_matches_the_expression_forward_and_backward():
 ATTENTION_CHECK = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
-    import sprintc.kernels as K
     from sprintc.kernels import short_attention
 
     torch.manual_seed(0)
     # tokens and head widths not powers of two (XL's routed blocks: 64 x 72); float32 and float64 only: the
     # interpreter's tl.dot gets bf16 wrong (tests/test_cuda.py checks bf16 on a GPU)
-    for B, H, N, DH, dtype, tiles in ((2, 3, 13, 10, torch.float64, (4, 4, 1, 0)), (1, 2, 64, 72, torch.float32, (4, 4, 2, 0)),
-                                      (2, 1, 1, 16, torch.float64, (4, 4, 1, 0)), (3, 5, 7, 24, torch.float64, (4, 4, 2, 1))):
-        K.ATTENTION_TILES = tiles  # (.., .., stages, programs per SM): the interpreter takes 2 SMs, so 15 heads in a loop
+    for B, H, N, DH, dtype in ((2, 3, 13, 10, torch.float64), (1, 2, 64, 72, torch.float32), (2, 1, 1, 16, torch.float64)):
         qkv = torch.randn(B, N, 3, H, DH, dtype=dtype, requires_grad=True)
         head_major = [torch.randn(B, H, N, DH, dtype=dtype, requires_grad=True) for _ in range(3)]
         for layout, (q, k, v) in (("views of qkv", qkv.permute(2, 0, 3, 1, 4)), ("head-major", head_major)):
@@ -202,8 +199,8 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
         pytest.skip(f"this triton has no ptxas: {e}")
     found = tool.kernels(heads, width)
     assert len(found) == 4  # q/k forward and backward, short attention's forward and backward
-    for name, r in found.items():  # the attention's are bounded by their whole-sequence tiles, not by this
-        assert r["spill_bytes"] == 0 and (r["registers"] <= 128 or name.startswith("attention")), (name, r)
+    for name, r in found.items():  # the attention's backward holds five whole-sequence tiles: 165 registers (Triton 3.8)
+        assert r["spill_bytes"] == 0 and r["registers"] <= (192 if name.startswith("attention") else 128), (name, r)
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
 
 
@@ -220,18 +217,18 @@ def test_a_malformed_tile_switch_is_a_clear_error(monkeypatch, value):
     assert use_kernels(sit) == 2
 
 
-@pytest.mark.parametrize("value", ["64,4,4,1", "65,4,4,1,0", "64,4,0,1,0", "64,4,4,1,-1", "a,4,4,1,0"])
+@pytest.mark.parametrize("value", ["64,4", "65,4,4", "64,4,0", "64,4,4,1", "a,4,4"])
 def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     import sprintc.kernels as K
     from sprintc.targets.inductor import use_kernels
     from sprintc.targets_api import TargetError
 
-    for name in ("SHORT_TOKENS", "ATTENTION_TILES"):  # restored after the test
+    for name in ("SHORT_TOKENS", "ATTENTION_WARPS"):  # restored after the test
         monkeypatch.setattr(K, name, getattr(K, name))
     sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", value)
     with pytest.raises(TargetError, match=r"SPRINTC_SHORT_ATTENTION=.*expected tokens"):
         use_kernels(sit)
-    monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,4,3,2")  # every attention to SDPA
+    monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,8")  # every attention to SDPA
     assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
-    assert K.ATTENTION_TILES == (2, 4, 3, 2)
+    assert K.ATTENTION_WARPS == (2, 8)
