@@ -40,7 +40,8 @@
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32), l2
 #   (short_attention alone by head split and warps; the step with SDPA, as committed and at the fastest setting; a profile),
 #   l3 (the same for the persistent, pipelined kernel: its tiles alone, the step's three arms, the dense step, CUDA tests),
-#   l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel).
+#   l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
+#   l5 (`sprintc train` on XL latents as shipped; whole-model + multi-kernel at batch 64).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -714,6 +715,15 @@ elif [ "$PHASE" = l4 ]; then  # session L, one H100: the CUDA tests; the step at
   [ $TINY = 0 ] && piece anchor_b128 150 0 $(anchor 128)
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_committed piece l4_b64_32 100 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/l4_b64_32.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece l4_whole_mk $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --no-regional --multi-kernel --json "$W/l4_whole_mk.json"
+elif [ "$PHASE" = l5 ]; then  # session L, one H100: `sprintc train` on XL latents at 128 as shipped (short_attention in
+  # the routed blocks; its losses against session K's), then the routed step at 64 compiled as one graph with
+  # multi-kernel reductions
+  gpu_info
+  versions
+  train_setup 128
+  train_each 330 shipped:xl_ddp
+  rm -rf "$W/latents"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece l5_whole_mk_b64 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --no-regional --multi-kernel --json "$W/l5_whole_mk_b64.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
