@@ -1,4 +1,4 @@
-"""A hand-written Triton kernel pair for the attention's q/k RMSNorm + RoPE (target.kernels, CUDA only).
+"""sprintc's hand-written Triton kernels for the attention (target.kernels, CUDA only).
 
 `qk_norm_rope(qkv, wq, wk, rope, eps)` reads the qkv projection's output (B, N, 3*D) and returns the q, k, v
 that scaled_dot_product_attention takes, (B, H, N, Dh) views of token-major memory: q and k RMS-normalised
@@ -9,11 +9,15 @@ before its reductions and RoPE's cos / sin are loaded once per token. The forwar
 columns; the backward pads it to 128 (each measured the faster there, session J) and is persistent (a few programs
 per SM), summing the weights' gradients in registers.
 
-The inductor target uses them in training and sampling steps on CUDA, where they were measured faster than
-Inductor's code for the expression (docs/PERFORMANCE.md, session J).
+`short_attention(q, k, v)` is scaled_dot_product_attention for sequences of at most 64 tokens (the routed blocks'
+kept tokens at 75% drop), forward and backward, one program per (batch, head) holding the whole sequence; its output
+is token-major, so the projection's reshape is a view.
 
-Registered with `torch.library.triton_op`: torch.compile traces into it (no graph break) and CUDA graphs
-capture it. Importing this module imports triton; sprintc does it only when a CUDA lowering asks for it.
+The inductor target uses them in training and sampling steps on CUDA, where they were measured faster than
+Inductor's code for the expression and than cuDNN's attention at 64 tokens (docs/PERFORMANCE.md, sessions J and L).
+
+Registered with `torch.library.triton_op`: torch.compile traces into them (no graph break) and CUDA graphs
+capture them. Importing this module imports triton; sprintc does it only when a CUDA lowering asks for it.
 """
 from __future__ import annotations
 

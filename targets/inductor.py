@@ -11,9 +11,10 @@ cache (on by default, TORCHINDUCTOR_CACHE_DIR) makes later processes skip code g
 Whole model (regional: false): the model's forward (and forward_guidance) are compiled as one graph
 each, the glue fused into its neighbours, at the cost of compiling every block inline.
 
-On CUDA (target.kernels, the default) the attentions' q/k RMSNorm + RoPE run as sprintc's own Triton kernels
-(sprintc/kernels.py) in training and sampling steps, where they were measured faster than Inductor's code;
-Inductor traces into them like its own kernels, and a hash of their source is part of its cache keys.
+On CUDA (target.kernels, the default) the attentions' q/k RMSNorm + RoPE, and attention itself over sequences of at
+most 64 tokens (the routed blocks), run as sprintc's own Triton kernels (sprintc/kernels.py) in training and sampling
+steps, where they were measured faster than Inductor's code and cuDNN's attention; Inductor traces into them like its
+own kernels, and a hash of their source is part of its cache keys.
 
 Shapes are static (dynamic=False): a new batch size compiles a new variant once (no automatic dynamic
 shapes, which would give slower kernels); the recompile limit is raised so that training, fine-tuning
