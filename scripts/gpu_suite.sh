@@ -41,7 +41,8 @@
 #   (short_attention alone by head split and warps; the step with SDPA, as committed and at the fastest setting; a profile),
 #   l3 (the same for the persistent, pipelined kernel: its tiles alone, the step's three arms, the dense step, CUDA tests),
 #   l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
-#   l5 (`sprintc train` on XL latents as shipped; whole-model + multi-kernel at batch 64).
+#   l5 (`sprintc train` on XL latents as shipped; whole-model + multi-kernel at batch 64), l6 (the anchor and the step at
+#   64; whole-model + multi-kernel at 128, routed and dense).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -724,6 +725,13 @@ elif [ "$PHASE" = l5 ]; then  # session L, one H100: `sprintc train` on XL laten
   train_each 330 shipped:xl_ddp
   rm -rf "$W/latents"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece l5_whole_mk_b64 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --no-regional --multi-kernel --json "$W/l5_whole_mk_b64.json"
+elif [ "$PHASE" = l6 ]; then  # session L, one H100: the anchor at 64 and the routed step at 64 as shipped (same call), then
+  # the whole model with multi-kernel reductions at 128, routed and dense (routed / dense of that configuration)
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece anchor_b64 150 0 $(anchor 64)
+  piece l6_b64 100 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/l6_b64.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece l6_whole_mk $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --no-regional --multi-kernel --json "$W/l6_whole_mk.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
