@@ -42,7 +42,7 @@
 #   l3 (the same for the persistent, pipelined kernel: its tiles alone, the step's three arms, the dense step, CUDA tests),
 #   l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
 #   l5 (`sprintc train` on XL latents as shipped; whole-model + multi-kernel at batch 64), l6 (the anchor and the step at
-#   64; whole-model + multi-kernel at 128, routed and dense).
+#   64; whole-model + multi-kernel at 128, routed and dense), l7 (short_attention alone as shipped; the kernels' CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -732,6 +732,11 @@ elif [ "$PHASE" = l6 ]; then  # session L, one H100: the anchor at 64 and the ro
   [ $TINY = 0 ] && piece anchor_b64 150 0 $(anchor 64)
   piece l6_b64 100 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/l6_b64.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece l6_whole_mk $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --no-regional --multi-kernel --json "$W/l6_whole_mk.json"
+elif [ "$PHASE" = l7 ]; then  # session L, one H100: short_attention alone as shipped (warps), the kernels' CUDA tests
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece short_attn 120 0 python3 "$REPO/scripts/gpu_short_attention.py" "$W/short_attention.json"
+  piece pytest_cuda 200 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "short or kernel" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
