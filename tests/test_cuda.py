@@ -113,16 +113,17 @@ def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
         assert (a.float() - b.float()).norm() / b.float().norm() < 1e-2
 
 
-@pytest.mark.parametrize("tokens", [64, 13])
-def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens):
-    """sprintc's attention for the routed blocks (64 kept tokens of XL's 16 heads of 72), bf16, against SDPA in
-    float32; from q, k, v in token-major memory (the q/k kernel's) and from views of one qkv tensor."""
+@pytest.mark.parametrize("tokens, dtype", [(64, torch.bfloat16), (13, torch.bfloat16), (64, torch.float16)])
+def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
+    """sprintc's attention for the routed blocks (64 kept tokens of XL's 16 heads of 72), bf16 or fp16 (the dtypes the
+    model sends it), against SDPA in float32; from q, k, v in token-major memory (the q/k kernel's) and from views of
+    one qkv tensor."""
     pytest.importorskip("triton")
     from sprintc.kernels import short_attention
 
     torch.manual_seed(0)
     B, H, DH = 32, 16, 72
-    qkv = torch.randn(B, tokens, 3, H, DH, device="cuda").bfloat16().requires_grad_()
+    qkv = torch.randn(B, tokens, 3, H, DH, device="cuda").to(dtype).requires_grad_()
     for q, k, v in (qkv.permute(2, 0, 3, 1, 4), [t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
                                                  for t in qkv.permute(2, 0, 3, 1, 4)]):
         leaves = [qkv] if q.requires_grad and not q.is_leaf else [q, k, v]
@@ -130,7 +131,7 @@ def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens):
         out = short_attention(q, k, v)
         g = torch.randn_like(ref)
         want = torch.autograd.grad(ref, leaves, g)
-        got = torch.autograd.grad(out, leaves, g.bfloat16())
+        got = torch.autograd.grad(out, leaves, g.to(dtype))
         for a, b in zip([out, *got], [ref, *want]):
             assert (a.float() - b).norm() / b.norm() < 1e-2
 
