@@ -136,11 +136,12 @@ def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
             assert (a.float() - b).norm() / b.norm() < 1e-2
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_inductor_with_qk_kernels_equals_eager(dtype):
-    """target.kernels: the compiled SiT blocks' q/k norm + RoPE run as sprintc's kernels, without a graph break
-    inside blocks (they compile with fullgraph): in a forward without gradients (sampling) and in the routed
-    training step, the outputs, loss and gradients are eager's."""
+@pytest.mark.parametrize("dtype, qk_norm", [("float32", "rms"), ("bfloat16", "rms"), ("bfloat16", "none")])
+def test_inductor_with_qk_kernels_equals_eager(dtype, qk_norm):
+    """target.kernels: the compiled SiT blocks' q/k norm + RoPE and (in bf16) their attention over 16 and 4 tokens run
+    as sprintc's kernels, without a graph break inside blocks (they compile with fullgraph): in a forward without
+    gradients (sampling) and in the routed training step, the outputs, loss and gradients are eager's. Without q/k
+    norms (DiT) the attention kernel gets views of the qkv projection."""
     pytest.importorskip("triton")
     import copy
 
@@ -151,10 +152,10 @@ def test_inductor_with_qk_kernels_equals_eager(dtype):
 
     torch._dynamo.reset()
     counters.clear()
-    built = small()  # tiny SiT: q/k RMSNorm, RoPE, weights drawn so that nothing is zero
+    built = small(model__qk_norm=qk_norm)  # tiny SiT: RoPE, weights drawn so that nothing is zero
     ref = copy.deepcopy(built.model).cuda()
     model = lower(built.model, {"name": "inductor", "dtype": dtype, "kernels": True}, device="cuda")
-    assert all(b.attn.fused_qk for b in model.blocks)
+    assert all(b.attn.fused_qk == (qk_norm == "rms") and b.attn.short_tokens == 64 for b in model.blocks)
     x, t, y = (a.cuda() for a in inputs(batch=4))
     g = torch.Generator().manual_seed(0)
     ids = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(4)]).cuda()
