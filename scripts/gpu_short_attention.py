@@ -36,16 +36,16 @@ rows = []
 for n in (64, 32):
     q, k, v = token_major(n), token_major(n), token_major(n)
     grad = torch.randn(B, n, H, DH, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-    for tiles in [None] + ARMS[n]:
-        fn = F.scaled_dot_product_attention if tiles is None else K.short_attention
-        K.ATTENTION_WARPS = tiles or K.ATTENTION_WARPS
+    for warps in [None] + ARMS[n]:
+        fn = F.scaled_dot_product_attention if warps is None else K.short_attention
+        K.ATTENTION_WARPS = warps or K.ATTENTION_WARPS
         try:
             err = errors(fn, q, k, v, grad)
             fwd = timed(lambda: fn(q, k, v))
             both = timed(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad))
         except Exception as e:  # one arm's failure leaves the others
             err, fwd, both = repr(e)[:200], None, None
-        rows.append({"tokens": n, "arm": "sdpa" if tiles is None else ",".join(map(str, tiles)),
+        rows.append({"tokens": n, "arm": "sdpa" if warps is None else ",".join(map(str, warps)),
                      "fwd_ms": fwd and round(fwd, 4), "fwd_bwd_ms": both and round(both, 4), "rel_err": err})
         print(json.dumps(rows[-1]), flush=True)
 if len(sys.argv) > 1:

@@ -83,9 +83,10 @@ def attention(heads=16, head_width=72, tokens=64, arch=90, warps=None):
     """{name: resources} of short_attention's forward and backward kernels at `tokens` (ATTENTION_WARPS by default)."""
     _, _, _, _, bn, bd = K._attention_shapes(torch.empty(0, heads, tokens, head_width, device="meta"))
     const = dict(N=tokens, H=heads, DH=head_width, BN=bn, BD=bd)
+    fwd_warps, bwd_warps = warps or K.ATTENTION_WARPS
     out = {}
-    for which, fn, names, w in (("forward", K._attention_fwd_kernel, "q k v o", (warps or K.ATTENTION_WARPS)[0]),
-                                ("backward", K._attention_bwd_kernel, "q k v o do dq dk dv", (warps or K.ATTENTION_WARPS)[1])):
+    for which, fn, names, w in (("forward", K._attention_fwd_kernel, "q k v o", fwd_warps),
+                                ("backward", K._attention_bwd_kernel, "q k v o do dq dk dv", bwd_warps)):
         sig = {**{n: "*bf16" for n in names.split()}, "scale": "fp32"}
         out[f"attention {which} {tokens} tok x {w} warps"] = resources(
             compiled(fn, sig, const, [n for n in sig if sig[n].startswith("*")], w, arch), arch)

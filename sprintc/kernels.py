@@ -150,16 +150,25 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_
 FWD_TILES, BWD_TILES = (4, 4), (1, 4, 5)
 
 
-def tiles_from_env():
-    """SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm' (a developer's switch for tuning on
-    a GPU) as (forward, backward) tiles, or None where it is unset; ValueError naming it where it is malformed."""
-    env = os.environ.get("SPRINTC_QK_BLOCKS")
+def _ints_from_env(name):
+    """The environment variable `name` as (its text, its comma-separated integers: [] where one is not an integer),
+    or None where it is unset."""
+    env = os.environ.get(name)
     if not env:
         return None
     try:
-        v = [int(s) for s in env.split(",")]
+        return env, [int(s) for s in env.split(",")]
     except ValueError:
-        v = []
+        return env, []
+
+
+def tiles_from_env():
+    """SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm' (a developer's switch for tuning on
+    a GPU) as (forward, backward) tiles, or None where it is unset; ValueError naming it where it is malformed."""
+    found = _ints_from_env("SPRINTC_QK_BLOCKS")
+    if found is None:
+        return None
+    env, v = found
     if len(v) != 5 or min(v) < 1:
         raise ValueError(f"SPRINTC_QK_BLOCKS={env!r}: expected five positive integers, "
                          "fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm (e.g. 4,4,1,4,5)")
@@ -363,13 +372,10 @@ def attention_from_env():
     """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; tokens 0 sends
     every attention to SDPA) sets SHORT_TOKENS and ATTENTION_WARPS; ValueError naming it where it is malformed."""
     global SHORT_TOKENS, ATTENTION_WARPS
-    env = os.environ.get("SPRINTC_SHORT_ATTENTION")
-    if not env:
+    found = _ints_from_env("SPRINTC_SHORT_ATTENTION")
+    if found is None:
         return
-    try:
-        v = [int(s) for s in env.split(",")]
-    except ValueError:
-        v = []
+    env, v = found
     if len(v) != 3 or not 0 <= v[0] <= 64 or min(v[1:]) < 1:
         raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-64), forward warps, backward warps "
                          "(e.g. 64,4,4)")
