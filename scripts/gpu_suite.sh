@@ -37,10 +37,9 @@
 #   anchor), k2 (ptxas, sampling profiles, the step twice, `sprintc train`), k3 (whole-model compile), k4 (mix-order
 #   reductions off against on), k5 (the step, the anchor, whole-model alone and with multi-kernel), k6 (whole-model
 #   sampling, `sprintc train` whole-model with multi-kernel).
-# Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32), l2
-#   (short_attention alone by head split and warps; the step with SDPA, as committed and at the fastest setting; a profile),
-#   l3 (the same for the persistent, pipelined kernel: its tiles alone, the step's three arms, the dense step, CUDA tests),
-#   l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
+# Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
+#   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
+#   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
 #   l5 (`sprintc train` on XL latents as shipped; whole-model + multi-kernel at batch 64), l6 (the anchor and the step at
 #   64; whole-model + multi-kernel at 128, routed and dense), l7 (short_attention alone as shipped; the kernels' CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
@@ -664,45 +663,6 @@ elif [ "$PHASE" = l1 ]; then  # session L, one H100: short_attention alone again
   ab_bench base l_base_2 100 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l_base_2.json"
   ab_bench new l_new_2 100 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l_new_2.json"
   ab_bench new l_new_b64_32 $(( 590 - ($(date +%s) - T0) )) --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/l_new_b64_32.json"
-elif [ "$PHASE" = l2 ]; then  # session L, one H100: short_attention alone (split / padded heads, warps), then the step at
-  # 128 alternating three arms set by SPRINTC_SHORT_ATTENTION, one Inductor cache each: every attention in SDPA (sdpa),
-  # short_attention as committed (committed) and at the micro-benchmark's fastest setting at 64 tokens (best); then a
-  # profile of the step with the best arm
-  gpu_info
-  versions
-  [ $TINY = 0 ] && piece short_attn 150 0 python3 "$REPO/scripts/gpu_short_attention.py" "$W/short_attention.json"
-  BEST=$(python3 - "$W/short_attention.json" <<'PY' 2>/dev/null || echo 64,1,4,8
-import json, sys
-rows = [r for r in json.load(open(sys.argv[1])) if r["tokens"] == 64 and r["arm"] != "sdpa" and r["fwd_bwd_ms"]]
-split, warps = min(rows, key=lambda r: r["fwd_bwd_ms"])["arm"].split(" w")
-print(f"64,{int(split == 'split')},{','.join(warps.strip('()').replace(' ', '').split(','))}")
-PY
-)
-  echo "best: $BEST" | tee -a "$W/rc.txt"
-  arm() {  # arm NAME SETTING RUN
-    SPRINTC_SHORT_ATTENTION=$2 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$1 piece "l2_$1_$3" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l2_$1_$3.json"
-  }
-  for r in 1 2; do arm sdpa 0,1,4,8 $r; arm committed 64,1,4,8 $r; arm best "$BEST" $r; done
-  SPRINTC_SHORT_ATTENTION=$BEST TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_best piece l2_prof $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/l2_prof.json"
-elif [ "$PHASE" = l3 ]; then  # session L, one H100: short_attention alone at several ATTENTION_TILES (persistent and
-  # pipelined loops), then the step at 128 alternating every attention in SDPA (sdpa), the committed tiles (committed)
-  # and the micro-benchmark's fastest at 64 tokens (best), one Inductor cache each; the dense step; the CUDA tests
-  gpu_info
-  versions
-  [ $TINY = 0 ] && piece short_attn 200 0 python3 "$REPO/scripts/gpu_short_attention.py" "$W/short_attention.json"
-  BEST=$(python3 - "$W/short_attention.json" <<'PY' 2>/dev/null || echo 64,4,4,1,0
-import json, sys
-rows = [r for r in json.load(open(sys.argv[1])) if r["tokens"] == 64 and r["arm"] != "sdpa" and r["fwd_bwd_ms"]]
-print("64," + min(rows, key=lambda r: r["fwd_bwd_ms"])["arm"])
-PY
-)
-  echo "best: $BEST" | tee -a "$W/rc.txt"
-  arm() {  # arm NAME SETTING RUN
-    SPRINTC_SHORT_ATTENTION=$2 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$1 piece "l3_$1_$3" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/l3_$1_$3.json"
-  }
-  for r in 1 2; do arm sdpa 0,4,4,1,0 $r; arm committed 64,4,4,1,0 $r; arm best "$BEST" $r; done
-  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_committed piece l3_dense 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs dense --json "$W/l3_dense.json"
-  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = l4 ]; then  # session L, one H100: the CUDA tests; the step at 128 as committed (short_attention in the
   # routed blocks) and with every attention in SDPA, alternating, one Inductor cache each; the dense step; the anchor;
   # batch 64 and 32; the routed step compiled as one graph with multi-kernel reductions
