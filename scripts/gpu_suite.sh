@@ -42,6 +42,8 @@
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
 #   l5 (`sprintc train` on XL latents as shipped; whole-model + multi-kernel at batch 64), l6 (the anchor and the step at
 #   64; whole-model + multi-kernel at 128, routed and dense), l7 (short_attention alone as shipped; the kernels' CUDA tests).
+# Session M's (one H100): m1 (MasterAdamW's CUDA tests; the step with train.master_weights against without, the anchor),
+#   m2 (`sprintc train` as shipped, batch 64 / 32, whole-model + multi-kernel).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -697,6 +699,26 @@ elif [ "$PHASE" = l7 ]; then  # session L, one H100: short_attention alone as sh
   versions
   [ $TINY = 0 ] && piece short_attn 120 0 python3 "$REPO/scripts/gpu_short_attention.py" "$W/short_attention.json"
   piece pytest_cuda 200 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" -k "short or kernel" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = m1 ]; then  # session M, one H100: the CUDA tests of MasterAdamW; the step at 128 with train.master_weights
+  # (as committed) and without, alternating, one Inductor cache each; the dense step of each
+  gpu_info
+  versions
+  piece pytest_cuda 200 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "master or cuda_graph_training or short_attention" -p no:cacheprovider --rootdir "$REPO"
+  arm() {  # arm NAME FLAG RUN [GRAPHS]
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$1 piece "m1_$1_$3" 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs ${4:-routed} $2 --json "$W/m1_$1_$3.json"
+  }
+  arm plain --no-master-weights 1 routed,dense; arm master --master-weights 1 routed,dense
+  arm plain --no-master-weights 2; arm master --master-weights 2
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = m2 ]; then  # session M, one H100: `sprintc train` on XL latents at 128 as shipped (master weights); batch
+  # 64 and 32; the whole model with multi-kernel reductions at 128, routed and dense
+  gpu_info
+  versions
+  train_setup 128
+  train_each 300 shipped:xl_ddp
+  rm -rf "$W/latents"
+  piece m2_b64_32 120 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/m2_b64_32.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece m2_whole_mk $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --no-regional --multi-kernel --json "$W/m2_whole_mk.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

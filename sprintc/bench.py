@@ -64,6 +64,8 @@ def add_bench_arguments(p):
                    help="set / clear target.regional (--no-regional: the forward compiled as one graph; longer compile)")
     p.add_argument("--mix-order-reduction", action=argparse.BooleanOptionalAction, default=None,
                    help="set / clear target.mix_order_reduction (Inductor's mix-order reductions; off by default)")
+    p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="set train.master_weights (bf16 weights written by the optimizer from float32 masters)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
                    help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, "
                         "compiled); rows say off when the spec's train.grad_clip is 0")
@@ -116,6 +118,8 @@ def run_bench(args) -> int:
                             multi_kernel=args.multi_kernel, kernels=args.kernels, regional=args.regional,
                             mix_order_reduction=args.mix_order_reduction)
     inductor_cfg = _inductor_config(args.inductor_config)
+    if args.master_weights is not None:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"master_weights": args.master_weights})})
     if tiny:
         spec = tiny_version(spec)
     b = Bench(spec, target, dev, steps=steps, warmup=args.warmup, json_path=args.json_path, profile=args.profile,
@@ -262,14 +266,18 @@ def _loss_fn(model, x, t, y, target):
     return F.mse_loss(out.float(), target)
 
 
-def _make_opt(model, spec, device, capturable=False):
-    tr = spec.train
-    kw = dict(lr=1e-4, betas=tuple(tr.betas), eps=tr.eps, weight_decay=tr.weight_decay)
-    if device.type == "cuda":
-        kw.update(fused=True, capturable=capturable)
-    else:
-        kw.update(foreach=True)
-    return torch.optim.AdamW(model.parameters(), **kw)
+def _make_opt(model, spec, device, master: bool, capturable=False):
+    from sprintc.optim import adamw_for
+
+    return adamw_for(model, spec.train, 1e-4, device, master=master, capturable=capturable)
+
+
+def _drop_opt(opt):
+    """The row's optimizer goes; the model gets its float32 weights back for the next row's optimizer."""
+    from sprintc.optim import MasterAdamW
+
+    if isinstance(opt, MasterAdamW):
+        opt.restore()
 
 
 def _train_step(model, opt, batch, max_norm, clip):
@@ -302,6 +310,7 @@ class Bench:
 
         self.spec, self.target, self.device = spec, target, device
         self.dtype = compute_dtype(target, device)
+        self.master = spec.train.master_weights and self.dtype == torch.bfloat16  # as sprintc train on one GPU
         self.steps, self.warmup, self.json_path, self.clip = steps, warmup, json_path, clip
         self.profile, self.tag, self.host_ms = (Path(profile) if profile else None), tag, float("nan")
         if self.profile:
@@ -330,7 +339,7 @@ class Bench:
             "regional": target.regional, "mix_order_reduction": target.mix_order_reduction,
             "params_M": round(sum(p.numel() for p in self.built.model.parameters()) / 1e6, 2),
             "matmul_peak_tflops": _sig(peak / 1e12), "steps": steps, "warmup": warmup, "clip": clip,
-            "grad_clip": spec.train.grad_clip, "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),
+            "grad_clip": spec.train.grad_clip, "master_weights": self.master, "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),
         }
         self.peak = peak
         self.results = {"meta": self.meta, "train": [], "sample": [], "sample250": [], "summary": []}
@@ -439,9 +448,10 @@ class Bench:
                 for clip in (clips if mode == "compiled" else clips[:1]):
                     self._reset_mem()
                     row = dict(batch=B, graph=g, mode=mode, clip=clip)
+                    opt = None
                     try:
                         if mode == "cudagraph":
-                            opt = _make_opt(model, self.spec, self.device, capturable=True)
+                            opt = _make_opt(model, self.spec, self.device, self.master, capturable=True)
                             h0 = _fx_cache()
                             t0 = time.perf_counter()
                             # the model draws its own kept tokens: its generator is the graph's too
@@ -457,7 +467,7 @@ class Bench:
                             row["capture_s"] = round(time.perf_counter() - t0, 2)
                             fn = lambda: step(batch)  # noqa: E731
                         else:
-                            opt = _make_opt(model, self.spec, self.device)
+                            opt = _make_opt(model, self.spec, self.device, self.master)
                             h0 = _fx_cache()
                             t0 = time.perf_counter()
                             _train_step(model, opt, data, max_norm, clip)
@@ -482,6 +492,7 @@ class Bench:
                     except Exception as e:  # a failing row must not lose the others; the error is reported
                         row["error"] = _describe(e)
                     self._row("train", **row)
+                    _drop_opt(opt)
                     opt = step = fn = None
             if mode != "compiled":
                 del model

@@ -391,3 +391,47 @@ def use_kernels(model: torch.nn.Module) -> int:
     for m in found:
         m.fused_qk, m.short_tokens = isinstance(m.q_norm, RMSNorm), SHORT_TOKENS
     return len(found)
+
+
+# ----------------------------------------------------------------------------------- AdamW over flat buffers
+@triton.jit
+def _adamw_master_kernel(master, weights, grads, exp_avg, exp_avg_sq, n, lr_ptr, step_ptr, scale_ptr,
+                         beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay,
+                         HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    lr = tl.load(lr_ptr).to(tl.float32)
+    step = tl.load(step_ptr).to(tl.float32)
+    g = tl.load(grads + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
+    p = tl.load(master + offs, mask=mask, other=0.0)
+    m = tl.load(exp_avg + offs, mask=mask, other=0.0)
+    v = tl.load(exp_avg_sq + offs, mask=mask, other=0.0)
+    # torch's AdamW: decay, lerp the first moment, then the step over the bias-corrected second moment
+    p = p * (1.0 - lr * weight_decay)
+    m = m + (1.0 - beta1) * (g - m)
+    v = v * beta2 + (1.0 - beta2) * g * g
+    bias1 = 1.0 - tl.exp2(step * log2_beta1)
+    bias2 = 1.0 - tl.exp2(step * log2_beta2)
+    denom = tl.div_rn(tl.sqrt_rn(v), tl.sqrt_rn(bias2)) + eps
+    p = p - tl.div_rn(lr, bias1) * tl.div_rn(m, denom)
+    tl.store(master + offs, p, mask=mask)
+    tl.store(exp_avg + offs, m, mask=mask)
+    tl.store(exp_avg_sq + offs, v, mask=mask)
+    tl.store(weights + offs, p.to(weights.dtype.element_ty), mask=mask)
+
+
+ADAMW_BLOCK = 2048
+
+
+def adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay):
+    """One AdamW step over flat (contiguous) buffers: float32 master, moments; low-precision grads in, weights out.
+    lr, step and scale (the clip divisor, or None) are 0-d device tensors, read by the kernel (no host sync)."""
+    import math
+
+    n = master.numel()
+    _adamw_master_kernel[(triton.cdiv(n, ADAMW_BLOCK),)](
+        master, weights, grads, exp_avg, exp_avg_sq, n, lr, step, scale if scale is not None else step,
+        beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
+        HAS_SCALE=scale is not None, BLOCK=ADAMW_BLOCK, num_warps=4)

@@ -164,6 +164,9 @@ class TrainSpec(Strict):
     weight_decay: float = Field(0.0, ge=0)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0)
+    master_weights: bool = Field(True, description="bf16 training on one GPU: keep the matmul weights in bf16, written "
+                                                   "by the optimizer from float32 masters, instead of casting them every "
+                                                   "step (same numerics, less memory traffic; sprintc/optim.py)")
     ema: EMASpec = EMASpec()
     data: DataSpec = DataSpec()
     seed: int = 0

@@ -285,6 +285,10 @@ def clip_and_step(optimizer: torch.optim.Optimizer, params, max_norm: float) -> 
     For a fused Adam/AdamW the clip factor is folded into the fused kernel (its `grad_scale`, which
     divides each gradient), so the gradients are read once instead of three times. Returns the total
     gradient norm before clipping (a tensor), or None when max_norm <= 0."""
+    from sprintc.optim import MasterAdamW
+
+    if isinstance(optimizer, MasterAdamW):
+        return optimizer.clip_and_step(max_norm)
     params = [p for p in params if p.grad is not None]
     if max_norm <= 0:
         optimizer.step()

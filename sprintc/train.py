@@ -30,6 +30,7 @@ from sprintc.data import Stream, describe, load_data
 from sprintc.errors import CheckpointError, SprintcError
 from sprintc.targets_api import CaptureError, CudaGraphStep, clip_and_step, lower, resolve_device
 from sprintc.objectives import Objective
+from sprintc.optim import MasterAdamW, adamw_for, float32_params, float32_state_dict
 from sprintc.spec import dump_spec, load_spec
 
 # peak dense bf16 tensor FLOP/s per GPU, for MFU (name substring -> FLOP/s)
@@ -133,9 +134,9 @@ def _local(t):
 
 
 @torch.no_grad()
-def update_ema(ema, net, decay: float):
+def update_ema(ema, net, decay: float, opt=None):
     e = [_local(p) for p in ema.parameters()]
-    m = [_local(p.detach()) for p in net.parameters()]
+    m = [_local(p.detach()) for p in float32_params(net, opt)]
     torch._foreach_lerp_(e, m, 1.0 - decay)
 
 
@@ -448,8 +449,9 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
         _shard(net, world, device)
         _shard(ema, world, device)
     graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
-    opt = torch.optim.AdamW(net.parameters(), lr=stages[0].lr, betas=tuple(tr.betas), eps=tr.eps,
-                            weight_decay=tr.weight_decay, fused=device.type == "cuda", capturable=graphs)
+    # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
+    master = tr.master_weights and device.type == "cuda" and spec.target.dtype == "bfloat16" and world == 1
+    opt = adamw_for(net, tr, stages[0].lr, device, master=master, capturable=graphs)
     step, cursor = 0, 0
     if state is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -541,7 +543,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                     dist.all_reduce(flags)
                 decay = ema_due(tr.ema, step + 1, schedule_end)
                 if decay is not None:
-                    update_ema(ema, net, decay)
+                    update_ema(ema, net, decay, opt)
                 step += 1
                 cursor += B
                 img_total += B
@@ -579,6 +581,8 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
         log.event(event="end", step=step, stopped=stopped, wall_s=round(wall, 3), images_per_s=ips)
     finally:
         log.close()
+        if isinstance(opt, MasterAdamW):
+            opt.restore()  # the caller's model gets its float32 parameters back
     return {"step": step, "stage": stages[stage_at(starts, max(step - 1, 0))].name, "loss": loss_v, "losses": losses,
             "images_per_s": ips, "wall_s": wall, "checkpoint": str(saved) if saved else None,
             "samples": str(samples_path) if samples_path else None, "stopped": stopped, "rank": rank}
@@ -632,7 +636,7 @@ def _full_state(net, ema, opt, fsdp):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True) if fsdp else StateDictOptions()
-    model_sd = get_model_state_dict(net, options=opts)
+    model_sd = float32_state_dict(net, opt, get_model_state_dict(net, options=opts))
     ema_sd = get_model_state_dict(ema, options=opts)
     opt_sd = get_optimizer_state_dict(net, opt, options=opts)
     return model_sd, ema_sd, opt_sd

@@ -19,6 +19,7 @@ def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert d["meta"]["size"] == "tiny" and d["meta"]["device"] == "cpu" and d["meta"]["matmul_peak_tflops"] > 0
     assert d["meta"]["tune"] is False and d["meta"]["multi_kernel"] is False and d["meta"]["kernels"] is True
+    assert d["meta"]["dtype"] == "float32" and d["meta"]["master_weights"] is False  # bf16 only
     rows = {r["graph"]: r for r in d["train"]}
     assert set(rows) == {"routed", "dense"}
     for r in rows.values():
@@ -33,6 +34,16 @@ def test_bench_cpu_writes_training_and_sampling_figures(tmp_path, capsys):
     assert d["summary"][0]["batch"] == 3
     out = capsys.readouterr().out
     assert "training step" in out and "compile settings: mode default" in out
+
+
+def test_bf16_rows_train_with_master_weights_each_its_own(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "specs/sit_xl_sprint.yaml", "--device", "cpu", "--size", "tiny", "--modes", "eager", "--steps",
+                 "1", "--warmup", "0", "--batch", "2", "--parts", "train", "--clip", "both", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["meta"]["dtype"] == "bfloat16" and d["meta"]["master_weights"] is True
+    assert [r["graph"] for r in d["train"]] == ["routed", "dense"]  # the second row's optimizer took the same model
+    assert all("error" not in r and r["ms"] > 0 for r in d["train"])
 
 
 def test_a_spec_without_clipping_benches_rows_labelled_off(tmp_path):
@@ -104,10 +115,11 @@ def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     assert main(["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "1",
                  "--warmup", "0", "--batch", "2", "--parts", "train", "--multi-kernel", "--no-kernels",
-                 "--no-regional", "--mix-order-reduction", "--json", str(out)]) == 0
+                 "--no-regional", "--mix-order-reduction", "--no-master-weights", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["meta"]["multi_kernel"] is True and d["meta"]["kernels"] is False
     assert d["meta"]["regional"] is False and d["meta"]["mix_order_reduction"] is True
+    assert d["meta"]["master_weights"] is False
     rows = {r["graph"]: r for r in d["train"]}
     assert rows["routed"]["ms"] > 0 and "error" not in rows["routed"]
     assert rows["dense"]["error"] == "ValueError: backend='inductor' raised: <- RuntimeError: block size too large"

@@ -233,3 +233,37 @@ def test_inductor_gradients_of_a_scale_shift_table_are_eagers():
             m(x, temb).square().mean().backward()
     for (name, a), b in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_master_adamw_kernel_rounds_to_nearest_and_matches_the_torch_update():
+    from sprintc.kernels import adamw_master_
+    from sprintc.optim import _update
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n = 3 * 2048 + 5
+    master = torch.randn(n, device="cuda", generator=g)
+    grads = torch.randn(n, device="cuda", generator=g).bfloat16()
+    m, v = torch.randn(n, device="cuda", generator=g) * 0.1, torch.rand(n, device="cuda", generator=g) * 0.01
+    ref = [master.cpu(), torch.empty(n, dtype=torch.bfloat16), grads.cpu(), m.cpu(), v.cpu()]
+    got = [master.clone(), torch.empty(n, dtype=torch.bfloat16, device="cuda"), grads, m.clone(), v.clone()]
+    lr, step, scale = (torch.tensor(x, device="cuda") for x in (3e-3, 7.0, 2.5))
+    _update(*ref, lr.cpu(), step.cpu(), scale.cpu(), 0.9, 0.999, 1e-8, 0.05)
+    adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, 0.05)
+    for i in (0, 3, 4):
+        torch.testing.assert_close(got[i].cpu(), ref[i], rtol=1e-6, atol=1e-7)
+    assert torch.equal(got[1], got[0].bfloat16())  # round to nearest, as autocast's cast
+
+
+def test_master_weights_train_as_autocast_and_checkpoints_hold_float32(tmp_path):
+    runs = {}
+    for master in (False, True):
+        s = spec(stages=((8, 8, True), (6, 4, False)), checkpoint_every=5, master_weights=master)
+        s["target"] = {"name": "eager", "dtype": "bfloat16"}
+        runs[master] = train(s, tmp_path / str(master), device="cuda", progress=False)
+    a, b = runs[False]["losses"], runs[True]["losses"]
+    assert len(a) == len(b) == 14
+    assert all(abs(x - y) <= 5e-3 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    model = load_file(f"{runs[True]['checkpoint']}/model.safetensors")
+    assert all(t.dtype == torch.float32 for t in model.values())
+    # the float32 masters were saved, not their bf16 copies
+    assert any((t != t.bfloat16().float()).any() for k, t in model.items() if k.endswith("weight"))

@@ -1,0 +1,209 @@
+"""AdamW over bf16 matmul weights with float32 master copies (`train.master_weights`).
+
+Under bf16 autocast every forward casts each float32 matmul weight to bf16 (read 4 bytes, write 2), and the
+backward casts each bf16 weight gradient to float32 (read 2, write 4) before clipping and AdamW read it (4 bytes
+each). `MasterAdamW` keeps the weights and biases of the modules autocast runs in bf16 (Linear, Conv) as bf16
+parameters, views of one flat buffer, and their float32 values and moments in flat float32 buffers. A step gathers
+the bf16 gradients into one flat buffer, takes the clip norm over it, and one kernel updates the float32 master and
+the moments and writes the new bf16 weights.
+
+What the model computes is autocast's: autocast rounds the same float32 weights to bf16, and the weight gradients
+come out of bf16 matmuls either way. The update is AdamW's, in float32 (torch's formula). Other parameters (norm
+weights, embeddings, the mask token) stay float32 and take torch's AdamW step. One difference: the bf16 weights
+share one step count, so one that misses steps (frozen a while) takes the others' bias correction.
+
+`state_dict()` is torch AdamW's (step, exp_avg, exp_avg_sq per parameter), so checkpoints move between the two;
+`float32_params()` gives the master values in the model's parameter order, which checkpoints and the EMA read.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.optim.adamw import adamw
+
+LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def low_precision_params(model: nn.Module) -> list[nn.Parameter]:
+    """The float32 trainable weights and biases of the modules autocast runs in low precision."""
+    seen, out = set(), []
+    for m in model.modules():
+        if isinstance(m, LOW_PRECISION_MODULES):
+            for p in (m.weight, m.bias):
+                if p is not None and p.requires_grad and p.dtype == torch.float32 and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+class MasterAdamW(torch.optim.Optimizer):
+    """AdamW (torch's, decoupled weight decay) for `model`, whose Linear / Conv parameters become `dtype` views of a
+    flat buffer that each step rewrites from float32 masters. Build it after the model is on its device and lowered,
+    before the first forward. `clip_and_step(max_norm)` clips the gradients to total norm max_norm and steps, without
+    a host sync, and returns the norm; the lr may be a device tensor (a CUDA-graph-captured step)."""
+
+    def __init__(self, model: nn.Module, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 dtype=torch.bfloat16):
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.low = low_precision_params(model)
+        if not self.low:
+            raise ValueError("MasterAdamW: the model has no float32 Linear or Conv parameters")
+        low_ids = {id(p) for p in self.low}
+        self.rest = [p for p in params if id(p) not in low_ids]
+        dev = self.low[0].device
+        n = sum(p.numel() for p in self.low)
+        self.master = torch.empty(n, dtype=torch.float32, device=dev)
+        self.exp_avg = torch.zeros_like(self.master)
+        self.exp_avg_sq = torch.zeros_like(self.master)
+        self.weights = torch.empty(n, dtype=dtype, device=dev)
+        self.grads = torch.empty(n, dtype=dtype, device=dev)
+        self.step_count = torch.zeros((), dtype=torch.float32, device=dev)
+        self._lr = torch.zeros((), dtype=torch.float32, device=dev)
+        self._master_of = {}
+        off = 0
+        with torch.no_grad():
+            for p in self.low:
+                view = slice(off, off + p.numel())
+                off += p.numel()
+                self.master[view].copy_(p.reshape(-1))
+                self.weights[view].copy_(self.master[view])  # rounded as autocast rounds
+                p.data = self.weights[view].view(p.shape)
+                self._master_of[id(p)] = (p, self.master[view].view(p.shape))
+                self.state[p] = {"step": self.step_count, "exp_avg": self.exp_avg[view].view(p.shape),
+                                 "exp_avg_sq": self.exp_avg_sq[view].view(p.shape)}
+        for p in self.rest:
+            self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                             "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+    def restore(self):
+        """Give the model its float32 parameters back (the masters), e.g. after training; no step after this."""
+        for p, m in self._master_of.values():
+            p.data = m
+
+    def float32_params(self, params) -> list[torch.Tensor]:
+        """For each of `params` (the model's, in its order): the float32 master, or the parameter itself."""
+        return [self._master_of[id(p)][1] if id(p) in self._master_of else p for p in params]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.clip_and_step(0.0)
+        return loss
+
+    @torch.no_grad()
+    def clip_and_step(self, max_norm: float):
+        g = self.param_groups[0]
+        lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
+        lr_t = lr if isinstance(lr, torch.Tensor) else self._lr.fill_(lr)
+        low_grads = [p.grad for p in self.low]
+        rest = [p for p in self.rest if p.grad is not None]
+        complete = all(x is not None for x in low_grads)
+        if complete:
+            torch.cat([x.reshape(-1) for x in low_grads], out=self.grads)
+        norm = scale = None
+        if max_norm > 0:
+            parts = ([torch.linalg.vector_norm(self.grads, dtype=torch.float32)] if complete else
+                     [torch.linalg.vector_norm(x, dtype=torch.float32) for x in low_grads if x is not None])
+            parts += [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in rest]
+            norm = torch.linalg.vector_norm(torch.stack(parts))
+            # clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); the update divides by its inverse
+            scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+        self.step_count += 1
+        if complete:
+            _update(self.master, self.weights, self.grads, self.exp_avg, self.exp_avg_sq, lr_t, self.step_count,
+                    scale, beta1, beta2, eps, wd)
+        else:  # some bf16 weights have no gradient (frozen): the others one by one
+            for p, x in zip(self.low, low_grads):
+                if x is not None:
+                    st = self.state[p]
+                    _update(self._master_of[id(p)][1], p.data, x.contiguous(), st["exp_avg"], st["exp_avg_sq"], lr_t, self.step_count,
+                            scale, beta1, beta2, eps, wd)
+        if rest:
+            grads = [p.grad for p in rest]
+            if scale is not None:
+                torch._foreach_div_(grads, scale)
+            st = [self.state[p] for p in rest]
+            fused = rest[0].is_cuda
+            adamw(rest, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [],
+                  [s["step"] for s in st], foreach=not fused, fused=fused, capturable=fused,
+                  amsgrad=False, beta1=beta1, beta2=beta2, lr=lr_t if fused else float(lr), weight_decay=wd, eps=eps,
+                  maximize=False)
+        return norm
+
+    def state_dict(self):
+        sd = super().state_dict()
+        # a step tensor per parameter, as torch's AdamW keeps it (it adds 1 to each: a shared one would count N times)
+        sd["state"] = {i: {**s, "step": s["step"].clone()} for i, s in sd["state"].items()}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        """Takes torch AdamW's format (its own or torch.optim.AdamW's), values copied into the flat buffers."""
+        groups = state_dict["param_groups"]
+        ids = [i for grp in groups for i in grp["params"]]
+        params = self.param_groups[0]["params"]
+        if len(ids) != len(params):
+            raise ValueError(f"the state holds {len(ids)} parameters, the model {len(params)}")
+        for k in ("lr", "betas", "eps", "weight_decay"):
+            if k in groups[0]:
+                self.param_groups[0][k] = groups[0][k]
+        low_ids = {id(p) for p in self.low}
+        with torch.no_grad():
+            for i, p in zip(ids, params):
+                saved = state_dict["state"].get(i)
+                if saved is None:
+                    continue
+                for k in ("exp_avg", "exp_avg_sq"):
+                    if tuple(saved[k].shape) != tuple(p.shape):
+                        raise ValueError(f"{k} of shape {tuple(saved[k].shape)} for a parameter of shape {tuple(p.shape)}")
+                    self.state[p][k].copy_(saved[k])
+                step = torch.as_tensor(saved["step"], dtype=torch.float32)
+                (self.step_count if id(p) in low_ids else self.state[p]["step"]).copy_(step)
+
+
+def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd):
+    if master.is_cuda:
+        from sprintc.kernels import adamw_master_
+
+        return adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd)
+    # the same arithmetic in torch ops, in the order of torch's foreach AdamW (CPU)
+    g = grads.float() if scale is None else grads.float() / scale
+    lr, step = float(lr), float(step)
+    master.mul_(1 - lr * wd)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = exp_avg_sq.sqrt().div_((1 - beta2 ** step) ** 0.5).add_(eps)
+    master.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1 ** step))
+    weights.copy_(master)
+
+
+def adamw_for(model: nn.Module, train_spec, lr, device: torch.device, *, master: bool, capturable: bool = False):
+    """The training step's optimizer: MasterAdamW (`master`), else torch's AdamW, fused on CUDA."""
+    kw = dict(lr=lr, betas=tuple(train_spec.betas), eps=train_spec.eps, weight_decay=train_spec.weight_decay)
+    if master:
+        return MasterAdamW(model, **kw)
+    if device.type == "cuda":
+        return torch.optim.AdamW(model.parameters(), fused=True, capturable=capturable, **kw)
+    return torch.optim.AdamW(model.parameters(), foreach=True, **kw)
+
+
+def float32_params(model: nn.Module, optimizer) -> list[torch.Tensor]:
+    """The model's parameters, in its order, as float32 values: MasterAdamW's masters where it keeps them."""
+    params = list(model.parameters())
+    return optimizer.float32_params(params) if isinstance(optimizer, MasterAdamW) else params
+
+
+def float32_state_dict(model: nn.Module, optimizer, state: dict) -> dict:
+    """`state` (the model's state dict) with MasterAdamW's masters in place of the bf16 weights."""
+    if not isinstance(optimizer, MasterAdamW):
+        return state
+    state = dict(state)
+    for name, p in model.named_parameters():
+        if id(p) in optimizer._master_of:
+            if name not in state:
+                raise KeyError(f"float32_state_dict: parameter {name} is not in the state dict")
+            state[name] = optimizer._master_of[id(p)][1]
+    return state

@@ -1,0 +1,179 @@
+"""MasterAdamW (train.master_weights): bf16 weights written from float32 masters, against torch's AdamW."""
+import copy
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sprintc.optim import MasterAdamW, float32_params, float32_state_dict
+from sprintc.targets_api import clip_and_step
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(3, 8)
+        self.a, self.b = nn.Linear(8, 32), nn.Linear(32, 4)
+        self.scale = nn.Parameter(torch.ones(32))
+
+    def forward(self, x, y):
+        return self.b(torch.nn.functional.gelu(self.a(x + self.emb(y))) * self.scale)
+
+
+def _steps(pairs, n, max_norm, seed=1):
+    """n steps of each (model, optimizer) on the same batches under CPU bf16 autocast; the clip norms per step."""
+    g = torch.Generator().manual_seed(seed)
+    norms = []
+    for _ in range(n):
+        x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+        row = []
+        for m, o in pairs:
+            o.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", torch.bfloat16):
+                loss = m(x, y).float().pow(2).mean()
+            loss.backward()
+            row.append(float(clip_and_step(o, list(m.parameters()), max_norm)))
+        norms.append(row)
+    return norms
+
+
+def _pair(wd=0.1):
+    torch.manual_seed(0)
+    ref = Net()
+    net = copy.deepcopy(ref)
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=wd)
+    return ref, torch.optim.AdamW(ref.parameters(), foreach=True, **kw), net, MasterAdamW(net, **kw)
+
+
+def test_master_adamw_trains_as_torch_adamw_under_autocast():
+    ref, ro, net, mo = _pair()
+    low = {"a.weight", "a.bias", "b.weight", "b.bias"}
+    assert {n: p.dtype for n, p in net.named_parameters()} == {
+        n: torch.bfloat16 if n in low else torch.float32 for n, _ in ref.named_parameters()}
+    norms = _steps([(ref, ro), (net, mo)], 6, max_norm=0.5)
+    assert any(a > 0.5 for a, _ in norms)  # the clip acted
+    for a, b in norms:
+        assert abs(a - b) <= 1e-6 * a
+    masters = float32_params(net, mo)
+    for (name, p), m, q in zip(ref.named_parameters(), masters, net.parameters()):
+        assert m.dtype == torch.float32
+        torch.testing.assert_close(m, p, rtol=0, atol=1e-6, msg=name)
+        assert torch.equal(q, m.to(q.dtype)), name  # the bf16 weights are the masters rounded
+
+
+def test_without_clipping_step_is_adamw_step():
+    ref, ro, net, mo = _pair(wd=0.0)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+        for m, o in ((ref, ro), (net, mo)):
+            o.zero_grad()
+            with torch.autocast("cpu", torch.bfloat16):
+                m(x, y).float().pow(2).mean().backward()
+            o.step()
+    for p, m in zip(ref.parameters(), float32_params(net, mo)):
+        torch.testing.assert_close(m, p, rtol=0, atol=1e-6)
+
+
+def _saved(state):
+    """state through torch.save and torch.load, as a checkpoint holds it."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+def test_state_dict_moves_between_master_adamw_and_torch_adamw():
+    ref, ro, net, mo = _pair()
+    _steps([(ref, ro), (net, mo)], 3, max_norm=1.0)
+    sd = _saved(mo.state_dict())
+    for i, p in enumerate(net.parameters()):
+        assert sd["state"][i]["exp_avg"].dtype == torch.float32 and sd["state"][i]["exp_avg"].shape == p.shape
+        assert float(sd["state"][i]["step"]) == 3
+    # the master run's state and masters into a plain AdamW and the plain run's into a fresh MasterAdamW:
+    # both continue as the original pair does
+    plain = copy.deepcopy(ref)
+    plain.load_state_dict(_saved(float32_state_dict(net, mo, net.state_dict())))
+    po = torch.optim.AdamW(plain.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
+    po.load_state_dict(sd)
+    again = copy.deepcopy(ref)
+    ao = MasterAdamW(again, lr=1.0, betas=(0.9, 0.95), weight_decay=0.1)
+    ao.load_state_dict(_saved(ro.state_dict()))
+    assert ao.param_groups[0]["lr"] == 1e-2 and float(ao.step_count) == 3
+    _steps([(ref, ro), (net, mo), (plain, po), (again, ao)], 2, max_norm=1.0, seed=7)
+    for p, m, q, a in zip(ref.parameters(), float32_params(net, mo), plain.parameters(), float32_params(again, ao)):
+        torch.testing.assert_close(q, m, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a, p, rtol=0, atol=1e-6)
+
+
+def test_a_state_of_another_model_is_refused():
+    _, _, net, mo = _pair()
+    other = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="parameters"):
+        mo.load_state_dict(torch.optim.AdamW(other.parameters()).state_dict())
+
+
+def test_a_frozen_weight_stays_and_the_others_step():
+    _, _, net, mo = _pair()
+    net.a.weight.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    names = [n for n, _ in net.named_parameters()]
+    master_before = float32_params(net, mo)[names.index("a.weight")].clone()
+    _steps([(net, mo)], 2, max_norm=1.0)
+    after = dict(net.named_parameters())
+    assert torch.equal(after["a.weight"], before["a.weight"])
+    assert torch.equal(float32_params(net, mo)[names.index("a.weight")], master_before)
+    for n in ("a.bias", "b.weight", "b.bias", "scale", "emb.weight"):  # bf16 and float32 ones
+        assert not torch.equal(after[n], before[n]), n
+
+
+def test_restore_gives_back_float32_parameters_equal_to_the_masters():
+    ref, ro, net, mo = _pair()
+    _steps([(net, mo)], 2, max_norm=1.0)
+    masters = [m.clone() for m in float32_params(net, mo)]
+    mo.restore()
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    for p, m in zip(net.parameters(), masters):
+        assert torch.equal(p, m)
+    MasterAdamW(net)  # the model takes a new one
+
+
+def test_a_model_without_linear_layers_is_refused():
+    with pytest.raises(ValueError, match="no float32 Linear"):
+        MasterAdamW(nn.LayerNorm(4))
+
+
+KERNEL_CHECK = textwrap.dedent("""
+    import torch
+    from sprintc.kernels import adamw_master_
+    from sprintc.optim import _update
+
+    g = torch.Generator().manual_seed(0)
+    n = 5000  # not a multiple of the kernel's block
+    for scale in (None, torch.tensor(2.5)):
+        for wd in (0.0, 0.05):
+            bufs = [torch.randn(n, generator=g), torch.randn(n, generator=g).to(torch.bfloat16)]
+            m, v = torch.randn(n, generator=g) * 0.1, torch.rand(n, generator=g) * 0.01
+            ref = [bufs[0].clone(), torch.empty(n, dtype=torch.bfloat16), bufs[1], m.clone(), v.clone()]
+            got = [bufs[0].clone(), torch.empty(n, dtype=torch.bfloat16), bufs[1], m.clone(), v.clone()]
+            lr, step = torch.tensor(3e-3), torch.tensor(7.0)
+            _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd)
+            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd)
+            for a, b in zip(got, ref):
+                # the interpreter rounds float32 to bf16 toward zero (a GPU to nearest: tests/test_cuda.py)
+                tol = dict(rtol=2 ** -7, atol=0) if a.dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
+                torch.testing.assert_close(a.float(), b.float(), **tol)
+    print("adamw ok")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernel")
+def test_the_adamw_kernel_computes_the_torch_update():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "adamw ok" in r.stdout, r.stdout + r.stderr
