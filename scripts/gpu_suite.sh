@@ -710,15 +710,15 @@ elif [ "$PHASE" = m1 ]; then  # session M, one H100: the CUDA tests of MasterAda
   arm plain --no-master-weights 1 routed,dense; arm master --master-weights 1 routed,dense
   arm plain --no-master-weights 2; arm master --master-weights 2
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
-elif [ "$PHASE" = m2 ]; then  # session M, one H100: `sprintc train` on XL latents at 128 as shipped (master weights); batch
-  # 64 and 32; the whole model with multi-kernel reductions at 128, routed and dense
+elif [ "$PHASE" = m2 ]; then  # session M, one H100: `sprintc train` on XL latents at 128 as shipped (master weights); the
+  # routed step at 128 of the whole model with multi-kernel reductions; batch 64 and 32
   gpu_info
   versions
   train_setup 128
   train_each 300 shipped:xl_ddp
   rm -rf "$W/latents"
-  piece m2_b64_32 120 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/m2_b64_32.json"
-  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece m2_whole_mk $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --no-regional --multi-kernel --json "$W/m2_whole_mk.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece m2_whole_mk 170 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --no-regional --multi-kernel --json "$W/m2_whole_mk.json"
+  piece m2_b64_32 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/m2_b64_32.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
