@@ -19,6 +19,7 @@ _API = {
     "untransform": "sprintc.transforms",
     "TransformConfig": "sprintc.transforms",
     "lower": "sprintc.targets_api",
+    "MasterAdamW": "sprintc.optim",
     "SprintcError": "sprintc.errors",
     "SpecError": "sprintc.errors",
 }

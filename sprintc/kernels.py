@@ -395,9 +395,9 @@ def use_kernels(model: torch.nn.Module) -> int:
 
 # ----------------------------------------------------------------------------------- AdamW over flat buffers
 @triton.jit
-def _adamw_master_kernel(master, weights, grads, exp_avg, exp_avg_sq, n, lr_ptr, step_ptr, scale_ptr,
+def _adamw_master_kernel(master, weights, grads, exp_avg, exp_avg_sq, ema, n, lr_ptr, step_ptr, scale_ptr, ema_w_ptr,
                          beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay,
-                         HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+                         HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     lr = tl.load(lr_ptr).to(tl.float32)
@@ -420,18 +420,26 @@ def _adamw_master_kernel(master, weights, grads, exp_avg, exp_avg_sq, n, lr_ptr,
     tl.store(exp_avg + offs, m, mask=mask)
     tl.store(exp_avg_sq + offs, v, mask=mask)
     tl.store(weights + offs, p.to(weights.dtype.element_ty), mask=mask)
+    if HAS_EMA:  # the EMA of the new master, as torch.lerp computes it
+        w = tl.load(ema_w_ptr).to(tl.float32)
+        e = tl.load(ema + offs, mask=mask, other=0.0)
+        e = tl.where(w < 0.5, e + w * (p - e), p - (p - e) * (1.0 - w))
+        tl.store(ema + offs, e, mask=mask)
 
 
 ADAMW_BLOCK = 2048
 
 
-def adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay):
-    """One AdamW step over flat (contiguous) buffers: float32 master, moments; low-precision grads in, weights out.
-    lr, step and scale (the clip divisor, or None) are 0-d device tensors, read by the kernel (no host sync)."""
+def adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay,
+                  ema=None, ema_weight=None):
+    """One AdamW step over flat (contiguous) buffers: float32 master, moments; low-precision grads in, weights out;
+    and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip divisor, or None) and ema_weight are
+    0-d device tensors, read by the kernel (no host sync)."""
     import math
 
     n = master.numel()
     _adamw_master_kernel[(triton.cdiv(n, ADAMW_BLOCK),)](
-        master, weights, grads, exp_avg, exp_avg_sq, n, lr, step, scale if scale is not None else step,
+        master, weights, grads, exp_avg, exp_avg_sq, ema if ema is not None else master, n, lr, step,
+        scale if scale is not None else step, ema_weight if ema is not None else step,
         beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
-        HAS_SCALE=scale is not None, BLOCK=ADAMW_BLOCK, num_warps=4)
+        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, BLOCK=ADAMW_BLOCK, num_warps=4)

@@ -60,6 +60,7 @@ class MasterAdamW(torch.optim.Optimizer):
         self.grads = torch.empty(n, dtype=dtype, device=dev)
         self.step_count = torch.zeros((), dtype=torch.float32, device=dev)
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
+        self.ema, self._ema_rest, self.ema_weight = None, [], torch.ones((), dtype=torch.float32, device=dev)
         self._master_of = {}
         off = 0
         with torch.no_grad():
@@ -69,7 +70,7 @@ class MasterAdamW(torch.optim.Optimizer):
                 self.master[view].copy_(p.reshape(-1))
                 self.weights[view].copy_(self.master[view])  # rounded as autocast rounds
                 p.data = self.weights[view].view(p.shape)
-                self._master_of[id(p)] = (p, self.master[view].view(p.shape))
+                self._master_of[id(p)] = (p, self.master[view].view(p.shape), view)
                 self.state[p] = {"step": self.step_count, "exp_avg": self.exp_avg[view].view(p.shape),
                                  "exp_avg_sq": self.exp_avg_sq[view].view(p.shape)}
         for p in self.rest:
@@ -78,8 +79,27 @@ class MasterAdamW(torch.optim.Optimizer):
 
     def restore(self):
         """Give the model its float32 parameters back (the masters), e.g. after training; no step after this."""
-        for p, m in self._master_of.values():
+        for p, m, _ in self._master_of.values():
             p.data = m
+
+    def attach_ema(self, ema: nn.Module, model: nn.Module):
+        """Update `ema` (a copy of `model`, float32) inside each step: ema = lerp(ema, new weights, ema_weight), the
+        bf16 weights' part in the same kernel pass, which reads the new masters anyway. Its parameters that mirror the
+        bf16 weights become views of a flat buffer. Set `ema_weight` (1 - decay, a device tensor) before each step."""
+        pairs = list(zip(ema.parameters(), model.parameters()))
+        if len(pairs) != len(list(model.parameters())) or any(e.shape != p.shape for e, p in pairs):
+            raise ValueError("attach_ema: the EMA model does not mirror the model's parameters")
+        self.ema = torch.empty_like(self.master)
+        rest = []
+        with torch.no_grad():
+            for e, p in pairs:
+                if id(p) in self._master_of:
+                    view = self._master_of[id(p)][2]
+                    self.ema[view].copy_(e.reshape(-1))
+                    e.data = self.ema[view].view(e.shape)
+                else:
+                    rest.append((e, p))
+        self._ema_rest = rest
 
     def float32_params(self, params) -> list[torch.Tensor]:
         """For each of `params` (the model's, in its order): the float32 master, or the parameter itself."""
@@ -115,13 +135,15 @@ class MasterAdamW(torch.optim.Optimizer):
         self.step_count += 1
         if complete:
             _update(self.master, self.weights, self.grads, self.exp_avg, self.exp_avg_sq, lr_t, self.step_count,
-                    scale, beta1, beta2, eps, wd)
-        else:  # some bf16 weights have no gradient (frozen): the others one by one
+                    scale, beta1, beta2, eps, wd, self.ema, self.ema_weight)
+        else:  # some bf16 weights have no gradient (frozen): the others one by one, then the EMA
             for p, x in zip(self.low, low_grads):
                 if x is not None:
                     st = self.state[p]
-                    _update(self._master_of[id(p)][1], p.data, x.contiguous(), st["exp_avg"], st["exp_avg_sq"], lr_t, self.step_count,
-                            scale, beta1, beta2, eps, wd)
+                    _update(self._master_of[id(p)][1], p.data, x.contiguous(), st["exp_avg"], st["exp_avg_sq"], lr_t,
+                            self.step_count, scale, beta1, beta2, eps, wd)
+            if self.ema is not None:
+                self.ema.lerp_(self.master, self.ema_weight)
         if rest:
             grads = [p.grad for p in rest]
             if scale is not None:
@@ -132,6 +154,9 @@ class MasterAdamW(torch.optim.Optimizer):
                   [s["step"] for s in st], foreach=not fused, fused=fused, capturable=fused,
                   amsgrad=False, beta1=beta1, beta2=beta2, lr=lr_t if fused else float(lr), weight_decay=wd, eps=eps,
                   maximize=False)
+        if self._ema_rest:
+            e, p = zip(*self._ema_rest)
+            torch._foreach_lerp_(list(e), [x.detach() for x in p], [self.ema_weight] * len(e))
         return norm
 
     def state_dict(self):
@@ -164,11 +189,13 @@ class MasterAdamW(torch.optim.Optimizer):
                 (self.step_count if id(p) in low_ids else self.state[p]["step"]).copy_(step)
 
 
-def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd):
+def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd, ema=None,
+            ema_weight=None):
     if master.is_cuda:
         from sprintc.kernels import adamw_master_
 
-        return adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd)
+        return adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd,
+                             ema, ema_weight)
     # the same arithmetic in torch ops, in the order of torch's foreach AdamW (CPU)
     g = grads.float() if scale is None else grads.float() / scale
     lr, step = float(lr), float(step)
@@ -178,6 +205,8 @@ def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1,
     denom = exp_avg_sq.sqrt().div_((1 - beta2 ** step) ** 0.5).add_(eps)
     master.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1 ** step))
     weights.copy_(master)
+    if ema is not None:
+        ema.lerp_(master, ema_weight)
 
 
 def adamw_for(model: nn.Module, train_spec, lr, device: torch.device, *, master: bool, capturable: bool = False):

@@ -452,6 +452,9 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
     master = tr.master_weights and device.type == "cuda" and spec.target.dtype == "bfloat16" and world == 1
     opt = adamw_for(net, tr, stages[0].lr, device, master=master, capturable=graphs)
+    fused_ema = master and tr.ema.every == 1  # the EMA update in the optimizer's kernel, every step
+    if fused_ema:
+        opt.attach_ema(ema, net)
     step, cursor = 0, 0
     if state is not None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
@@ -536,12 +539,14 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 y = torch.where(drop, torch.full_like(y, m.num_classes), y) if m.num_classes else None
                 x_t, t_in = obj.noisy(x0, noise, t)
                 batch = {"x_t": x_t, "t_in": t_in, "x0": x0, "noise": noise, "t": t, **({} if y is None else {"y": y}), **route}
+                if fused_ema:
+                    opt.ema_weight.fill_(1.0 - ema_due(tr.ema, step + 1, schedule_end))
                 loss, gnorm = runner(batch)
                 loss = loss.float()
                 flags = torch.stack([loss, torch.full_like(loss, float(stop.requested))])
                 if world > 1:
                     dist.all_reduce(flags)
-                decay = ema_due(tr.ema, step + 1, schedule_end)
+                decay = None if fused_ema else ema_due(tr.ema, step + 1, schedule_end)
                 if decay is not None:
                     update_ema(ema, net, decay, opt)
                 step += 1

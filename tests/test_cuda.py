@@ -246,10 +246,13 @@ def test_master_adamw_kernel_rounds_to_nearest_and_matches_the_torch_update():
     m, v = torch.randn(n, device="cuda", generator=g) * 0.1, torch.rand(n, device="cuda", generator=g) * 0.01
     ref = [master.cpu(), torch.empty(n, dtype=torch.bfloat16), grads.cpu(), m.cpu(), v.cpu()]
     got = [master.clone(), torch.empty(n, dtype=torch.bfloat16, device="cuda"), grads, m.clone(), v.clone()]
-    lr, step, scale = (torch.tensor(x, device="cuda") for x in (3e-3, 7.0, 2.5))
-    _update(*ref, lr.cpu(), step.cpu(), scale.cpu(), 0.9, 0.999, 1e-8, 0.05)
-    adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, 0.05)
-    for i in (0, 3, 4):
+    lr, step, scale, ema_w = (torch.tensor(x, device="cuda") for x in (3e-3, 7.0, 2.5, 0.3))
+    ema = torch.randn(n, device="cuda", generator=g)
+    ref.append(ema.cpu())
+    _update(*ref[:5], lr.cpu(), step.cpu(), scale.cpu(), 0.9, 0.999, 1e-8, 0.05, ref[5], ema_w.cpu())
+    adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, 0.05, ema, ema_w)
+    got.append(ema)
+    for i in (0, 3, 4, 5):
         torch.testing.assert_close(got[i].cpu(), ref[i], rtol=1e-6, atol=1e-7)
     assert torch.equal(got[1], got[0].bfloat16())  # round to nearest, as autocast's cast
 
@@ -265,5 +268,26 @@ def test_master_weights_train_as_autocast_and_checkpoints_hold_float32(tmp_path)
     assert all(abs(x - y) <= 5e-3 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
     model = load_file(f"{runs[True]['checkpoint']}/model.safetensors")
     assert all(t.dtype == torch.float32 for t in model.values())
+    # the EMA, updated in the optimizer's kernel with master weights, as the separate update makes it
+    emas = [load_file(f"{runs[m]['checkpoint']}/ema.safetensors") for m in (False, True)]
+    for k in emas[0]:
+        torch.testing.assert_close(emas[1][k], emas[0][k], rtol=5e-3, atol=5e-3, msg=k)
     # the float32 masters were saved, not their bf16 copies
     assert any((t != t.bfloat16().float()).any() for k, t in model.items() if k.endswith("weight"))
+
+
+def test_a_run_with_master_weights_resumes_where_it_stopped(tmp_path):
+    from sprintc import checkpoint as ckpt
+
+    s = spec(stages=((4, 8, True), (3, 4, False)))
+    s["target"] = {"name": "eager", "dtype": "bfloat16"}
+    full = train(s, tmp_path / "a", device="cuda", progress=False)
+    train(s, tmp_path / "b", device="cuda", progress=False, max_steps=4)
+    rest = train(s, tmp_path / "b", device="cuda", resume=True, progress=False)
+    assert len(rest["losses"]) == 3
+    assert all(abs(x - y) <= 1e-4 * max(1.0, abs(x)) for x, y in zip(full["losses"][4:], rest["losses"])), (full, rest)
+    a, b = ckpt.load(tmp_path / "a"), ckpt.load(tmp_path / "b")
+    st = a.state["optimizer"]["state"]
+    assert st["sprint.mask_token"]["step"] == 4 and st["blocks.0.attn.qkv.weight"]["step"] == 7
+    for k in a.model:
+        torch.testing.assert_close(b.model[k], a.model[k], rtol=1e-3, atol=1e-5, msg=k)

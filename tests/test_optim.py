@@ -159,11 +159,17 @@ KERNEL_CHECK = textwrap.dedent("""
         for wd in (0.0, 0.05):
             bufs = [torch.randn(n, generator=g), torch.randn(n, generator=g).to(torch.bfloat16)]
             m, v = torch.randn(n, generator=g) * 0.1, torch.rand(n, generator=g) * 0.01
+            ema = torch.randn(n, generator=g)
             ref = [bufs[0].clone(), torch.empty(n, dtype=torch.bfloat16), bufs[1], m.clone(), v.clone()]
             got = [bufs[0].clone(), torch.empty(n, dtype=torch.bfloat16), bufs[1], m.clone(), v.clone()]
             lr, step = torch.tensor(3e-3), torch.tensor(7.0)
-            _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd)
-            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd)
+            # with an EMA (weights either side of torch.lerp's switch at 0.5) and without
+            ema_w = (torch.tensor(0.3 if wd else 0.7), ema.clone(), ema.clone()) if scale is None else (None, None, None)
+            _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd, ema_w[1], ema_w[0])
+            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, ema_w[2], ema_w[0])
+            if ema_w[0] is not None:
+                ref.append(ema_w[1])
+                got.append(ema_w[2])
             for a, b in zip(got, ref):
                 # the interpreter rounds float32 to bf16 toward zero (a GPU to nearest: tests/test_cuda.py)
                 tol = dict(rtol=2 ** -7, atol=0) if a.dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
@@ -177,3 +183,43 @@ def test_the_adamw_kernel_computes_the_torch_update():
     env = dict(os.environ, TRITON_INTERPRET="1")
     r = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "adamw ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_torch_distributed_checkpoint_saves_and_restores_it_by_parameter_name():
+    """What `sprintc train` saves (get_optimizer_state_dict) and how it resumes (set_optimizer_state_dict)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    ref, ro, net, mo = _pair()
+    _steps([(ref, ro), (net, mo)], 3, max_norm=1.0)
+    sd = _saved(get_optimizer_state_dict(net, mo))
+    assert sd["state"]["a.weight"]["exp_avg"].dtype == torch.float32 and float(sd["state"]["a.weight"]["step"]) == 3
+    again = copy.deepcopy(ref)
+    again.load_state_dict(_saved(float32_state_dict(net, mo, net.state_dict())))
+    ao = MasterAdamW(again, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    set_optimizer_state_dict(again, ao, sd)
+    _steps([(net, mo), (again, ao)], 2, max_norm=1.0, seed=5)
+    for m, a in zip(float32_params(net, mo), float32_params(again, ao)):
+        assert torch.equal(m, a)  # a resumed run continues bit for bit
+
+
+def test_an_attached_ema_follows_the_masters_as_the_separate_update_does():
+    from sprintc.train import update_ema
+
+    ref, ro, net, mo = _pair()
+    ema_ref, ema = copy.deepcopy(ref), copy.deepcopy(ref)  # float32 copies, as sprintc train makes before the optimizer
+    mo.attach_ema(ema, net)
+    g = torch.Generator().manual_seed(11)
+    for step in range(4):
+        decay = 0.5 + 0.1 * step
+        x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+        for m, o in ((ref, ro), (net, mo)):
+            o.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", torch.bfloat16):
+                m(x, y).float().pow(2).mean().backward()
+        mo.ema_weight.fill_(1 - decay)
+        clip_and_step(ro, list(ref.parameters()), 1.0)
+        clip_and_step(mo, list(net.parameters()), 1.0)
+        update_ema(ema_ref, ref, decay)
+    for (name, a), b in zip(ema_ref.named_parameters(), ema.parameters()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
