@@ -43,7 +43,8 @@
 #   l5 (`sprintc train` on XL latents as shipped; whole-model + multi-kernel at batch 64), l6 (the anchor and the step at
 #   64; whole-model + multi-kernel at 128, routed and dense), l7 (short_attention alone as shipped; the kernels' CUDA tests).
 # Session M's (one H100): m1 (MasterAdamW's CUDA tests; the step with train.master_weights against without, the anchor),
-#   m2 (`sprintc train` as shipped, whole-model + multi-kernel, batch 64 / 32), m3 (a profile of the step, the anchor at 64).
+#   m2 (`sprintc train` as shipped, whole-model + multi-kernel, batch 64 / 32), m3 (a profile of the step, the anchor at 64),
+#   m4 (`sprintc train` with the EMA in the optimizer's kernel against BASE, the CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -724,6 +725,12 @@ elif [ "$PHASE" = m3 ]; then  # session M, one H100: a profile of the routed ste
   versions
   piece m3_prof 150 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/m3_prof.json"
   [ $TINY = 0 ] && piece anchor_b64 $(( 420 - ($(date +%s) - T0) )) 0 $(anchor 64)
+elif [ "$PHASE" = m4 ]; then  # session M, one H100: the CUDA tests of MasterAdamW (EMA in its kernel, resume); `sprintc train`
+  # on XL latents at 128 with the EMA in the optimizer's kernel against the wheel of BASE (the EMA updated apart), alternating
+  gpu_info
+  versions
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  ab_train 150
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
