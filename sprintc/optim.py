@@ -37,12 +37,12 @@ def low_precision_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 class MasterAdamW(torch.optim.Optimizer):
-    """AdamW (torch's, decoupled weight decay) for `model`, whose Linear / Conv parameters become `dtype` views of a
+    """AdamW (torch's, decoupled weight decay, its defaults) for `model`, whose Linear / Conv parameters become `dtype` views of a
     flat buffer that each step rewrites from float32 masters. Build it after the model is on its device and lowered,
     before the first forward. `clip_and_step(max_norm)` clips the gradients to total norm max_norm and steps, without
     a host sync, and returns the norm; the lr may be a device tensor (a CUDA-graph-captured step)."""
 
-    def __init__(self, model: nn.Module, lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+    def __init__(self, model: nn.Module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  dtype=torch.bfloat16):
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))

@@ -223,3 +223,35 @@ def test_an_attached_ema_follows_the_masters_as_the_separate_update_does():
     for (name, a), b in zip(ema_ref.named_parameters(), ema.parameters()):
         assert b.dtype == torch.float32
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_transformed_model_of_ones_own_trains_with_it_as_with_adamw():
+    """The user's loop of docs/TRANSFORM.md: sprintc.transform, then MasterAdamW with the EMA attached."""
+    import sprintc
+    from test_transform import ROUTED, DiT, inputs
+    from sprintc.train import update_ema
+
+    torch.manual_seed(0)
+    ref = DiT()
+    sprintc.transform(ref, ROUTED)
+    ref.train()
+    net, ema_ref, ema = copy.deepcopy(ref), copy.deepcopy(ref), copy.deepcopy(ref)
+    ro = torch.optim.AdamW(ref.parameters(), lr=1e-3, foreach=True)
+    mo = MasterAdamW(net, lr=1e-3)
+    mo.attach_ema(ema, net)
+    assert net.sprint.fuse.linear.weight.dtype == torch.bfloat16 and net.sprint.mask_token.dtype == torch.float32
+    for step in range(3):
+        x, t, y = inputs(4, seed=step)
+        for m, o in ((ref, ro), (net, mo)):
+            torch.manual_seed(100 + step)  # the same kept tokens in both
+            o.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", torch.bfloat16):
+                loss = (m(x, t, y).float() - x).square().mean()
+            loss.backward()
+        mo.ema_weight.fill_(0.5)
+        clip_and_step(ro, list(ref.parameters()), 1.0)
+        clip_and_step(mo, list(net.parameters()), 1.0)
+        update_ema(ema_ref, ref, 0.5)
+    for (name, p), m, e_ref, e in zip(ref.named_parameters(), float32_params(net, mo), ema_ref.parameters(), ema.parameters()):
+        torch.testing.assert_close(m, p, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(e, e_ref, rtol=0, atol=1e-6, msg=name)
