@@ -14,6 +14,13 @@ from sprintc.spec import load_spec
 
 pytest.importorskip("triton")
 
+
+def interpreted(script: str, ok: str):
+    """Run `script` in a fresh process under Triton's interpreter; it prints `ok` when its checks pass."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and ok in r.stdout, r.stdout + r.stderr
+
 CHECK = textwrap.dedent("""
     import torch
     from sprintc.kernels import qk_norm_rope
@@ -61,9 +68,7 @@ CHECK = textwrap.dedent("""
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernels (and torch "
                     "2.11's wrap_triton rejects the interpreter's functions)")
 def test_qk_norm_rope_matches_the_expression_forward_and_backward():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "kernels ok" in r.stdout, r.stdout + r.stderr
+    interpreted(CHECK, "kernels ok")
 
 
 ATTENTION_CHECK = textwrap.dedent("""
@@ -101,9 +106,7 @@ ATTENTION_CHECK = textwrap.dedent("""
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernel")
 def test_short_attention_matches_sdpa_forward_and_backward():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", ATTENTION_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "attention ok" in r.stdout, r.stdout + r.stderr
+    interpreted(ATTENTION_CHECK, "attention ok")
 
 
 def test_use_kernels_marks_every_attention_for_short_sequences_and_the_rms_ones_for_qk():

@@ -1,9 +1,6 @@
 """MasterAdamW (train.master_weights): bf16 weights written from float32 masters, against torch's AdamW."""
 import copy
 import io
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -180,9 +177,9 @@ KERNEL_CHECK = textwrap.dedent("""
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernel")
 def test_the_adamw_kernel_computes_the_torch_update():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "adamw ok" in r.stdout, r.stdout + r.stderr
+    from test_kernels import interpreted
+
+    interpreted(KERNEL_CHECK, "adamw ok")
 
 
 def test_torch_distributed_checkpoint_saves_and_restores_it_by_parameter_name():
