@@ -177,6 +177,35 @@ def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_break
     assert not counters["graph_break"]
 
 
+@pytest.mark.slow
+def test_bf16_weights_from_master_adamw_compile_once_and_train_without_recompiles():
+    """train.master_weights: the optimizer makes the Linear weights bf16 before the first forward, so the regions
+    compile once for them; steps (the optimizer rewriting the weights in place) never recompile."""
+    from torch._dynamo.utils import counters
+
+    from sprintc.optim import MasterAdamW
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = lower(small().model, {"name": "inductor", "dtype": "bfloat16"}, device="cpu")
+    opt = MasterAdamW(model, lr=1e-3)
+    model.train()
+    x, t, y = inputs()
+    model.sprint.generator = torch.Generator().manual_seed(0)
+    losses = []
+    for i in range(4):
+        opt.zero_grad(set_to_none=True)
+        loss = model(x, t, y).square().mean()
+        loss.backward()
+        clip_and_step(opt, model.parameters(), 1.0)
+        losses.append(float(loss.detach()))
+        if i == 0:
+            warm = dict(counters["stats"])
+    assert dict(counters["stats"]) == warm, "recompiled after warm-up"
+    assert not counters["graph_break"]
+    assert model.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16 and losses[-1] < losses[0]
+
+
 def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_options(monkeypatch):
     seen = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
