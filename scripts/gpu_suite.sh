@@ -44,7 +44,8 @@
 #   64; whole-model + multi-kernel at 128, routed and dense), l7 (short_attention alone as shipped; the kernels' CUDA tests).
 # Session M's (one H100): m1 (MasterAdamW's CUDA tests; the step with train.master_weights against without, the anchor),
 #   m2 (`sprintc train` as shipped, whole-model + multi-kernel, batch 64 / 32), m3 (a profile of the step, the anchor at 64),
-#   m4 (`sprintc train` with the EMA in the optimizer's kernel against BASE, the CUDA tests).
+#   m4 (`sprintc train` with the EMA in the optimizer's kernel against BASE, the CUDA tests), m5 (the CUDA tests at the
+#   last commit, the AdamW kernel alone, the step as shipped and the anchor).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -731,6 +732,14 @@ elif [ "$PHASE" = m4 ]; then  # session M, one H100: the CUDA tests of MasterAda
   versions
   piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
   ab_train 150
+elif [ "$PHASE" = m5 ]; then  # session M, one H100: the CUDA tests at the last commit; MasterAdamW's kernel alone (blocks,
+  # warps); the step at 128 as shipped, routed and dense; the anchor
+  gpu_info
+  versions
+  piece pytest_cuda 240 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
+  [ $TINY = 0 ] && piece adamw_micro 90 0 python3 "$REPO/scripts/gpu_adamw.py" "$W/adamw_micro.json"
+  piece m5_b128 130 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/m5_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

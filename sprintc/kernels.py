@@ -427,7 +427,7 @@ def _adamw_master_kernel(master, weights, grads, exp_avg, exp_avg_sq, ema, n, lr
         tl.store(ema + offs, e, mask=mask)
 
 
-ADAMW_BLOCK = 2048
+ADAMW_BLOCK, ADAMW_WARPS = 2048, 4  # elements and warps per program
 
 
 def adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay,
@@ -442,4 +442,4 @@ def adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, 
         master, weights, grads, exp_avg, exp_avg_sq, ema if ema is not None else master, n, lr, step,
         scale if scale is not None else step, ema_weight if ema is not None else step,
         beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
-        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, BLOCK=ADAMW_BLOCK, num_warps=4)
+        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
