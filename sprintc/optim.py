@@ -14,6 +14,7 @@ share one step count, so one that misses steps (frozen a while) takes the others
 
 `state_dict()` is torch AdamW's (step, exp_avg, exp_avg_sq per parameter), so checkpoints move between the two;
 `float32_params()` gives the master values in the model's parameter order, which checkpoints and the EMA read.
+`attach_ema` moves an EMA update into the same kernel pass (8 more bytes per parameter instead of a 12-byte pass).
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def low_precision_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 class MasterAdamW(torch.optim.Optimizer):
-    """AdamW (torch's, decoupled weight decay, its defaults) for `model`, whose Linear / Conv parameters become `dtype` views of a
-    flat buffer that each step rewrites from float32 masters. Build it after the model is on its device and lowered,
+    """AdamW (torch's formula and defaults) for `model`, whose Linear / Conv parameters become `dtype` views of a flat
+    buffer that each step rewrites from float32 masters. Build it after the model is on its device and lowered,
     before the first forward. `clip_and_step(max_norm)` clips the gradients to total norm max_norm and steps, without
     a host sync, and returns the norm; the lr may be a device tensor (a CUDA-graph-captured step)."""
 
