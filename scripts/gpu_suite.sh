@@ -45,7 +45,7 @@
 # Session M's (one H100): m1 (MasterAdamW's CUDA tests; the step with train.master_weights against without, the anchor),
 #   m2 (`sprintc train` as shipped, whole-model + multi-kernel, batch 64 / 32), m3 (a profile of the step, the anchor at 64),
 #   m4 (`sprintc train` with the EMA in the optimizer's kernel against BASE, the CUDA tests), m5 (the CUDA tests at the
-#   last commit, the AdamW kernel alone, the step as shipped and the anchor).
+#   last commit, the AdamW kernel alone, the step as shipped and the anchor), m6 (a launch per large weight against BASE).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -740,6 +740,16 @@ elif [ "$PHASE" = m5 ]; then  # session M, one H100: the CUDA tests at the last 
   [ $TINY = 0 ] && piece adamw_micro 90 0 python3 "$REPO/scripts/gpu_adamw.py" "$W/adamw_micro.json"
   piece m5_b128 130 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/m5_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = m6 ]; then  # session M, one H100: the CUDA tests of MasterAdamW; the step at 128 with a launch per large
+  # weight in the captured step (this wheel) against the gathered gradients (the wheel of BASE), alternating, routed and dense
+  gpu_info
+  versions
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  base_wheel
+  for r in 1 2; do
+    ab_bench base "m6_base_$r" 110 --batch 128 --modes $TMODES --parts train $([ $r = 2 ] && echo --graphs routed) --json "$W/m6_base_$r.json"
+    ab_bench new "m6_new_$r" 110 --batch 128 --modes $TMODES --parts train $([ $r = 2 ] && echo --graphs routed) --json "$W/m6_new_$r.json"
+  done
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
