@@ -11,12 +11,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cuda_graph_training_equals_plain_steps(tmp_path, dtype, monkeypatch):
+def test_cuda_graph_training_equals_plain_steps(tmp_path, dtype):
     """The captured step (warm-up, capture, replays, a recapture for the second stage) gives the losses of
     the plain steps: the draws are made outside the graph and the lr warm-up is read from the device; its EMA
-    ends as the plain steps' one. In bf16 (master weights) the captured step launches the AdamW kernel per large
-    weight, the plain one over all of them gathered."""
-    monkeypatch.setattr("sprintc.optim.LARGE", 1024)  # the tiny model's weights count as large
+    ends as the plain steps' one."""
     runs = {}
     for graphs in (False, True):
         s = spec(stages=((8, 8, True), (6, 4, False)), checkpoint_every=5)
