@@ -23,7 +23,6 @@ import torch.nn as nn
 from torch.optim.adamw import adamw
 
 LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-LARGE = 1 << 16  # elements: a tensor this size or larger gets its own kernel launch in a captured step
 
 
 def low_precision_params(model: nn.Module) -> list[nn.Parameter]:
@@ -48,24 +47,18 @@ class MasterAdamW(torch.optim.Optimizer):
                  dtype=torch.bfloat16):
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        low = low_precision_params(model)
-        if not low:
+        self.low = low_precision_params(model)
+        if not self.low:
             raise ValueError("MasterAdamW: the model has no float32 Linear or Conv parameters")
-        # flat layout: the large tensors, then the small ones (biases) as one contiguous tail
-        self.large = [p for p in low if p.numel() >= LARGE]
-        self.small = [p for p in low if p.numel() < LARGE]
-        self.low = self.large + self.small
         low_ids = {id(p) for p in self.low}
         self.rest = [p for p in params if id(p) not in low_ids]
         dev = self.low[0].device
         n = sum(p.numel() for p in self.low)
-        self.n_large = sum(p.numel() for p in self.large)
         self.master = torch.empty(n, dtype=torch.float32, device=dev)
         self.exp_avg = torch.zeros_like(self.master)
         self.exp_avg_sq = torch.zeros_like(self.master)
         self.weights = torch.empty(n, dtype=dtype, device=dev)
-        self._grads = None  # the flat gradient buffer, made on first use
-        self.per_tensor = None  # None: a launch per large tensor while a CUDA graph captures; True / False: always / never
+        self.grads = torch.empty(n, dtype=dtype, device=dev)
         self.step_count = torch.zeros((), dtype=torch.float32, device=dev)
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
         self.ema, self._ema_rest, self.ema_weight = None, [], torch.ones((), dtype=torch.float32, device=dev)
@@ -130,41 +123,20 @@ class MasterAdamW(torch.optim.Optimizer):
         low_grads = [p.grad for p in self.low]
         rest = [p for p in self.rest if p.grad is not None]
         complete = all(x is not None for x in low_grads)
-        # In a captured step (CUDA graph) the large tensors take a launch each, reading their gradients where the
-        # backward left them; otherwise (host launches cost) all gradients are gathered for one launch. The same
-        # arithmetic either way.
-        per_tensor = complete and (self.per_tensor if self.per_tensor is not None else
-                                   torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
         if complete:
-            gathered = self.low[len(self.large):] if per_tensor else self.low
-            flat = self._flat_grads(sum(p.numel() for p in gathered))
-            if gathered:
-                torch.cat([p.grad.reshape(-1) for p in gathered], out=flat)
+            torch.cat([x.reshape(-1) for x in low_grads], out=self.grads)
         norm = scale = None
         if max_norm > 0:
-            if not complete:
-                parts = [torch.linalg.vector_norm(x, dtype=torch.float32) for x in low_grads if x is not None]
-            else:  # both ways the same sums: a norm per large tensor, one over the small ones
-                tail = flat if per_tensor else flat[self.n_large:]
-                parts = list(torch._foreach_norm([p.grad for p in self.large], 2, dtype=torch.float32)) if self.large else []
-                parts.append(torch.linalg.vector_norm(tail, dtype=torch.float32))
+            parts = ([torch.linalg.vector_norm(self.grads, dtype=torch.float32)] if complete else
+                     [torch.linalg.vector_norm(x, dtype=torch.float32) for x in low_grads if x is not None])
             parts += [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in rest]
             norm = torch.linalg.vector_norm(torch.stack(parts))
             # clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); the update divides by its inverse
             scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
         self.step_count += 1
-        hyper = (lr_t, self.step_count, scale, beta1, beta2, eps, wd)
-        if per_tensor:
-            for p in self.large:
-                v = self._master_of[id(p)][2]
-                _update(self.master[v], self.weights[v], p.grad.reshape(-1), self.exp_avg[v], self.exp_avg_sq[v],
-                        *hyper, *self._ema_part(v))
-            tail = slice(self.n_large, self.master.numel())
-            if flat.numel():
-                _update(self.master[tail], self.weights[tail], flat, self.exp_avg[tail], self.exp_avg_sq[tail], *hyper,
-                        *self._ema_part(tail))
-        elif complete:
-            _update(self.master, self.weights, flat, self.exp_avg, self.exp_avg_sq, *hyper, self.ema, self.ema_weight)
+        if complete:
+            _update(self.master, self.weights, self.grads, self.exp_avg, self.exp_avg_sq, lr_t, self.step_count,
+                    scale, beta1, beta2, eps, wd, self.ema, self.ema_weight)
         else:  # some bf16 weights have no gradient (frozen): the others one by one, then the EMA
             for p, x in zip(self.low, low_grads):
                 if x is not None:
@@ -187,14 +159,6 @@ class MasterAdamW(torch.optim.Optimizer):
             e, p = zip(*self._ema_rest)
             torch._foreach_lerp_(list(e), [x.detach() for x in p], [self.ema_weight] * len(e))
         return norm
-
-    def _flat_grads(self, n: int) -> torch.Tensor:
-        if self._grads is None or self._grads.numel() != n:
-            self._grads = torch.empty(n, dtype=self.weights.dtype, device=self.weights.device)
-        return self._grads
-
-    def _ema_part(self, view: slice):
-        return (self.ema[view], self.ema_weight) if self.ema is not None else (None, None)
 
     def state_dict(self):
         sd = super().state_dict()

@@ -63,25 +63,6 @@ def test_master_adamw_trains_as_torch_adamw_under_autocast():
         assert torch.equal(q, m.to(q.dtype)), name  # the bf16 weights are the masters rounded
 
 
-@pytest.mark.parametrize("per_tensor", [True, False])
-def test_a_launch_per_large_tensor_computes_what_one_launch_does(per_tensor, monkeypatch):
-    """What a captured step does (a launch per large tensor, the small ones gathered) against one flat launch."""
-    import sprintc.optim as optim
-
-    monkeypatch.setattr(optim, "LARGE", 64)  # a.weight and b.weight large, the biases small
-    ref, ro, net, mo = _pair()
-    assert [p.numel() for p in mo.large] == [256, 128] and [p.numel() for p in mo.small] == [32, 4]
-    mo.per_tensor = per_tensor
-    flat = copy.deepcopy(ref)
-    fo = MasterAdamW(flat, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    fo.per_tensor = False
-    norms = _steps([(ref, ro), (net, mo), (flat, fo)], 3, max_norm=0.5)
-    assert all(a == b == c or abs(a - b) <= 1e-6 * a for a, b, c in norms)
-    for p, m, f in zip(ref.parameters(), float32_params(net, mo), float32_params(flat, fo)):
-        assert torch.equal(m, f)
-        torch.testing.assert_close(m, p, rtol=0, atol=1e-6)
-
-
 def test_without_clipping_step_is_adamw_step():
     ref, ro, net, mo = _pair(wd=0.0)
     g = torch.Generator().manual_seed(3)
