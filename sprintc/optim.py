@@ -211,9 +211,10 @@ def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1,
 
 
 def adamw_for(model: nn.Module, train_spec, lr, device: torch.device, *, master: bool, capturable: bool = False):
-    """The training step's optimizer: MasterAdamW (`master`), else torch's AdamW, fused on CUDA."""
+    """The training step's optimizer: MasterAdamW (`master`, for a model with float32 Linear / Conv weights), else
+    torch's AdamW, fused on CUDA."""
     kw = dict(lr=lr, betas=tuple(train_spec.betas), eps=train_spec.eps, weight_decay=train_spec.weight_decay)
-    if master:
+    if master and low_precision_params(model):
         return MasterAdamW(model, **kw)
     if device.type == "cuda":
         return torch.optim.AdamW(model.parameters(), fused=True, capturable=capturable, **kw)

@@ -140,9 +140,15 @@ def test_restore_gives_back_float32_parameters_equal_to_the_masters():
     MasterAdamW(net)  # the model takes a new one
 
 
-def test_a_model_without_linear_layers_is_refused():
+def test_a_model_without_linear_layers_is_refused_and_training_takes_adamw_for_it():
+    from sprintc.optim import adamw_for
+    from sprintc.spec import TrainSpec
+
     with pytest.raises(ValueError, match="no float32 Linear"):
         MasterAdamW(nn.LayerNorm(4))
+    norm = nn.LayerNorm(4)
+    assert type(adamw_for(norm, TrainSpec(), 1e-4, torch.device("cpu"), master=True)) is torch.optim.AdamW
+    assert type(adamw_for(Net(), TrainSpec(), 1e-4, torch.device("cpu"), master=True)) is MasterAdamW
 
 
 KERNEL_CHECK = textwrap.dedent("""
