@@ -452,7 +452,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
     master = tr.master_weights and device.type == "cuda" and spec.target.dtype == "bfloat16" and world == 1
     opt = adamw_for(net, tr, stages[0].lr, device, master=master, capturable=graphs)
-    fused_ema = master and tr.ema.every == 1  # the EMA update in the optimizer's kernel, every step
+    fused_ema = isinstance(opt, MasterAdamW) and tr.ema.every == 1  # the EMA update in the optimizer's kernel, every step
     if fused_ema:
         opt.attach_ema(ema, net)
     step, cursor = 0, 0
