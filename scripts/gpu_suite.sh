@@ -45,7 +45,8 @@
 # Session M's (one H100): m1 (MasterAdamW's CUDA tests; the step with train.master_weights against without, the anchor),
 #   m2 (`sprintc train` as shipped, whole-model + multi-kernel, batch 64 / 32), m3 (a profile of the step, the anchor at 64),
 #   m4 (`sprintc train` with the EMA in the optimizer's kernel against BASE, the CUDA tests), m5 (the CUDA tests at the
-#   last commit, the AdamW kernel alone, the step as shipped and the anchor), m6 (a launch per large weight against BASE).
+#   last commit, the AdamW kernel alone, the step as shipped and the anchor), m6 (a launch per large weight against BASE),
+#   m7 (the CUDA, kernel and optimizer tests at the last commit).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -750,6 +751,10 @@ elif [ "$PHASE" = m6 ]; then  # session M, one H100: the CUDA tests of MasterAda
     ab_bench base "m6_base_$r" 110 --batch 128 --modes $TMODES --parts train $([ $r = 2 ] && echo --graphs routed) --json "$W/m6_base_$r.json"
     ab_bench new "m6_new_$r" 110 --batch 128 --modes $TMODES --parts train $([ $r = 2 ] && echo --graphs routed) --json "$W/m6_new_$r.json"
   done
+elif [ "$PHASE" = m7 ]; then  # session M, one H100: the CUDA, kernel and optimizer tests at the last commit
+  gpu_info
+  versions
+  piece pytest_cuda 300 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
