@@ -21,6 +21,7 @@ capture them. Importing this module imports triton; sprintc does it only when a 
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -271,6 +272,7 @@ qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 # inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and the
 # backward's warps.
 SHORT_TOKENS, ATTENTION_WARPS = 64, (4, 4)
+SHORT_MAX_TOKENS, SHORT_MAX_WIDTH = 64, 128  # what the kernel holds (at 128 tokens it failed on an H100, session L)
 
 
 @triton.jit
@@ -323,8 +325,9 @@ def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, N: tl.constexpr, H:
 def _attention_shapes(q):
     """B, H, N, DH and the row and column blocks (tl.dot takes dimensions of at least 16)."""
     B, H, N, DH = q.shape
-    if N > 64 or DH > 128:  # at 128 tokens it failed on an H100 (an illegal address, session L): not sent here
-        raise ValueError(f"short_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= 64 and Dh <= 128")
+    if N > SHORT_MAX_TOKENS or DH > SHORT_MAX_WIDTH:
+        raise ValueError(f"short_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= {SHORT_MAX_TOKENS} and "
+                         f"Dh <= {SHORT_MAX_WIDTH}")
     return B, H, N, DH, max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(DH))
 
 
@@ -376,9 +379,9 @@ def attention_from_env():
     if found is None:
         return
     env, v = found
-    if len(v) != 3 or not 0 <= v[0] <= 64 or min(v[1:]) < 1:
-        raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-64), forward warps, backward warps "
-                         "(e.g. 64,4,4)")
+    if len(v) != 3 or not 0 <= v[0] <= SHORT_MAX_TOKENS or min(v[1:]) < 1:
+        raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-{SHORT_MAX_TOKENS}), forward warps, "
+                         "backward warps (e.g. 64,4,4)")
     SHORT_TOKENS, ATTENTION_WARPS = v[0], (v[1], v[2])
 
 
@@ -435,8 +438,6 @@ def adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, 
     """One AdamW step over flat (contiguous) buffers: float32 master, moments; low-precision grads in, weights out;
     and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip divisor, or None) and ema_weight are
     0-d device tensors, read by the kernel (no host sync)."""
-    import math
-
     n = master.numel()
     _adamw_master_kernel[(triton.cdiv(n, ADAMW_BLOCK),)](
         master, weights, grads, exp_avg, exp_avg_sq, ema if ema is not None else master, n, lr, step,

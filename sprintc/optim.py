@@ -232,9 +232,10 @@ def float32_state_dict(model: nn.Module, optimizer, state: dict) -> dict:
     if not isinstance(optimizer, MasterAdamW):
         return state
     state = dict(state)
-    for name, p in model.named_parameters():
-        if id(p) in optimizer._master_of:
+    names, params = zip(*model.named_parameters())
+    for name, p, value in zip(names, params, optimizer.float32_params(params)):
+        if value is not p:
             if name not in state:
                 raise KeyError(f"float32_state_dict: parameter {name} is not in the state dict")
-            state[name] = optimizer._master_of[id(p)][1]
+            state[name] = value
     return state
