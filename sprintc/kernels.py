@@ -397,15 +397,80 @@ def use_kernels(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------- AdamW over flat buffers
+ADAMW_BLOCK, ADAMW_WARPS = 2048, 4  # elements and warps per program
+_TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+class GradientTable:
+    """Where each program of the AdamW and norm kernels finds its gradients: in the gradient tensors themselves, so
+    no step gathers them into a flat buffer first (a read and a write of every gradient). Tensor i has `sizes[i]`
+    elements and sits at `offsets[i]` of the flat buffers; blocks of BLOCK elements tile each tensor. `point(grads)`
+    hands the kernels the tensors' addresses: a small host-to-device copy, which a CUDA graph captures and replays."""
+
+    def __init__(self, sizes: list[int], offsets: list[int], device, block: int = ADAMW_BLOCK):
+        tensor, start = [], []
+        for i, n in enumerate(sizes):
+            starts = range(0, n, block)
+            tensor += [i] * len(starts)
+            start += starts
+        self.block, self.chunks, self.dtype = block, len(tensor), None
+        self.chunk_tensor = torch.tensor(tensor, dtype=torch.int32, device=device)
+        self.chunk_start = torch.tensor(start, dtype=torch.int64, device=device)
+        self.numel = torch.tensor(sizes, dtype=torch.int64, device=device)
+        self.offset = torch.tensor(offsets, dtype=torch.int64, device=device)
+        self.address = torch.zeros(len(sizes), dtype=torch.int64, device=device)
+        self.partial = torch.empty(self.chunks, dtype=torch.float32, device=device)
+        self._captured = []  # host tables that captured copies read at each replay: they live as long as this
+
+    def point(self, grads: list[torch.Tensor]):
+        """Take `grads` (contiguous, of one dtype and the sizes given) as the gradients the next kernels read."""
+        self.dtype = _TL_DTYPES[grads[0].dtype]
+        host = torch.tensor([g.data_ptr() for g in grads], dtype=torch.int64)
+        if self.address.is_cuda and torch.cuda.is_current_stream_capturing():
+            self._captured.append(host)
+        elif self.address.is_cuda:
+            host = host.pin_memory()  # an asynchronous copy, no wait for the GPU
+        self.address.copy_(host, non_blocking=True)
+
+    def args(self):
+        return self.chunk_tensor, self.chunk_start, self.address, self.numel, self.offset
+
+
 @triton.jit
-def _adamw_master_kernel(master, weights, grads, exp_avg, exp_avg_sq, ema, n, lr_ptr, step_ptr, scale_ptr, ema_w_ptr,
-                         beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay,
-                         HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+def _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's block: pointers into its gradient tensor, offsets into the flat buffers, and the mask."""
+    pid = tl.program_id(0)
+    lanes = tl.arange(0, BLOCK)
+    t = tl.load(chunk_tensor + pid)
+    start = tl.load(chunk_start + pid)
+    g_ptr = tl.load(address + t).to(tl.pointer_type(DTYPE)) + start + lanes
+    return g_ptr, tl.load(offset + t) + start + lanes, start + lanes < tl.load(numel + t)
+
+
+@triton.jit
+def _grad_sq_sum_kernel(chunk_tensor, chunk_start, address, numel, offset, partial, DTYPE: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    g_ptr, _, mask = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
+    g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32)
+    tl.store(partial + tl.program_id(0), tl.sum(g * g))
+
+
+def grad_norm(table: GradientTable) -> torch.Tensor:
+    """The 2-norm (float32) of the gradients `table` points at."""
+    _grad_sq_sum_kernel[(table.chunks,)](*table.args(), table.partial, DTYPE=table.dtype, BLOCK=table.block,
+                                         num_warps=ADAMW_WARPS)
+    return table.partial.sum().sqrt()
+
+
+@triton.jit
+def _adamw_master_kernel(master, weights, exp_avg, exp_avg_sq, ema, chunk_tensor, chunk_start, address, numel, offset,
+                         lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
+                         weight_decay, HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, DTYPE: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    g_ptr, offs, mask = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
     lr = tl.load(lr_ptr).to(tl.float32)
     step = tl.load(step_ptr).to(tl.float32)
-    g = tl.load(grads + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32)
     if HAS_SCALE:
         g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
     p = tl.load(master + offs, mask=mask, other=0.0)
@@ -430,17 +495,14 @@ def _adamw_master_kernel(master, weights, grads, exp_avg, exp_avg_sq, ema, n, lr
         tl.store(ema + offs, e, mask=mask)
 
 
-ADAMW_BLOCK, ADAMW_WARPS = 2048, 4  # elements and warps per program
-
-
-def adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay,
-                  ema=None, ema_weight=None):
-    """One AdamW step over flat (contiguous) buffers: float32 master, moments; low-precision grads in, weights out;
-    and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip divisor, or None) and ema_weight are
-    0-d device tensors, read by the kernel (no host sync)."""
-    n = master.numel()
-    _adamw_master_kernel[(triton.cdiv(n, ADAMW_BLOCK),)](
-        master, weights, grads, exp_avg, exp_avg_sq, ema if ema is not None else master, n, lr, step,
+def adamw_master_(master, weights, grads: GradientTable, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps,
+                  weight_decay, ema=None, ema_weight=None):
+    """One AdamW step: float32 master and moments (flat buffers), low-precision gradients in (where `grads` points),
+    the flat low-precision weights out; and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip
+    divisor, or None) and ema_weight are 0-d device tensors, read by the kernel (no host sync)."""
+    _adamw_master_kernel[(grads.chunks,)](
+        master, weights, exp_avg, exp_avg_sq, ema if ema is not None else master, *grads.args(), lr, step,
         scale if scale is not None else step, ema_weight if ema is not None else step,
         beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
-        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
+        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, DTYPE=grads.dtype, BLOCK=grads.block,
+        num_warps=ADAMW_WARPS)

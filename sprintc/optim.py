@@ -3,9 +3,9 @@
 Under bf16 autocast every forward casts each float32 matmul weight to bf16 (read 4 bytes, write 2), and the
 backward casts each bf16 weight gradient to float32 (read 2, write 4) before clipping and AdamW read it (4 bytes
 each). `MasterAdamW` keeps the weights and biases of the modules autocast runs in bf16 (Linear, Conv) as bf16
-parameters, views of one flat buffer, and their float32 values and moments in flat float32 buffers. A step gathers
-the bf16 gradients into one flat buffer, takes the clip norm over it, and one kernel updates the float32 master and
-the moments and writes the new bf16 weights.
+parameters, views of one flat buffer, and their float32 values and moments in flat float32 buffers. On CUDA a step
+reads the bf16 gradients where the backward left them (a table of their addresses, no gather into a flat buffer):
+one kernel takes the clip norm, one updates the float32 master and the moments and writes the new bf16 weights.
 
 What the model computes is autocast's: autocast rounds the same float32 weights to bf16, and the weight gradients
 come out of bf16 matmuls either way. The update is AdamW's, in float32 (torch's formula). Other parameters (norm
@@ -58,7 +58,7 @@ class MasterAdamW(torch.optim.Optimizer):
         self.exp_avg = torch.zeros_like(self.master)
         self.exp_avg_sq = torch.zeros_like(self.master)
         self.weights = torch.empty(n, dtype=dtype, device=dev)
-        self.grads = torch.empty(n, dtype=dtype, device=dev)
+        self._tables = {}
         self.step_count = torch.zeros((), dtype=torch.float32, device=dev)
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
         self.ema, self._ema_rest, self.ema_weight = None, [], torch.ones((), dtype=torch.float32, device=dev)
@@ -77,6 +77,17 @@ class MasterAdamW(torch.optim.Optimizer):
         for p in self.rest:
             self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
                              "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+
+    def _table(self, params):
+        """The GradientTable over these bf16 parameters' gradients (all of them, or those not frozen), built once."""
+        key = tuple(id(p) for p in params)
+        if key not in self._tables:
+            from sprintc.kernels import GradientTable
+
+            views = [self._master_of[id(p)][2] for p in params]
+            self._tables[key] = GradientTable([v.stop - v.start for v in views], [v.start for v in views],
+                                              self.master.device)
+        return self._tables[key]
 
     def restore(self):
         """Give the model its float32 parameters back (the masters), e.g. after training; no step after this."""
@@ -120,31 +131,36 @@ class MasterAdamW(torch.optim.Optimizer):
         g = self.param_groups[0]
         lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
         lr_t = lr if isinstance(lr, torch.Tensor) else self._lr.fill_(lr)
-        low_grads = [p.grad for p in self.low]
+        have = [p for p in self.low if p.grad is not None]  # all of them unless some are frozen
+        low_grads = [p.grad.contiguous() for p in have]
         rest = [p for p in self.rest if p.grad is not None]
-        complete = all(x is not None for x in low_grads)
-        if complete:
-            torch.cat([x.reshape(-1) for x in low_grads], out=self.grads)
+        table = self._table(have) if have and self.master.is_cuda else None
+        if table is not None:
+            from sprintc.kernels import adamw_master_, grad_norm  # imports triton: CUDA only
+
+            table.point(low_grads)
         norm = scale = None
         if max_norm > 0:
-            parts = ([torch.linalg.vector_norm(self.grads, dtype=torch.float32)] if complete else
-                     [torch.linalg.vector_norm(x, dtype=torch.float32) for x in low_grads if x is not None])
+            parts = [grad_norm(table)] if table is not None else [torch.linalg.vector_norm(x, dtype=torch.float32)
+                                                                  for x in low_grads]
             parts += [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in rest]
             norm = torch.linalg.vector_norm(torch.stack(parts))
             # clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); the update divides by its inverse
             scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
         self.step_count += 1
-        if complete:
-            _update(self.master, self.weights, self.grads, self.exp_avg, self.exp_avg_sq, lr_t, self.step_count,
-                    scale, beta1, beta2, eps, wd, self.ema, self.ema_weight)
-        else:  # some bf16 weights have no gradient (frozen): the others one by one, then the EMA
-            for p, x in zip(self.low, low_grads):
-                if x is not None:
-                    st = self.state[p]
-                    _update(self._master_of[id(p)][1], p.data, x.contiguous(), st["exp_avg"], st["exp_avg_sq"], lr_t,
-                            self.step_count, scale, beta1, beta2, eps, wd)
-            if self.ema is not None:
-                self.ema.lerp_(self.master, self.ema_weight)
+        hp = (lr_t, self.step_count, scale, beta1, beta2, eps, wd)
+        if table is not None:  # one kernel reads every gradient where it lies (and updates their EMA)
+            adamw_master_(self.master, self.weights, table, self.exp_avg, self.exp_avg_sq, *hp, self.ema,
+                          self.ema_weight)
+        else:  # the same arithmetic in torch ops, parameter by parameter (CPU)
+            for p, x in zip(have, low_grads):
+                st = self.state[p]
+                _update(self._master_of[id(p)][1], p.data, x, st["exp_avg"], st["exp_avg_sq"], *hp)
+        missed = self.low if table is None else [p for p in self.low if p.grad is None]
+        if self.ema is not None and missed:
+            views = [self._master_of[id(p)][2] for p in missed]
+            torch._foreach_lerp_([self.ema[v] for v in views], [self.master[v] for v in views],
+                                 [self.ema_weight] * len(views))
         if rest:
             grads = [p.grad for p in rest]
             if scale is not None:
@@ -190,14 +206,9 @@ class MasterAdamW(torch.optim.Optimizer):
                 (self.step_count if id(p) in low_ids else self.state[p]["step"]).copy_(step)
 
 
-def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd, ema=None,
-            ema_weight=None):
-    if master.is_cuda:
-        from sprintc.kernels import adamw_master_
-
-        return adamw_master_(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd,
-                             ema, ema_weight)
-    # the same arithmetic in torch ops, in the order of torch's foreach AdamW (CPU)
+def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd):
+    """The kernel's arithmetic in torch ops, in the order of torch's foreach AdamW: the CPU step and the tests'
+    reference."""
     g = grads.float() if scale is None else grads.float() / scale
     lr, step = float(lr), float(step)
     master.mul_(1 - lr * wd)
@@ -206,8 +217,6 @@ def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1,
     denom = exp_avg_sq.sqrt().div_((1 - beta2 ** step) ** 0.5).add_(eps)
     master.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1 ** step))
     weights.copy_(master)
-    if ema is not None:
-        ema.lerp_(master, ema_weight)
 
 
 def adamw_for(model: nn.Module, train_spec, lr, device: torch.device, *, master: bool, capturable: bool = False):

@@ -153,27 +153,38 @@ def test_a_model_without_linear_layers_is_refused_and_training_takes_adamw_for_i
 
 KERNEL_CHECK = textwrap.dedent("""
     import torch
-    from sprintc.kernels import adamw_master_
+    from sprintc.kernels import GradientTable, adamw_master_, grad_norm
     from sprintc.optim import _update
 
     g = torch.Generator().manual_seed(0)
-    n = 5000  # not a multiple of the kernel's block
+    # gradients of sizes around the block (2,048), read in place; the flat buffers hold them at `offsets`
+    sizes = (1000, 2049, 4096, 7)
+    offsets = (0, 1000, 3049, 7145)
+    n = 7152
+    grads = [torch.randn(k, generator=g).to(torch.bfloat16) for k in sizes]
+    flat_grads = torch.cat(grads)
+    table = GradientTable(list(sizes), list(offsets), "cpu")
+    table.point(grads)
+    torch.testing.assert_close(grad_norm(table), flat_grads.float().norm(), rtol=1e-6, atol=0)
     for scale in (None, torch.tensor(2.5)):
         for wd in (0.0, 0.05):
-            bufs = [torch.randn(n, generator=g), torch.randn(n, generator=g).to(torch.bfloat16)]
+            master = torch.randn(n, generator=g)
             m, v = torch.randn(n, generator=g) * 0.1, torch.rand(n, generator=g) * 0.01
             ema = torch.randn(n, generator=g)
-            ref = [bufs[0].clone(), torch.empty(n, dtype=torch.bfloat16), bufs[1], m.clone(), v.clone()]
-            got = [bufs[0].clone(), torch.empty(n, dtype=torch.bfloat16), bufs[1], m.clone(), v.clone()]
+            ref = [master.clone(), torch.empty(n, dtype=torch.bfloat16), flat_grads, m.clone(), v.clone()]
+            got = [master.clone(), torch.empty(n, dtype=torch.bfloat16), table, m.clone(), v.clone()]
             lr, step = torch.tensor(3e-3), torch.tensor(7.0)
+            _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd)
             # with an EMA (weights either side of torch.lerp's switch at 0.5) and without
-            ema_w = (torch.tensor(0.3 if wd else 0.7), ema.clone(), ema.clone()) if scale is None else (None, None, None)
-            _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd, ema_w[1], ema_w[0])
-            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, ema_w[2], ema_w[0])
-            if ema_w[0] is not None:
-                ref.append(ema_w[1])
-                got.append(ema_w[2])
-            for a, b in zip(got, ref):
+            ema_w = torch.tensor(0.3 if wd else 0.7) if scale is None else None
+            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, ema.clone() if ema_w is not None else None, ema_w)
+            if ema_w is not None:
+                got_ema = ema.clone()
+                adamw_master_(master.clone(), torch.empty(n, dtype=torch.bfloat16), table, m.clone(), v.clone(), lr,
+                              step, scale, 0.9, 0.999, 1e-8, wd, got_ema, ema_w)
+                torch.testing.assert_close(got_ema, ema.lerp(ref[0], ema_w), rtol=1e-6, atol=1e-6)
+            for i in (0, 1, 3, 4):
+                a, b = got[i], ref[i]
                 # the interpreter rounds float32 to bf16 toward zero (a GPU to nearest: tests/test_cuda.py)
                 tol = dict(rtol=2 ** -7, atol=0) if a.dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
                 torch.testing.assert_close(a.float(), b.float(), **tol)
