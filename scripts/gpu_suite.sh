@@ -47,8 +47,8 @@
 #   m4 (`sprintc train` with the EMA in the optimizer's kernel against BASE, the CUDA tests), m5 (the CUDA tests at the
 #   last commit, the AdamW kernel alone, the step as shipped and the anchor), m6 (a launch per large weight against BASE),
 #   m7 (the CUDA, kernel and optimizer tests at the last commit).
-# Session N's (one H100): n1 (MasterAdamW reading the gradients in place: CUDA tests, its kernels alone, the step at 128
-#   against BASE), n2 (batch 64 / 32 against BASE, the sampling step, the anchor at 128 and 64).
+# Session N's (one H100): n1 (MasterAdamW reading the gradients in place: CUDA tests, its kernels alone, the step at
+#   128 / 64 / 32 against BASE, the anchor at 128), n2 (the sampling step, the anchor at 64).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -758,7 +758,8 @@ elif [ "$PHASE" = m7 ]; then  # session M, one H100: the CUDA, kernel and optimi
   versions
   piece pytest_cuda 300 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = n1 ]; then  # session N, one H100: the CUDA tests of MasterAdamW (gradients read in place); its kernels
-  # alone; the step at 128 against the wheel of BASE (gathered gradients), alternating, one Inductor cache each
+  # alone; the step at 128, 64 and 32 against the wheel of BASE (gathered gradients), alternating, one Inductor cache
+  # each; the anchor at 128
   gpu_info
   versions
   piece pytest_cuda 200 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_optim.py" -k "master or cuda_graph_training or adamw" -p no:cacheprovider --rootdir "$REPO"
@@ -768,15 +769,13 @@ elif [ "$PHASE" = n1 ]; then  # session N, one H100: the CUDA tests of MasterAda
     ab_bench base "n1_base_$r" 100 --batch 128 --modes $TMODES --parts train $([ $r = 2 ] && echo --graphs routed) --json "$W/n1_base_$r.json"
     ab_bench new "n1_new_$r" 100 --batch 128 --modes $TMODES --parts train $([ $r = 2 ] && echo --graphs routed) --json "$W/n1_new_$r.json"
   done
-elif [ "$PHASE" = n2 ]; then  # session N, one H100: batch 64 and 32 against the wheel of BASE; the anchor at 128 and 64;
-  # the sampling step (CFG, PDG) at 128
+  ab_bench base n1_base_64_32 90 --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/n1_base_64_32.json"
+  ab_bench new n1_new_64_32 90 --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/n1_new_64_32.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = n2 ]; then  # session N, one H100: the sampling step (CFG, PDG) at 128; the anchor at 64
   gpu_info
   versions
-  base_wheel
-  ab_bench base n2_base_64_32 110 --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/n2_base_64_32.json"
-  ab_bench new n2_new_64_32 110 --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/n2_new_64_32.json"
   piece n2_sample 90 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/n2_sample.json"
-  [ $TINY = 0 ] && piece anchor_b128 110 0 $(anchor 128)
   [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to

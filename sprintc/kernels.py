@@ -404,10 +404,13 @@ _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.floa
 class GradientTable:
     """Where each program of the AdamW and norm kernels finds its gradients: in the gradient tensors themselves, so
     no step gathers them into a flat buffer first (a read and a write of every gradient). Tensor i has `sizes[i]`
-    elements and sits at `offsets[i]` of the flat buffers; blocks of BLOCK elements tile each tensor. `point(grads)`
-    hands the kernels the tensors' addresses: a small host-to-device copy, which a CUDA graph captures and replays."""
+    elements and sits at `offsets[i]` (a multiple of 16) of the flat buffers; blocks of BLOCK elements tile each
+    tensor. `point(grads)` hands the kernels the tensors' addresses: a small host-to-device copy, which a CUDA graph
+    captures and replays (from pinned memory set aside for it, kept as long as the table)."""
 
     def __init__(self, sizes: list[int], offsets: list[int], device, block: int = ADAMW_BLOCK):
+        if any(o % 16 for o in offsets):
+            raise ValueError("GradientTable: offsets must be multiples of 16 elements (sprintc.optim.ALIGN)")
         tensor, start = [], []
         for i, n in enumerate(sizes):
             starts = range(0, n, block)
@@ -420,16 +423,26 @@ class GradientTable:
         self.offset = torch.tensor(offsets, dtype=torch.int64, device=device)
         self.address = torch.zeros(len(sizes), dtype=torch.int64, device=device)
         self.partial = torch.empty(self.chunks, dtype=torch.float32, device=device)
-        self._captured = []  # host tables that captured copies read at each replay: they live as long as this
+        self._grads, self._spare, self._captured = [], None, []
 
-    def point(self, grads: list[torch.Tensor]):
-        """Take `grads` (contiguous, of one dtype and the sizes given) as the gradients the next kernels read."""
+    def point(self, grads: list[torch.Tensor]) -> None:
+        """Take `grads` (of one dtype and the sizes given) as the gradients the next kernels read."""
+        # 16-byte aligned and contiguous, as the kernels assume; kept alive until the next call
+        self._grads = [g if g.is_contiguous() and g.data_ptr() % 16 == 0 else g.clone(memory_format=torch.contiguous_format)
+                       for g in grads]
         self.dtype = _TL_DTYPES[grads[0].dtype]
-        host = torch.tensor([g.data_ptr() for g in grads], dtype=torch.int64)
-        if self.address.is_cuda and torch.cuda.is_current_stream_capturing():
+        addresses = torch.tensor([g.data_ptr() for g in self._grads], dtype=torch.int64)
+        cuda = self.address.is_cuda
+        if cuda and torch.cuda.is_current_stream_capturing():
+            if self._spare is None:
+                raise RuntimeError("GradientTable: a CUDA graph capture needs an uncaptured step before it (which sets "
+                                   "pinned memory aside for the capture)")
+            host, self._spare = self._spare.copy_(addresses), None  # the graph copies it at each replay: kept
             self._captured.append(host)
-        elif self.address.is_cuda:
-            host = host.pin_memory()  # an asynchronous copy, no wait for the GPU
+        else:
+            if cuda and self._spare is None:  # pinned memory for the next capture (not allocatable during one)
+                self._spare = torch.empty_like(addresses).pin_memory()
+            host = addresses.pin_memory() if cuda else addresses  # an asynchronous copy, no wait for the GPU
         self.address.copy_(host, non_blocking=True)
 
     def args(self):
@@ -438,20 +451,41 @@ class GradientTable:
 
 @triton.jit
 def _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's block: pointers into its gradient tensor, offsets into the flat buffers, and the mask."""
+    """This program's block: pointers into its gradient tensor, offsets into the flat buffers, and how many of the
+    tensor's elements are left from the block's start (at least BLOCK: the block is full)."""
     pid = tl.program_id(0)
     lanes = tl.arange(0, BLOCK)
     t = tl.load(chunk_tensor + pid)
-    start = tl.load(chunk_start + pid)
-    g_ptr = tl.load(address + t).to(tl.pointer_type(DTYPE)) + start + lanes
-    return g_ptr, tl.load(offset + t) + start + lanes, start + lanes < tl.load(numel + t)
+    start = tl.multiple_of(tl.load(chunk_start + pid), BLOCK)
+    base = tl.multiple_of(tl.load(address + t).to(tl.pointer_type(DTYPE)), 16)  # 16-byte aligned (point)
+    flat = tl.multiple_of(tl.load(offset + t), 16)  # (GradientTable checks it)
+    return base + start + lanes, flat + start + lanes, tl.load(numel + t) - start
+
+
+@triton.jit
+def _load(ptr, mask, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(ptr, mask=mask, other=0.0)
+    else:
+        return tl.load(ptr)
+
+
+@triton.jit
+def _store(ptr, value, mask, MASKED: tl.constexpr):
+    if MASKED:
+        tl.store(ptr, value, mask=mask)
+    else:
+        tl.store(ptr, value)
 
 
 @triton.jit
 def _grad_sq_sum_kernel(chunk_tensor, chunk_start, address, numel, offset, partial, DTYPE: tl.constexpr,
                         BLOCK: tl.constexpr):
-    g_ptr, _, mask = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
-    g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32)
+    g_ptr, _, left = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
+    if left >= BLOCK:  # a full block: unmasked, vectorised loads
+        g = _load(g_ptr, None, False).to(tl.float32)
+    else:
+        g = _load(g_ptr, tl.arange(0, BLOCK) < left, True).to(tl.float32)
     tl.store(partial + tl.program_id(0), tl.sum(g * g))
 
 
@@ -467,15 +501,28 @@ def _adamw_master_kernel(master, weights, exp_avg, exp_avg_sq, ema, chunk_tensor
                          lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                          weight_decay, HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, DTYPE: tl.constexpr,
                          BLOCK: tl.constexpr):
-    g_ptr, offs, mask = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
+    g_ptr, offs, left = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
+    if left >= BLOCK:  # a full block: unmasked, vectorised loads and stores
+        _adamw_block(master, weights, exp_avg, exp_avg_sq, ema, g_ptr, offs, lr_ptr, step_ptr, scale_ptr, ema_w_ptr,
+                     beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay, None, False, HAS_SCALE, HAS_EMA)
+    else:
+        _adamw_block(master, weights, exp_avg, exp_avg_sq, ema, g_ptr, offs, lr_ptr, step_ptr, scale_ptr, ema_w_ptr,
+                     beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay, tl.arange(0, BLOCK) < left, True,
+                     HAS_SCALE, HAS_EMA)
+
+
+@triton.jit
+def _adamw_block(master, weights, exp_avg, exp_avg_sq, ema, g_ptr, offs, lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1,
+                 beta2, log2_beta1, log2_beta2, eps, weight_decay, mask, MASKED: tl.constexpr, HAS_SCALE: tl.constexpr,
+                 HAS_EMA: tl.constexpr):
     lr = tl.load(lr_ptr).to(tl.float32)
     step = tl.load(step_ptr).to(tl.float32)
-    g = tl.load(g_ptr, mask=mask, other=0.0).to(tl.float32)
+    g = _load(g_ptr, mask, MASKED).to(tl.float32)
     if HAS_SCALE:
         g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
-    p = tl.load(master + offs, mask=mask, other=0.0)
-    m = tl.load(exp_avg + offs, mask=mask, other=0.0)
-    v = tl.load(exp_avg_sq + offs, mask=mask, other=0.0)
+    p = _load(master + offs, mask, MASKED)
+    m = _load(exp_avg + offs, mask, MASKED)
+    v = _load(exp_avg_sq + offs, mask, MASKED)
     # torch's AdamW: decay, lerp the first moment, then the step over the bias-corrected second moment
     p = p * (1.0 - lr * weight_decay)
     m = m + (1.0 - beta1) * (g - m)
@@ -484,15 +531,15 @@ def _adamw_master_kernel(master, weights, exp_avg, exp_avg_sq, ema, chunk_tensor
     bias2 = 1.0 - tl.exp2(step * log2_beta2)
     denom = tl.div_rn(tl.sqrt_rn(v), tl.sqrt_rn(bias2)) + eps
     p = p - tl.div_rn(lr, bias1) * tl.div_rn(m, denom)
-    tl.store(master + offs, p, mask=mask)
-    tl.store(exp_avg + offs, m, mask=mask)
-    tl.store(exp_avg_sq + offs, v, mask=mask)
-    tl.store(weights + offs, p.to(weights.dtype.element_ty), mask=mask)
+    _store(master + offs, p, mask, MASKED)
+    _store(exp_avg + offs, m, mask, MASKED)
+    _store(exp_avg_sq + offs, v, mask, MASKED)
+    _store(weights + offs, p.to(weights.dtype.element_ty), mask, MASKED)
     if HAS_EMA:  # the EMA of the new master, as torch.lerp computes it
         w = tl.load(ema_w_ptr).to(tl.float32)
-        e = tl.load(ema + offs, mask=mask, other=0.0)
+        e = _load(ema + offs, mask, MASKED)
         e = tl.where(w < 0.5, e + w * (p - e), p - (p - e) * (1.0 - w))
-        tl.store(ema + offs, e, mask=mask)
+        _store(ema + offs, e, mask, MASKED)
 
 
 def adamw_master_(master, weights, grads: GradientTable, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps,

@@ -23,6 +23,11 @@ import torch.nn as nn
 from torch.optim.adamw import adamw
 
 LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ALIGN = 16  # elements: each parameter's place in the flat buffers is a multiple (vectorised loads; kernels.GradientTable)
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
 def low_precision_params(model: nn.Module) -> list[nn.Parameter]:
@@ -53,11 +58,11 @@ class MasterAdamW(torch.optim.Optimizer):
         low_ids = {id(p) for p in self.low}
         self.rest = [p for p in params if id(p) not in low_ids]
         dev = self.low[0].device
-        n = sum(p.numel() for p in self.low)
-        self.master = torch.empty(n, dtype=torch.float32, device=dev)
+        n = sum(_aligned(p.numel()) for p in self.low)
+        self.master = torch.zeros(n, dtype=torch.float32, device=dev)
         self.exp_avg = torch.zeros_like(self.master)
         self.exp_avg_sq = torch.zeros_like(self.master)
-        self.weights = torch.empty(n, dtype=dtype, device=dev)
+        self.weights = torch.zeros(n, dtype=dtype, device=dev)
         self._tables = {}
         self.step_count = torch.zeros((), dtype=torch.float32, device=dev)
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
@@ -67,7 +72,7 @@ class MasterAdamW(torch.optim.Optimizer):
         with torch.no_grad():
             for p in self.low:
                 view = slice(off, off + p.numel())
-                off += p.numel()
+                off += _aligned(p.numel())
                 self.master[view].copy_(p.reshape(-1))
                 self.weights[view].copy_(self.master[view])  # rounded as autocast rounds
                 p.data = self.weights[view].view(p.shape)
