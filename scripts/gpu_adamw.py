@@ -13,8 +13,9 @@ import sprintc.kernels as K
 D, dev = 1152, "cuda"
 shapes = [(3 * D, D), (3 * D,), (D, D), (D,), (4 * D, D), (4 * D,), (D, 4 * D), (D,), (6 * D, D), (6 * D,)] * 28
 sizes = [torch.Size(s).numel() for s in shapes]
-offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-N = sum(sizes)
+padded = [-(-k // K.ADAMW_BLOCK) * K.ADAMW_BLOCK for k in sizes]  # MasterAdamW's layout
+offsets = [sum(padded[:i]) for i in range(len(sizes))]
+N = sum(padded)
 master, m, v, ema = (torch.randn(N, device=dev) * 0.01 for _ in range(4))
 v.abs_()
 weights = torch.empty(N, device=dev, dtype=torch.bfloat16)
@@ -23,8 +24,8 @@ flat = torch.empty(N, device=dev, dtype=torch.bfloat16)
 lr, step, ema_w = (torch.tensor(x, device=dev) for x in (1e-4, 10.0, 1e-4))
 in_place = K.GradientTable(sizes, offsets, dev)
 in_place.point(grads)
-gathered = K.GradientTable([N], [0], dev)
-gathered.point([flat])
+gathered = K.GradientTable([sum(sizes)], [0], dev)  # one flat tensor, as up to session M
+gathered.point([flat[:sum(sizes)]])
 
 
 def timed(fn, reps=20):
@@ -47,8 +48,8 @@ def step_in_place(with_ema):
                     ema if with_ema else None, ema_w if with_ema else None)
 
 
-def step_gathered(with_ema):
-    torch.cat(grads, out=flat)
+def step_gathered(with_ema):  # as up to session M (whose kernel indexed the flat buffer without a table)
+    torch.cat(grads, out=flat[:sum(sizes)])
     scale = torch.clamp(torch.linalg.vector_norm(flat, dtype=torch.float32) / 1.0, min=1.0)
     K.adamw_master_(master, weights, gathered, m, v, lr, step, scale, 0.9, 0.999, 1e-8, 0.0,
                     ema if with_ema else None, ema_w if with_ema else None)
@@ -65,11 +66,15 @@ rows.append(dict(code="AdamW kernel alone (in place)", tb_s=None,
                  ms=round(timed(lambda: K.adamw_master_(master, weights, in_place, m, v, lr, step, None, 0.9, 0.999,
                                                         1e-8, 0.0)), 3)))
 rows[-1]["tb_s"] = round(N * 28 / rows[-1]["ms"] / 1e9, 2)
-rows.append(dict(code="torch.cat of the gradients alone", ms=round(timed(lambda: torch.cat(grads, out=flat)), 3)))
-for r in rows[-3:]:
+one = torch.tensor(1.5, device=dev)
+rows.append(dict(code="AdamW kernel alone (in place), with the clip's divisor",
+                 ms=round(timed(lambda: K.adamw_master_(master, weights, in_place, m, v, lr, step, one, 0.9, 0.999,
+                                                        1e-8, 0.0)), 3)))
+rows.append(dict(code="torch.cat of the gradients alone", ms=round(timed(lambda: torch.cat(grads, out=flat[:sum(sizes)])), 3)))
+for r in rows[-4:]:
     print(r, flush=True)
 del ema, weights, flat
-g32 = [torch.cat(grads).float()]
+g32 = [torch.cat(grads + [torch.zeros(N - sum(sizes), device=dev, dtype=torch.bfloat16)]).float()]
 del grads
 opt_state = ([m], [v], [torch.zeros((), device=dev)])
 ms = timed(lambda: torch._fused_adamw_([master], g32, opt_state[0], opt_state[1], [], opt_state[2], lr=lr, beta1=0.9,

@@ -30,6 +30,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from sprintc.optim import ADAMW_BLOCK
+
 
 @triton.jit
 def _rotate(y, T: tl.constexpr, BLOCK_H: tl.constexpr, W: tl.constexpr):
@@ -397,30 +399,33 @@ def use_kernels(model: torch.nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------------- AdamW over flat buffers
-ADAMW_BLOCK, ADAMW_WARPS = 2048, 4  # elements and warps per program
+ADAMW_WARPS = 4  # warps per program of ADAMW_BLOCK elements
 _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
 class GradientTable:
     """Where each program of the AdamW and norm kernels finds its gradients: in the gradient tensors themselves, so
     no step gathers them into a flat buffer first (a read and a write of every gradient). Tensor i has `sizes[i]`
-    elements and sits at `offsets[i]` (a multiple of 16) of the flat buffers; blocks of BLOCK elements tile each
-    tensor. `point(grads)` hands the kernels the tensors' addresses: a small host-to-device copy, which a CUDA graph
-    captures and replays (from pinned memory set aside for it, kept as long as the table)."""
+    elements and starts at `offsets[i]` of the flat buffers, a multiple of ADAMW_BLOCK: each program's block of the flat
+    buffers lies in one tensor (its tail in the padding, which the kernels fill with zero gradients). `point(grads)`
+    hands the kernels each block's gradient address: a small host-to-device copy and two index ops, which a CUDA graph
+    captures and replays (the copy from pinned memory set aside for it, kept as long as the table)."""
 
-    def __init__(self, sizes: list[int], offsets: list[int], device, block: int = ADAMW_BLOCK):
-        if any(o % 16 for o in offsets):
-            raise ValueError("GradientTable: offsets must be multiples of 16 elements (sprintc.optim.ALIGN)")
-        tensor, start = [], []
-        for i, n in enumerate(sizes):
-            starts = range(0, n, block)
+    def __init__(self, sizes: list[int], offsets: list[int], device):
+        if any(o % ADAMW_BLOCK for o in offsets):
+            raise ValueError(f"GradientTable: offsets must be multiples of ADAMW_BLOCK ({ADAMW_BLOCK})")
+        tensor, start, block = [], [], []
+        for i, (n, o) in enumerate(zip(sizes, offsets)):
+            starts = range(0, n, ADAMW_BLOCK)
             tensor += [i] * len(starts)
             start += starts
-        self.block, self.chunks, self.dtype = block, len(tensor), None
-        self.chunk_tensor = torch.tensor(tensor, dtype=torch.int32, device=device)
-        self.chunk_start = torch.tensor(start, dtype=torch.int64, device=device)
-        self.numel = torch.tensor(sizes, dtype=torch.int64, device=device)
-        self.offset = torch.tensor(offsets, dtype=torch.int64, device=device)
+            block += [(o + s) // ADAMW_BLOCK for s in starts]
+        self.chunks, self.dense, self.dtype = len(tensor), block == list(range(len(block))), None
+        as_tensor = lambda x, dt: torch.tensor(x, dtype=dt, device=device)  # noqa: E731
+        self.chunk_tensor, self.chunk_start = as_tensor(tensor, torch.int64), as_tensor(start, torch.int64)
+        self.chunk_block = as_tensor(block, torch.int32)
+        self.chunk_left = as_tensor([min(ADAMW_BLOCK, sizes[t] - s) for t, s in zip(tensor, start)], torch.int32)
+        self.chunk_address = torch.zeros(self.chunks, dtype=torch.int64, device=device)
         self.address = torch.zeros(len(sizes), dtype=torch.int64, device=device)
         self.partial = torch.empty(self.chunks, dtype=torch.float32, device=device)
         self._grads, self._spare, self._captured = [], None, []
@@ -444,85 +449,59 @@ class GradientTable:
                 self._spare = torch.empty_like(addresses).pin_memory()
             host = addresses.pin_memory() if cuda else addresses  # an asynchronous copy, no wait for the GPU
         self.address.copy_(host, non_blocking=True)
+        torch.add(self.address[self.chunk_tensor], self.chunk_start, alpha=grads[0].element_size(),
+                  out=self.chunk_address)
 
     def args(self):
-        return self.chunk_tensor, self.chunk_start, self.address, self.numel, self.offset
+        return self.chunk_block, self.chunk_address, self.chunk_left
 
 
 @triton.jit
-def _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's block: pointers into its gradient tensor, offsets into the flat buffers, and how many of the
-    tensor's elements are left from the block's start (at least BLOCK: the block is full)."""
+def _load_grads(chunk_block, chunk_address, chunk_left, DTYPE: tl.constexpr, DENSE: tl.constexpr,
+                BLOCK: tl.constexpr):
+    """This program's gradients as float32 (zeros past the tensor's end) and its offsets in the flat buffers."""
     pid = tl.program_id(0)
     lanes = tl.arange(0, BLOCK)
-    t = tl.load(chunk_tensor + pid)
-    start = tl.multiple_of(tl.load(chunk_start + pid), BLOCK)
-    base = tl.multiple_of(tl.load(address + t).to(tl.pointer_type(DTYPE)), 16)  # 16-byte aligned (point)
-    flat = tl.multiple_of(tl.load(offset + t), 16)  # (GradientTable checks it)
-    return base + start + lanes, flat + start + lanes, tl.load(numel + t) - start
+    if DENSE:  # the blocks of every tensor, in order: program i has block i
+        block = pid.to(tl.int64)
+    else:
+        block = tl.load(chunk_block + pid).to(tl.int64)
+    g_ptr = tl.multiple_of(tl.load(chunk_address + pid).to(tl.pointer_type(DTYPE)), 16) + lanes  # aligned (point)
+    left = tl.load(chunk_left + pid)
+    if left == BLOCK:  # a whole block: unmasked, vectorised loads
+        g = tl.load(g_ptr).to(tl.float32)
+    else:
+        g = tl.load(g_ptr, mask=lanes < left, other=0.0).to(tl.float32)
+    return g, block * BLOCK + lanes
 
 
 @triton.jit
-def _load(ptr, mask, MASKED: tl.constexpr):
-    if MASKED:
-        return tl.load(ptr, mask=mask, other=0.0)
-    else:
-        return tl.load(ptr)
-
-
-@triton.jit
-def _store(ptr, value, mask, MASKED: tl.constexpr):
-    if MASKED:
-        tl.store(ptr, value, mask=mask)
-    else:
-        tl.store(ptr, value)
-
-
-@triton.jit
-def _grad_sq_sum_kernel(chunk_tensor, chunk_start, address, numel, offset, partial, DTYPE: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    g_ptr, _, left = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
-    if left >= BLOCK:  # a full block: unmasked, vectorised loads
-        g = _load(g_ptr, None, False).to(tl.float32)
-    else:
-        g = _load(g_ptr, tl.arange(0, BLOCK) < left, True).to(tl.float32)
+def _grad_sq_sum_kernel(chunk_block, chunk_address, chunk_left, partial, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    g, _ = _load_grads(chunk_block, chunk_address, chunk_left, DTYPE, True, BLOCK)
     tl.store(partial + tl.program_id(0), tl.sum(g * g))
 
 
 def grad_norm(table: GradientTable) -> torch.Tensor:
     """The 2-norm (float32) of the gradients `table` points at."""
-    _grad_sq_sum_kernel[(table.chunks,)](*table.args(), table.partial, DTYPE=table.dtype, BLOCK=table.block,
+    _grad_sq_sum_kernel[(table.chunks,)](*table.args(), table.partial, DTYPE=table.dtype, BLOCK=ADAMW_BLOCK,
                                          num_warps=ADAMW_WARPS)
     return table.partial.sum().sqrt()
 
 
 @triton.jit
-def _adamw_master_kernel(master, weights, exp_avg, exp_avg_sq, ema, chunk_tensor, chunk_start, address, numel, offset,
+def _adamw_master_kernel(master, weights, exp_avg, exp_avg_sq, ema, chunk_block, chunk_address, chunk_left,
                          lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                          weight_decay, HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, DTYPE: tl.constexpr,
-                         BLOCK: tl.constexpr):
-    g_ptr, offs, left = _grad_block(chunk_tensor, chunk_start, address, numel, offset, DTYPE, BLOCK)
-    if left >= BLOCK:  # a full block: unmasked, vectorised loads and stores
-        _adamw_block(master, weights, exp_avg, exp_avg_sq, ema, g_ptr, offs, lr_ptr, step_ptr, scale_ptr, ema_w_ptr,
-                     beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay, None, False, HAS_SCALE, HAS_EMA)
-    else:
-        _adamw_block(master, weights, exp_avg, exp_avg_sq, ema, g_ptr, offs, lr_ptr, step_ptr, scale_ptr, ema_w_ptr,
-                     beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay, tl.arange(0, BLOCK) < left, True,
-                     HAS_SCALE, HAS_EMA)
-
-
-@triton.jit
-def _adamw_block(master, weights, exp_avg, exp_avg_sq, ema, g_ptr, offs, lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1,
-                 beta2, log2_beta1, log2_beta2, eps, weight_decay, mask, MASKED: tl.constexpr, HAS_SCALE: tl.constexpr,
-                 HAS_EMA: tl.constexpr):
+                         DENSE: tl.constexpr, BLOCK: tl.constexpr):
+    # the flat buffers' blocks are whole (padded to BLOCK): only the gradients' loads may be masked
+    g, offs = _load_grads(chunk_block, chunk_address, chunk_left, DTYPE, DENSE, BLOCK)
     lr = tl.load(lr_ptr).to(tl.float32)
     step = tl.load(step_ptr).to(tl.float32)
-    g = _load(g_ptr, mask, MASKED).to(tl.float32)
     if HAS_SCALE:
         g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
-    p = _load(master + offs, mask, MASKED)
-    m = _load(exp_avg + offs, mask, MASKED)
-    v = _load(exp_avg_sq + offs, mask, MASKED)
+    p = tl.load(master + offs)
+    m = tl.load(exp_avg + offs)
+    v = tl.load(exp_avg_sq + offs)
     # torch's AdamW: decay, lerp the first moment, then the step over the bias-corrected second moment
     p = p * (1.0 - lr * weight_decay)
     m = m + (1.0 - beta1) * (g - m)
@@ -531,25 +510,25 @@ def _adamw_block(master, weights, exp_avg, exp_avg_sq, ema, g_ptr, offs, lr_ptr,
     bias2 = 1.0 - tl.exp2(step * log2_beta2)
     denom = tl.div_rn(tl.sqrt_rn(v), tl.sqrt_rn(bias2)) + eps
     p = p - tl.div_rn(lr, bias1) * tl.div_rn(m, denom)
-    _store(master + offs, p, mask, MASKED)
-    _store(exp_avg + offs, m, mask, MASKED)
-    _store(exp_avg_sq + offs, v, mask, MASKED)
-    _store(weights + offs, p.to(weights.dtype.element_ty), mask, MASKED)
+    tl.store(master + offs, p)
+    tl.store(exp_avg + offs, m)
+    tl.store(exp_avg_sq + offs, v)
+    tl.store(weights + offs, p.to(weights.dtype.element_ty))
     if HAS_EMA:  # the EMA of the new master, as torch.lerp computes it
         w = tl.load(ema_w_ptr).to(tl.float32)
-        e = _load(ema + offs, mask, MASKED)
+        e = tl.load(ema + offs)
         e = tl.where(w < 0.5, e + w * (p - e), p - (p - e) * (1.0 - w))
-        _store(ema + offs, e, mask, MASKED)
+        tl.store(ema + offs, e)
 
 
 def adamw_master_(master, weights, grads: GradientTable, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps,
                   weight_decay, ema=None, ema_weight=None):
-    """One AdamW step: float32 master and moments (flat buffers), low-precision gradients in (where `grads` points),
-    the flat low-precision weights out; and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip
+    """One AdamW step: float32 master and moments (flat buffers padded as GradientTable says, the padding zeros),
+    low-precision gradients in (where `grads` points), the flat low-precision weights out; and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip
     divisor, or None) and ema_weight are 0-d device tensors, read by the kernel (no host sync)."""
     _adamw_master_kernel[(grads.chunks,)](
         master, weights, exp_avg, exp_avg_sq, ema if ema is not None else master, *grads.args(), lr, step,
         scale if scale is not None else step, ema_weight if ema is not None else step,
         beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
-        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, DTYPE=grads.dtype, BLOCK=grads.block,
-        num_warps=ADAMW_WARPS)
+        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, DTYPE=grads.dtype, DENSE=grads.dense,
+        BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)

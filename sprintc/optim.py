@@ -23,11 +23,13 @@ import torch.nn as nn
 from torch.optim.adamw import adamw
 
 LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-ALIGN = 16  # elements: each parameter's place in the flat buffers is a multiple (vectorised loads; kernels.GradientTable)
+# elements per program of the AdamW kernel; each parameter's place in the flat buffers starts at a multiple of it, so that
+# a program's block lies in one parameter (kernels.GradientTable); the padding between stays zero
+ADAMW_BLOCK = 2048
 
 
 def _aligned(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+    return -(-n // ADAMW_BLOCK) * ADAMW_BLOCK
 
 
 def low_precision_params(model: nn.Module) -> list[nn.Parameter]:
@@ -106,7 +108,7 @@ class MasterAdamW(torch.optim.Optimizer):
         pairs = list(zip(ema.parameters(), model.parameters()))
         if len(pairs) != len(list(model.parameters())) or any(e.shape != p.shape for e, p in pairs):
             raise ValueError("attach_ema: the EMA model does not mirror the model's parameters")
-        self.ema = torch.empty_like(self.master)
+        self.ema = torch.zeros_like(self.master)
         rest = []
         with torch.no_grad():
             for e, p in pairs:

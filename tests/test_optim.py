@@ -157,41 +157,40 @@ KERNEL_CHECK = textwrap.dedent("""
     from sprintc.optim import _update
 
     g = torch.Generator().manual_seed(0)
-    # gradients of sizes around the block (2,048), read in place; the flat buffers hold them at `offsets` (multiples
-    # of 16, with gaps the kernel must leave alone)
-    sizes = (1000, 2049, 4096, 7)
-    offsets = (0, 1008, 3072, 7168)
-    n = 7184
-    at = torch.cat([torch.arange(o, o + k) for o, k in zip(offsets, sizes)])
+    # gradients of sizes around the block (2,048), read in place; in the flat buffers each starts at a block and the
+    # padding after it is zero (and must stay zero)
+    sizes, offsets, n = (1000, 2049, 4096, 7), (0, 2048, 6144, 10240), 12288
     grads = [torch.randn(k, generator=g).to(torch.bfloat16) for k in sizes]
-    flat_grads = torch.zeros(n, dtype=torch.bfloat16)
-    flat_grads[at] = torch.cat(grads)
-    table = GradientTable(list(sizes), list(offsets), "cpu")
-    table.point(grads)
-    torch.testing.assert_close(grad_norm(table), flat_grads.float().norm(), rtol=1e-6, atol=0)
-    for scale in (None, torch.tensor(2.5)):
-        for wd in (0.0, 0.05):
-            master = torch.randn(n, generator=g)
-            m, v = torch.randn(n, generator=g) * 0.1, torch.rand(n, generator=g) * 0.01
-            ema = torch.randn(n, generator=g)
+    for part in ((0, 1, 2, 3), (0, 2)):  # every tensor (program i, block i), or some (a frozen one's blocks skipped)
+        at = torch.cat([torch.arange(offsets[i], offsets[i] + sizes[i]) for i in part])
+        flat_grads = torch.zeros(n, dtype=torch.bfloat16)
+        flat_grads[at] = torch.cat([grads[i] for i in part])
+        table = GradientTable([sizes[i] for i in part], [offsets[i] for i in part], "cpu")
+        table.point([grads[i] for i in part])
+        assert table.dense == (len(part) == 4)
+        torch.testing.assert_close(grad_norm(table), flat_grads.float().norm(), rtol=1e-6, atol=0)
+        for scale, wd, ema_w in ((None, 0.0, 0.7), (None, 0.05, 0.3), (torch.tensor(2.5), 0.05, None)):
+            # EMA weights either side of torch.lerp's switch at 0.5, and none
+            master, m, v, ema = (torch.zeros(n) for _ in range(4))
+            master[at], m[at], ema[at] = (torch.randn(len(at), generator=g) * s for s in (1.0, 0.1, 1.0))
+            v[at] = torch.rand(len(at), generator=g) * 0.01
             ref = [master.clone(), torch.zeros(n, dtype=torch.bfloat16), flat_grads, m.clone(), v.clone()]
             got = [master.clone(), torch.zeros(n, dtype=torch.bfloat16), table, m.clone(), v.clone()]
             lr, step = torch.tensor(3e-3), torch.tensor(7.0)
             _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd)
-            # with an EMA (weights either side of torch.lerp's switch at 0.5) and without
-            ema_w = torch.tensor(0.3 if wd else 0.7) if scale is None else None
             got_ema = ema.clone() if ema_w is not None else None
-            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, got_ema, ema_w)
+            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, got_ema, None if ema_w is None else torch.tensor(ema_w))
+            rest = torch.ones(n, dtype=torch.bool)
+            rest[at] = False
             if ema_w is not None:
                 torch.testing.assert_close(got_ema[at], ema.lerp(got[0], ema_w)[at], rtol=1e-6, atol=1e-7)
-            gap = torch.ones(n, dtype=torch.bool)
-            gap[at] = False
+                assert torch.equal(got_ema[rest], ema[rest])
             for i, before in ((0, master), (1, torch.zeros(n)), (3, m), (4, v)):
                 a, b = got[i], ref[i]
                 # the interpreter rounds float32 to bf16 toward zero (a GPU to nearest: tests/test_cuda.py)
                 tol = dict(rtol=2 ** -7, atol=0) if a.dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
                 torch.testing.assert_close(a[at].float(), b[at].float(), **tol)
-                assert torch.equal(a[gap].float(), before[gap].float())
+                assert torch.equal(a[rest].float(), before[rest].float())  # padding and skipped tensors as they were
     print("adamw ok")
 """)
 
