@@ -48,7 +48,8 @@
 #   last commit, the AdamW kernel alone, the step as shipped and the anchor), m6 (a launch per large weight against BASE),
 #   m7 (the CUDA, kernel and optimizer tests at the last commit).
 # Session N's (one H100): n1 (MasterAdamW reading the gradients in place: CUDA tests, its kernels alone, the step at
-#   128 / 64 / 32 against BASE, the anchor at 128), n2 (the sampling step, the anchor at 64).
+#   128 / 64 / 32 against BASE, the anchor at 128), n2 (the CUDA tests, `sprintc train`, the sampling step, the anchor
+#   at 64).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -772,9 +773,14 @@ elif [ "$PHASE" = n1 ]; then  # session N, one H100: the CUDA tests of MasterAda
   ab_bench base n1_base_64_32 90 --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/n1_base_64_32.json"
   ab_bench new n1_new_64_32 90 --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/n1_new_64_32.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
-elif [ "$PHASE" = n2 ]; then  # session N, one H100: the sampling step (CFG, PDG) at 128; the anchor at 64
+elif [ "$PHASE" = n2 ]; then  # session N, one H100: the CUDA, kernel and optimizer tests; `sprintc train` on XL latents at
+  # 128; the sampling step (CFG, PDG) at 128; the anchor at 64
   gpu_info
   versions
+  piece pytest_cuda 240 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
+  train_setup 128
+  train_each 150 shipped:xl_ddp
+  rm -rf "$W/latents"
   piece n2_sample 90 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/n2_sample.json"
   [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128

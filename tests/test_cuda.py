@@ -242,7 +242,7 @@ def test_master_adamw_kernel_rounds_to_nearest_and_matches_the_torch_update():
 
     g = torch.Generator(device="cuda").manual_seed(0)
     sizes = (2048, 5, 2 * 2048 + 1)  # gradients read where they lie, at these places in the flat buffers
-    offsets, n = (0, 2048, 4096), 4 * 2048
+    offsets, n = (0, 2048, 4096), 5 * 2048  # the last one spans three blocks
     at = torch.cat([torch.arange(o, o + k) for o, k in zip(offsets, sizes)]).cuda()
     parts = [torch.randn(k, device="cuda", generator=g).bfloat16() for k in sizes]
     table = GradientTable(list(sizes), list(offsets), "cuda")
