@@ -49,7 +49,7 @@
 #   m7 (the CUDA, kernel and optimizer tests at the last commit).
 # Session N's (one H100): n1 (MasterAdamW reading the gradients in place: CUDA tests, its kernels alone, the step at
 #   128 / 64 / 32 against BASE, the anchor at 128), n2 (the CUDA tests, `sprintc train`, the sampling step, the anchor
-#   at 64).
+#   at 64), n3 (a profile of the step, whole model + multi-kernel, the anchor at 128).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -783,6 +783,13 @@ elif [ "$PHASE" = n2 ]; then  # session N, one H100: the CUDA, kernel and optimi
   rm -rf "$W/latents"
   piece n2_sample 90 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/n2_sample.json"
   [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
+elif [ "$PHASE" = n3 ]; then  # session N, one H100: a profile of the routed step at 128 (gradients read in place); the
+  # whole model with multi-kernel reductions at 128; the anchor at 128
+  gpu_info
+  versions
+  piece n3_prof 150 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/n3_prof.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece n3_whole_mk 170 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --no-regional --multi-kernel --json "$W/n3_whole_mk.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
