@@ -433,8 +433,8 @@ class GradientTable:
     def point(self, grads: list[torch.Tensor]) -> None:
         """Take `grads` (of one dtype and the sizes given) as the gradients the next kernels read."""
         # 16-byte aligned and contiguous, as the kernels assume; kept alive until the next call
-        self._grads = [g if g.is_contiguous() and g.data_ptr() % 16 == 0 else g.clone(memory_format=torch.contiguous_format)
-                       for g in grads]
+        self._grads = [g if g.is_contiguous() and g.data_ptr() % 16 == 0
+                       else g.clone(memory_format=torch.contiguous_format) for g in grads]
         self.dtype = _TL_DTYPES[grads[0].dtype]
         addresses = torch.tensor([g.data_ptr() for g in self._grads], dtype=torch.int64)
         cuda = self.address.is_cuda
@@ -523,9 +523,10 @@ def _adamw_master_kernel(master, weights, exp_avg, exp_avg_sq, ema, chunk_block,
 
 def adamw_master_(master, weights, grads: GradientTable, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps,
                   weight_decay, ema=None, ema_weight=None):
-    """One AdamW step: float32 master and moments (flat buffers padded as GradientTable says, the padding zeros),
-    low-precision gradients in (where `grads` points), the flat low-precision weights out; and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip
-    divisor, or None) and ema_weight are 0-d device tensors, read by the kernel (no host sync)."""
+    """One AdamW step: float32 master and moments (flat buffers laid out as GradientTable says, the padding zeros),
+    low-precision gradients in (where `grads` points), the flat low-precision weights out; and, given `ema`,
+    ema.lerp_(new master, ema_weight). lr, step, scale (the clip divisor, or None) and ema_weight are 0-d device
+    tensors, read by the kernel (no host sync)."""
     _adamw_master_kernel[(grads.chunks,)](
         master, weights, exp_avg, exp_avg_sq, ema if ema is not None else master, *grads.args(), lr, step,
         scale if scale is not None else step, ema_weight if ema is not None else step,

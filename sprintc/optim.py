@@ -5,7 +5,9 @@ backward casts each bf16 weight gradient to float32 (read 2, write 4) before cli
 each). `MasterAdamW` keeps the weights and biases of the modules autocast runs in bf16 (Linear, Conv) as bf16
 parameters, views of one flat buffer, and their float32 values and moments in flat float32 buffers. On CUDA a step
 reads the bf16 gradients where the backward left them (a table of their addresses, no gather into a flat buffer):
-one kernel takes the clip norm, one updates the float32 master and the moments and writes the new bf16 weights.
+one kernel takes the clip norm, one updates the float32 master and the moments and writes the new bf16 weights. Each
+parameter starts at a multiple of ADAMW_BLOCK elements of the flat buffers (zero padding between: 0.02% for XL), so
+that each program of the kernel works on one parameter's block.
 
 What the model computes is autocast's: autocast rounds the same float32 weights to bf16, and the weight gradients
 come out of bf16 matmuls either way. The update is AdamW's, in float32 (torch's formula). Other parameters (norm
@@ -23,8 +25,8 @@ import torch.nn as nn
 from torch.optim.adamw import adamw
 
 LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-# elements per program of the AdamW kernel; each parameter's place in the flat buffers starts at a multiple of it, so that
-# a program's block lies in one parameter (kernels.GradientTable); the padding between stays zero
+# elements per program of the AdamW kernel; each parameter's place in the flat buffers starts at a multiple of it, so
+# that a program's block lies in one parameter (kernels.GradientTable); the padding between stays zero
 ADAMW_BLOCK = 2048
 
 

@@ -300,7 +300,8 @@ def test_a_captured_master_adamw_step_reads_the_gradients_of_each_replay():
         static.copy_(x)
         graph.replay()
         torch.testing.assert_close(norm, want, rtol=1e-5, atol=0)
-    for a, b in zip(opts[0].float32_params(list(nets[0].parameters())), opts[1].float32_params(list(nets[1].parameters()))):
+    eager, captured = (opt.float32_params(list(net.parameters())) for opt, net in zip(opts, nets))
+    for a, b in zip(eager, captured):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -179,7 +179,8 @@ KERNEL_CHECK = textwrap.dedent("""
             lr, step = torch.tensor(3e-3), torch.tensor(7.0)
             _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd)
             got_ema = ema.clone() if ema_w is not None else None
-            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, got_ema, None if ema_w is None else torch.tensor(ema_w))
+            adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, got_ema,
+                          None if ema_w is None else torch.tensor(ema_w))
             rest = torch.ones(n, dtype=torch.bool)
             rest[at] = False
             if ema_w is not None:
