@@ -49,7 +49,8 @@
 #   m7 (the CUDA, kernel and optimizer tests at the last commit).
 # Session N's (one H100): n1 (MasterAdamW reading the gradients in place: CUDA tests, its kernels alone, the step at
 #   128 / 64 / 32 against BASE, the anchor at 128), n2 (the CUDA tests, `sprintc train`, the sampling step, the anchor
-#   at 64), n3 (a profile of the step, whole model + multi-kernel, the anchor at 128).
+#   at 64), n3 (a profile of the step, whole model + multi-kernel, the anchor at 128), n4 (the CUDA tests and the step
+#   at the last commit).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -790,6 +791,12 @@ elif [ "$PHASE" = n3 ]; then  # session N, one H100: a profile of the routed ste
   piece n3_prof 150 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/n3_prof.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece n3_whole_mk 170 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --no-regional --multi-kernel --json "$W/n3_whole_mk.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = n4 ]; then  # session N, one H100: the CUDA, kernel and optimizer tests at the last commit; the step at
+  # 128, routed and dense
+  gpu_info
+  versions
+  piece pytest_cuda 240 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
+  piece n4_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/n4_b128.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

@@ -428,15 +428,16 @@ class GradientTable:
         self.chunk_address = torch.zeros(self.chunks, dtype=torch.int64, device=device)
         self.address = torch.zeros(len(sizes), dtype=torch.int64, device=device)
         self.partial = torch.empty(self.chunks, dtype=torch.float32, device=device)
-        self._grads, self._spare, self._captured = [], None, []
+        self._spare, self._captured = None, []
 
-    def point(self, grads: list[torch.Tensor]) -> None:
-        """Take `grads` (of one dtype and the sizes given) as the gradients the next kernels read."""
-        # 16-byte aligned and contiguous, as the kernels assume; kept alive until the next call
-        self._grads = [g if g.is_contiguous() and g.data_ptr() % 16 == 0
-                       else g.clone(memory_format=torch.contiguous_format) for g in grads]
+    def point(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Take `grads` (of one dtype and the sizes given) as the gradients the next kernels read. Returns them, copied
+        where they were not contiguous and 16-byte aligned (as the kernels assume): hold them until the kernels are
+        launched."""
+        grads = [g if g.is_contiguous() and g.data_ptr() % 16 == 0 else g.clone(memory_format=torch.contiguous_format)
+                 for g in grads]
         self.dtype = _TL_DTYPES[grads[0].dtype]
-        addresses = torch.tensor([g.data_ptr() for g in self._grads], dtype=torch.int64)
+        addresses = torch.tensor([g.data_ptr() for g in grads], dtype=torch.int64)
         cuda = self.address.is_cuda
         if cuda and torch.cuda.is_current_stream_capturing():
             if self._spare is None:
@@ -451,6 +452,7 @@ class GradientTable:
         self.address.copy_(host, non_blocking=True)
         torch.add(self.address[self.chunk_tensor], self.chunk_start, alpha=grads[0].element_size(),
                   out=self.chunk_address)
+        return grads
 
     def args(self):
         return self.chunk_block, self.chunk_address, self.chunk_left

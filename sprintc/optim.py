@@ -147,7 +147,7 @@ class MasterAdamW(torch.optim.Optimizer):
         if table is not None:
             from sprintc.kernels import adamw_master_, grad_norm  # imports triton: CUDA only
 
-            table.point(low_grads)
+            low_grads = table.point(low_grads)  # held until the kernels are launched
         norm = scale = None
         if max_norm > 0:
             parts = [grad_norm(table)] if table is not None else [torch.linalg.vector_norm(x, dtype=torch.float32)

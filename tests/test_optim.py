@@ -161,12 +161,14 @@ KERNEL_CHECK = textwrap.dedent("""
     # padding after it is zero (and must stay zero)
     sizes, offsets, n = (1000, 2049, 4096, 7), (0, 2048, 6144, 10240), 12288
     grads = [torch.randn(k, generator=g).to(torch.bfloat16) for k in sizes]
+    grads[1] = torch.cat([grads[1][:1], grads[1]])[1:]  # a view 2 bytes past an allocation: point() copies it aligned
+    assert grads[1].data_ptr() % 16
     for part in ((0, 1, 2, 3), (0, 2)):  # every tensor (program i, block i), or some (a frozen one's blocks skipped)
         at = torch.cat([torch.arange(offsets[i], offsets[i] + sizes[i]) for i in part])
         flat_grads = torch.zeros(n, dtype=torch.bfloat16)
         flat_grads[at] = torch.cat([grads[i] for i in part])
         table = GradientTable([sizes[i] for i in part], [offsets[i] for i in part], "cpu")
-        table.point([grads[i] for i in part])
+        held = table.point([grads[i] for i in part])  # with the aligned copy, alive until the kernels ran
         assert table.dense == (len(part) == 4)
         torch.testing.assert_close(grad_norm(table), flat_grads.float().norm(), rtol=1e-6, atol=0)
         for scale, wd, ema_w in ((None, 0.0, 0.7), (None, 0.05, 0.3), (torch.tensor(2.5), 0.05, None)):
