@@ -50,7 +50,7 @@
 # Session N's (one H100): n1 (MasterAdamW reading the gradients in place: CUDA tests, its kernels alone, the step at
 #   128 / 64 / 32 against BASE, the anchor at 128), n2 (the CUDA tests, `sprintc train`, the sampling step, the anchor
 #   at 64), n3 (a profile of the step, whole model + multi-kernel, the anchor at 128), n4 (the CUDA tests and the step
-#   at the last commit).
+#   at the last commit), n5 (the step and the anchor at 64 in one call).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -797,6 +797,11 @@ elif [ "$PHASE" = n4 ]; then  # session N, one H100: the CUDA, kernel and optimi
   versions
   piece pytest_cuda 240 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
   piece n4_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --json "$W/n4_b128.json"
+elif [ "$PHASE" = n5 ]; then  # session N, one H100: the routed step at 64 and the anchor at 64 in one call
+  gpu_info
+  versions
+  piece n5_b64 100 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/n5_b64.json"
+  [ $TINY = 0 ] && piece anchor_b64 $(( 400 - ($(date +%s) - T0) )) 0 $(anchor 64)
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
