@@ -9,11 +9,12 @@ import sys
 import torch
 
 import sprintc.kernels as K
+from sprintc.optim import _aligned
 
 D, dev = 1152, "cuda"
 shapes = [(3 * D, D), (3 * D,), (D, D), (D,), (4 * D, D), (4 * D,), (D, 4 * D), (D,), (6 * D, D), (6 * D,)] * 28
 sizes = [torch.Size(s).numel() for s in shapes]
-padded = [-(-k // K.ADAMW_BLOCK) * K.ADAMW_BLOCK for k in sizes]  # MasterAdamW's layout
+padded = [_aligned(k) for k in sizes]  # MasterAdamW's layout
 offsets = [sum(padded[:i]) for i in range(len(sizes))]
 N = sum(padded)
 master, m, v, ema = (torch.randn(N, device=dev) * 0.01 for _ in range(4))

@@ -141,7 +141,7 @@ class MasterAdamW(torch.optim.Optimizer):
         lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
         lr_t = lr if isinstance(lr, torch.Tensor) else self._lr.fill_(lr)
         have = [p for p in self.low if p.grad is not None]  # all of them unless some are frozen
-        low_grads = [p.grad.contiguous() for p in have]
+        low_grads = [p.grad for p in have]  # the kernels' table copies any it cannot read in place
         rest = [p for p in self.rest if p.grad is not None]
         table = self._table(have) if have and self.master.is_cuda else None
         if table is not None:
