@@ -37,6 +37,8 @@
 #   anchor), k2 (ptxas, sampling profiles, the step twice, `sprintc train`), k3 (whole-model compile), k4 (mix-order
 #   reductions off against on), k5 (the step, the anchor, whole-model alone and with multi-kernel), k6 (whole-model
 #   sampling, `sprintc train` whole-model with multi-kernel).
+# Session O's (one H100): o1 (qkv_attention: CUDA tests, the kernel alone, the step at 128 / 64 / 32 against
+#   SPRINTC_QKV_ATTENTION=0).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -802,6 +804,26 @@ elif [ "$PHASE" = n5 ]; then  # session N, one H100: the routed step at 64 and t
   versions
   piece n5_b64 100 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/n5_b64.json"
   [ $TINY = 0 ] && piece anchor_b64 $(( 400 - ($(date +%s) - T0) )) 0 $(anchor 64)
+elif [ "$PHASE" = o1 ]; then  # session O, one H100: the CUDA tests of qkv_attention (the routed blocks' norm + RoPE +
+  # attention from the qkv projection); the kernel alone against the separate kernels at its layouts and warps; the step
+  # at 128 with the fastest arm against SPRINTC_QKV_ATTENTION=0 (the separate kernels: session N's code), alternating, one
+  # Inductor cache each; then 64 and 32
+  gpu_info
+  versions
+  piece pytest_cuda 200 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "qkv_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  [ $TINY = 0 ] && piece qkv_micro 120 0 python3 "$REPO/scripts/gpu_qkv_attention.py" "$W/qkv_micro.json"
+  best=$(python3 -c "
+import json
+rows = [r for r in json.load(open('$W/qkv_micro.json')) if r['arm'] != 'separate' and r['fwd_bwd_ms']]
+r = min(rows, key=lambda r: r['fwd_bwd_ms'])['arm']  # 'split S, warps F,B'
+print('1,' + r.split(',')[0].split()[1] + ',' + r.split('warps ')[1])" 2>/dev/null || echo 1,1,4,4)
+  echo "qkv_attention for the A/B: $best" | tee "$W/qkv_best.txt"
+  for r in 1 2; do
+    SPRINTC_QKV_ATTENTION=0,1,4,4 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_off piece "o1_off_$r" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/o1_off_$r.json"
+    SPRINTC_QKV_ATTENTION=$best TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_on piece "o1_on_$r" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/o1_on_$r.json"
+  done
+  SPRINTC_QKV_ATTENTION=0,1,4,4 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_off piece o1_off_64_32 90 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/o1_off_64_32.json"
+  SPRINTC_QKV_ATTENTION=$best TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_on piece o1_on_64_32 90 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/o1_on_64_32.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)

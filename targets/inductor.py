@@ -22,6 +22,7 @@ and sampling variants all fit.
 """
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from sprintc.spec import TargetSpec
 from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
 RECOMPILE_LIMIT = 64
+KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_QKV_ATTENTION")
 
 
 def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -71,7 +73,9 @@ class KernelsInCacheKey(CustomGraphPass):
             self.then(graph)
 
     def uuid(self):
-        own = get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),))
+        # the developer's switches too (sprintc/kernels.py): they pick kernels and tiles when the graph is traced
+        switches = [os.environ.get(name, "") for name in KERNEL_SWITCHES]
+        own = (get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),)), *switches)
         return own if self.then is None else (own, self.then.uuid())
 
 
@@ -146,12 +150,13 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
 def use_kernels(model: nn.Module) -> int:
     """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
     try:
-        from sprintc.kernels import attention_from_env, tiles_from_env, use_kernels
+        from sprintc.kernels import attention_from_env, qkv_attention_from_env, tiles_from_env, use_kernels
     except ImportError:  # a torch build without triton: Inductor's code throughout
         return 0
     try:
         tiles_from_env()  # checked here: at trace time a bad value would end in a compiler traceback
         attention_from_env()
+        qkv_attention_from_env()
     except ValueError as e:
         raise TargetError(str(e)) from None
     return use_kernels(model)
