@@ -824,6 +824,12 @@ print('1,' + r.split(',')[0].split()[1] + ',' + r.split('warps ')[1])" 2>/dev/nu
   done
   SPRINTC_QKV_ATTENTION=0,1,4,4 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_off piece o1_off_64_32 90 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/o1_off_64_32.json"
   SPRINTC_QKV_ATTENTION=$best TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_on piece o1_on_64_32 90 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/o1_on_64_32.json"
+elif [ "$PHASE" = o2 ]; then  # session O, one H100: qkv_attention's illegal address of o1, found by arm, norm and RoPE (each
+  # in its own process, synchronised after the forward and after the backward); then the arms alone, timed
+  gpu_info
+  versions
+  piece qkv_check 200 0 env CUDA_LAUNCH_BLOCKING=1 python3 "$REPO/scripts/gpu_qkv_attention.py" --batch 32 --check "$W/qkv_check.json"
+  [ $TINY = 0 ] && piece qkv_micro 200 0 python3 "$REPO/scripts/gpu_qkv_attention.py" "$W/qkv_micro.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
