@@ -828,6 +828,7 @@ elif [ "$PHASE" = o2 ]; then  # session O, one H100: qkv_attention's illegal add
   # in its own process, synchronised after the forward and after the backward); then the arms alone, timed
   gpu_info
   versions
+  piece pytest_compiled 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "qk_kernels_equals_eager" -p no:cacheprovider --rootdir "$REPO"
   piece qkv_check 200 0 env CUDA_LAUNCH_BLOCKING=1 python3 "$REPO/scripts/gpu_qkv_attention.py" --batch 32 --check "$W/qkv_check.json"
   [ $TINY = 0 ] && piece qkv_micro 200 0 python3 "$REPO/scripts/gpu_qkv_attention.py" "$W/qkv_micro.json"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
