@@ -38,7 +38,9 @@
 #   reductions off against on), k5 (the step, the anchor, whole-model alone and with multi-kernel), k6 (whole-model
 #   sampling, `sprintc train` whole-model with multi-kernel).
 # Session O's (one H100): o1 (qkv_attention: CUDA tests, the kernel alone, the step at 128 / 64 / 32 against
-#   SPRINTC_QKV_ATTENTION=0).
+#   SPRINTC_QKV_ATTENTION=0), o2 (its fault by arm, norm and RoPE; the arms alone). qkv_attention and
+#   scripts/gpu_qkv_attention.py were removed afterwards (docs/PERFORMANCE.md, session O): these two phases run on a
+#   checkout of d035882 (o1) or eb0495a (o2).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),

@@ -76,7 +76,6 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
                    [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
     out[f"backward {t} tok x {warps} warps"] = resources(bwd, arch)
     out.update(attention(heads, head_width, K.SHORT_TOKENS, arch))
-    out.update(qkv_attention(heads, head_width, K.SHORT_TOKENS, arch))
     return out
 
 
@@ -91,26 +90,6 @@ def attention(heads=16, head_width=72, tokens=64, arch=90, warps=None):
         sig = {**{n: "*bf16" for n in names.split()}, "scale": "fp32"}
         out[f"attention {which} {tokens} tok x {w} warps"] = resources(
             compiled(fn, sig, const, [n for n in sig if sig[n].startswith("*")], w, arch), arch)
-    return out
-
-
-def qkv_attention(heads=16, head_width=72, tokens=64, arch=90, split=None, warps=None):
-    """{name: resources} of qkv_attention's forward and backward kernels at `tokens` with RMS q/k norms and RoPE (the
-    head's layout and the warps of K.QKV_ATTENTION by default)."""
-    _, default_split, *default_warps = K.QKV_ATTENTION
-    da, db = K._head_parts(head_width, default_split if split is None else split)
-    const = dict(EPS=1e-6, N=tokens, H=heads, DH=head_width, BN=max(16, triton.next_power_of_2(tokens)), DA=da, DB=db,
-                 HAS_NORM=True, HAS_ROPE=True)
-    out = {}
-    for which, fn, names, w in (("forward", K._qkv_attention_fwd_kernel, "qkv o", (warps or default_warps)[0]),
-                                ("backward", K._qkv_attention_bwd_kernel, "qkv o do dqkv", (warps or default_warps)[1])):
-        sig = {**{n: "*bf16" for n in names.split()}, "wq": "*fp32", "wk": "*fp32", "rope": "*fp32", "s_rb": "i32",
-               "s_rn": "i32", "scale": "fp32"}
-        if which == "backward":
-            sig["dw_part"] = "*fp32"
-        sig = {n: sig[n] for n in fn.arg_names if n in sig}  # in the kernel's order
-        out[f"qkv attention {which} {tokens} tok {da}+{db} x {w} warps"] = resources(
-            compiled(fn, sig, const, [n for n in sig if sig[n].startswith("*")] + ["s_rb", "s_rn"], w, arch), arch)
     return out
 
 

@@ -274,9 +274,6 @@ qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 # inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and the
 # backward's warps.
 SHORT_TOKENS, ATTENTION_WARPS = 64, (4, 4)
-# qkv_attention (below): whether the attention of at most SHORT_TOKENS tokens takes the qkv projection's output (else
-# qk_norm_rope's q, k, v), whether it holds a head's columns in two parts, its forward's and backward's warps
-QKV_ATTENTION = (True, True, 4, 4)
 SHORT_MAX_TOKENS, SHORT_MAX_WIDTH = 64, 128  # what the kernel holds (at 128 tokens it failed on an H100, session L)
 
 
@@ -291,18 +288,12 @@ def _head(N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, 
 
 
 @triton.jit
-def _softmax(s, scale, N: tl.constexpr, BN: tl.constexpr):
-    """softmax(s * scale) by rows in float32, padded keys left out."""
-    s = s * (scale * 1.4426950408889634)  # log2(e): exp2 below
+def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
+    """softmax(q k^T * scale) by rows in float32, padded keys left out."""
+    s = tl.dot(q, tl.trans(k)).to(tl.float32) * (scale * 1.4426950408889634)  # log2(e): exp2 below
     s = tl.where(tl.arange(0, BN)[None, :] < N, s, float("-inf"))
     p = tl.exp2(s - tl.max(s, 1)[:, None])
     return p / tl.sum(p, 1)[:, None]
-
-
-@triton.jit
-def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
-    """softmax(q k^T * scale) by rows in float32, padded keys left out."""
-    return _softmax(tl.dot(q, tl.trans(k)).to(tl.float32), scale, N, BN)
 
 
 @triton.jit
@@ -382,257 +373,6 @@ def _attention_backward(ctx, do):
 short_attention.register_autograd(_attention_backward, setup_context=_attention_setup_context)
 
 
-# The routed blocks' attention straight from the qkv projection's output (`qkv_attention`): q/k RMSNorm and RoPE as
-# the prologue of short_attention (one program per (batch, head), the whole sequence in registers), their backward as
-# the epilogue of its backward. q, k and v are never written: per token the forward reads 3 D and writes D (the
-# separate kernels: 10 D), the backward reads 5 D and writes 3 D (17 D). The normalised, rotated q and k are rounded to
-# the input dtype before the dot products, as the separate kernels store them; their gradients likewise. A head's
-# columns are held as one part padded to a power of two (72 -> 128) or as two parts (72 -> 64 + 16; tl.dot takes at
-# least 16): QKV_ATTENTION's `split`.
-
-
-@triton.jit
-def _rotate_rows(y, BN: tl.constexpr, W: tl.constexpr):
-    """(y0, y1, y2, y3, ...) -> (-y1, y0, -y3, y2, ...) along each row: RoPE's interleaved pairs."""
-    even, odd = tl.split(tl.reshape(y, [BN, W // 2, 2]))
-    return tl.reshape(tl.join(-odd, even), [BN, W])
-
-
-@triton.jit
-def _cols_of(n, START: tl.constexpr, W: tl.constexpr, N: tl.constexpr, DH: tl.constexpr):
-    """Columns START..START+W of a head (1 x W) and the mask of the tile's tokens n and the head's width."""
-    d = START + tl.arange(0, W)[None, :]
-    return d, (n < N) & (d < DH)
-
-
-@triton.jit
-def _load_f32(ptr, m):
-    return tl.load(ptr, mask=m, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _normed_part(x, rstd, w, rope, r_at, d, m, DH: tl.constexpr, W: tl.constexpr, BN: tl.constexpr,
-                 HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, dt: tl.constexpr):
-    """Columns d of q or k from those of its projection x (float32): RMS-normalised by rstd (rounded, as the model rounds
-    the norm's output) and rotated, in the input dtype."""
-    y = x
-    if HAS_NORM:
-        y = (x * rstd * tl.load(w + d, mask=d < DH, other=0.0).to(tl.float32)).to(dt).to(tl.float32)
-    if HAS_ROPE:  # cos / sin rounded to the input dtype, as the model rounds them
-        cos = tl.load(rope + r_at + d, mask=m, other=0.0).to(dt).to(tl.float32)
-        sin = tl.load(rope + r_at + d + DH, mask=m, other=0.0).to(dt).to(tl.float32)
-        y = y * cos + _rotate_rows(y, BN, W) * sin
-    return y.to(dt)
-
-
-@triton.jit
-def _unrotated(g, rope, r_at, d, m, DH: tl.constexpr, W: tl.constexpr, BN: tl.constexpr, HAS_ROPE: tl.constexpr,
-               dt: tl.constexpr):
-    """The rotation's transpose: g cos - rotate(g sin)."""
-    if HAS_ROPE:
-        cos = tl.load(rope + r_at + d, mask=m, other=0.0).to(dt).to(tl.float32)
-        sin = tl.load(rope + r_at + d + DH, mask=m, other=0.0).to(dt).to(tl.float32)
-        g = g * cos - _rotate_rows(g * sin, BN, W)
-    return g
-
-
-@triton.jit
-def _rstd(qkv, at, n, EPS: tl.constexpr, N: tl.constexpr, DH: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
-    """1 / RMS of the rows at `at` (BN x 1)."""
-    da, ma = _cols_of(n, 0, DA, N, DH)
-    x = _load_f32(qkv + at + da, ma)
-    ss = tl.sum(x * x, 1)
-    if DB > 0:
-        db, mb = _cols_of(n, DA, DB, N, DH)
-        x = _load_f32(qkv + at + db, mb)
-        ss += tl.sum(x * x, 1)
-    return tl.rsqrt(ss[:, None] / DH + EPS)
-
-
-@triton.jit
-def _qk_backward(ga, gb, qkv, at, rstd, w, rope, r_at, n, dqkv, dw, N: tl.constexpr, DH: tl.constexpr,
-                 DA: tl.constexpr, DB: tl.constexpr, BN: tl.constexpr, HAS_NORM: tl.constexpr,
-                 HAS_ROPE: tl.constexpr, dt: tl.constexpr):
-    """From ga / gb, the gradients of q's (or k's) parts, store that of its projection's rows at dqkv + at and the
-    tile's part of the norm weight's gradient at dw."""
-    da, ma = _cols_of(n, 0, DA, N, DH)
-    ga = _unrotated(ga, rope, r_at, da, ma, DH, DA, BN, HAS_ROPE, dt)
-    if DB > 0:
-        db, mb = _cols_of(n, DA, DB, N, DH)
-        gb = _unrotated(gb, rope, r_at, db, mb, DH, DB, BN, HAS_ROPE, dt)
-    if HAS_NORM:  # d/dx of x * rstd * w: rstd * u - x * rstd^3 * mean(u * x), u = g * w
-        xa = _load_f32(qkv + at + da, ma)
-        ua = ga * tl.load(w + da, mask=da < DH, other=0.0).to(tl.float32)
-        c = tl.sum(ua * xa, 1)
-        tl.store(dw + da, tl.sum(ga * xa * rstd, 0)[None, :])
-        if DB > 0:
-            xb = _load_f32(qkv + at + db, mb)
-            ub = gb * tl.load(w + db, mask=db < DH, other=0.0).to(tl.float32)
-            c += tl.sum(ub * xb, 1)
-            tl.store(dw + db, tl.sum(gb * xb * rstd, 0)[None, :])
-            gb = rstd * ub - xb * (rstd * rstd * rstd) * (c[:, None] / DH)
-        ga = rstd * ua - xa * (rstd * rstd * rstd) * (c[:, None] / DH)
-    tl.store(dqkv + at + da, ga.to(dt), mask=ma)
-    if DB > 0:
-        tl.store(dqkv + at + db, gb.to(dt), mask=mb)
-
-
-@triton.jit
-def _qkv_head(s_rb, s_rn, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr):
-    """This program's (batch, head): its tokens (BN x 1), the offsets of its q rows in (B, N, 3, H, DH) qkv memory
-    (k: + H * DH, v: + 2 * H * DH), of its rows in the token-major (B, N, H, DH) output and in the RoPE table."""
-    b, h = tl.program_id(0) // H, tl.program_id(0) % H
-    n = tl.arange(0, BN)[:, None]
-    return n, b * (N * 3 * H * DH) + n * (3 * H * DH) + h * DH, b * (N * H * DH) + n * (H * DH) + h * DH, \
-        b * s_rb + n * s_rn
-
-
-@triton.jit
-def _qkv_attention_fwd_kernel(qkv, wq, wk, rope, o, s_rb, s_rn, scale, EPS: tl.constexpr, N: tl.constexpr,
-                              H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr,
-                              HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr):
-    n, at, out, r_at = _qkv_head(s_rb, s_rn, N, H, DH, BN)
-    dt = o.dtype.element_ty
-    kt = at + H * DH
-    rq, rk = 1.0, 1.0
-    if HAS_NORM:
-        rq, rk = _rstd(qkv, at, n, EPS, N, DH, DA, DB), _rstd(qkv, kt, n, EPS, N, DH, DA, DB)
-    da, ma = _cols_of(n, 0, DA, N, DH)
-    s = tl.dot(_normed_part(_load_f32(qkv + at + da, ma), rq, wq, rope, r_at, da, ma, DH, DA, BN, HAS_NORM, HAS_ROPE, dt),
-               tl.trans(_normed_part(_load_f32(qkv + kt + da, ma), rk, wk, rope, r_at, da, ma, DH, DA, BN, HAS_NORM,
-                                     HAS_ROPE, dt))).to(tl.float32)
-    if DB > 0:
-        db, mb = _cols_of(n, DA, DB, N, DH)
-        s += tl.dot(_normed_part(_load_f32(qkv + at + db, mb), rq, wq, rope, r_at, db, mb, DH, DB, BN, HAS_NORM,
-                                 HAS_ROPE, dt),
-                    tl.trans(_normed_part(_load_f32(qkv + kt + db, mb), rk, wk, rope, r_at, db, mb, DH, DB, BN,
-                                          HAS_NORM, HAS_ROPE, dt))).to(tl.float32)
-    p = _softmax(s, scale, N, BN).to(dt)
-    vt = at + 2 * H * DH
-    tl.store(o + out + da, tl.dot(p, tl.load(qkv + vt + da, mask=ma, other=0.0)).to(dt), mask=ma)
-    if DB > 0:
-        tl.store(o + out + db, tl.dot(p, tl.load(qkv + vt + db, mask=mb, other=0.0)).to(dt), mask=mb)
-
-
-@triton.jit
-def _qkv_attention_bwd_kernel(qkv, wq, wk, rope, o, do, dqkv, dw_part, s_rb, s_rn, scale, EPS: tl.constexpr,
-                              N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr,
-                              DB: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr):
-    n, at, out, r_at = _qkv_head(s_rb, s_rn, N, H, DH, BN)
-    dt = dqkv.dtype.element_ty
-    kt, vt = at + H * DH, at + 2 * H * DH
-    rq, rk = 1.0, 1.0
-    if HAS_NORM:
-        rq, rk = _rstd(qkv, at, n, EPS, N, DH, DA, DB), _rstd(qkv, kt, n, EPS, N, DH, DA, DB)
-    # q, k and p recomputed; the projection's rows and RoPE's are loaded again in the epilogues (fewer registers held)
-    da, ma = _cols_of(n, 0, DA, N, DH)
-    qa = _normed_part(_load_f32(qkv + at + da, ma), rq, wq, rope, r_at, da, ma, DH, DA, BN, HAS_NORM, HAS_ROPE, dt)
-    ka = _normed_part(_load_f32(qkv + kt + da, ma), rk, wk, rope, r_at, da, ma, DH, DA, BN, HAS_NORM, HAS_ROPE, dt)
-    s = tl.dot(qa, tl.trans(ka)).to(tl.float32)
-    qb, kb = qa, ka  # stand-ins where the head is one part
-    if DB > 0:
-        db, mb = _cols_of(n, DA, DB, N, DH)
-        qb = _normed_part(_load_f32(qkv + at + db, mb), rq, wq, rope, r_at, db, mb, DH, DB, BN, HAS_NORM, HAS_ROPE, dt)
-        kb = _normed_part(_load_f32(qkv + kt + db, mb), rk, wk, rope, r_at, db, mb, DH, DB, BN, HAS_NORM, HAS_ROPE, dt)
-        s += tl.dot(qb, tl.trans(kb)).to(tl.float32)
-    p = _softmax(s, scale, N, BN)
-    g = tl.load(do + out + da, mask=ma, other=0.0)
-    dp = tl.dot(g, tl.trans(tl.load(qkv + vt + da, mask=ma, other=0.0))).to(tl.float32)
-    delta = tl.sum(g.to(tl.float32) * _load_f32(o + out + da, ma), 1)
-    tl.store(dqkv + vt + da, tl.dot(tl.trans(p.to(dt)), g).to(dt), mask=ma)
-    if DB > 0:
-        g = tl.load(do + out + db, mask=mb, other=0.0)
-        dp += tl.dot(g, tl.trans(tl.load(qkv + vt + db, mask=mb, other=0.0))).to(tl.float32)
-        delta += tl.sum(g.to(tl.float32) * _load_f32(o + out + db, mb), 1)
-        tl.store(dqkv + vt + db, tl.dot(tl.trans(p.to(dt)), g).to(dt), mask=mb)
-    ds = (p * (dp - delta[:, None]) * scale).to(dt)
-    dw = dw_part + tl.program_id(0) * 2 * (DA + DB)
-    # q's and k's gradients rounded to the input dtype, as attention's are
-    _qk_backward(tl.dot(ds, ka).to(dt).to(tl.float32), tl.dot(ds, kb).to(dt).to(tl.float32), qkv, at, rq, wq, rope,
-                 r_at, n, dqkv, dw, N, DH, DA, DB, BN, HAS_NORM, HAS_ROPE, dt)
-    dst = tl.trans(ds)
-    _qk_backward(tl.dot(dst, qa).to(dt).to(tl.float32), tl.dot(dst, qb).to(dt).to(tl.float32), qkv, kt, rk, wk, rope,
-                 r_at, n, dqkv, dw + DA + DB, N, DH, DA, DB, BN, HAS_NORM, HAS_ROPE, dt)
-
-
-def _head_parts(DH, split):
-    """A head's columns as (DA, DB): one power of two (72 -> 128, 0) or, split, the largest power of two that fits and
-    the rest padded to a power of two of at least 16 (72 -> 64, 16; 64 -> 64, 0)."""
-    whole, da = max(16, triton.next_power_of_2(DH)), 1 << (DH.bit_length() - 1)
-    if not split or whole == DH or da < 16:
-        return whole, 0
-    return da, max(16, triton.next_power_of_2(DH - da))
-
-
-def _qkv_attention_shapes(qkv, wq, rope, heads):
-    B, N, D3 = qkv.shape
-    if D3 % (3 * heads):
-        raise ValueError(f"qkv_attention: qkv {tuple(qkv.shape)} does not split into 3 x {heads} heads")
-    DH = D3 // 3 // heads
-    if (wq is not None and wq.shape != (DH,)) or (rope is not None and (DH % 2 or rope.shape[-1] != 2 * DH)):
-        raise ValueError(f"qkv_attention: qkv {tuple(qkv.shape)} in {heads} heads of {DH} does not match the norm "
-                         f"weight {None if wq is None else tuple(wq.shape)} or the RoPE table "
-                         f"{None if rope is None else tuple(rope.shape)}")
-    if N > SHORT_MAX_TOKENS or DH > SHORT_MAX_WIDTH:
-        raise ValueError(f"qkv_attention: {N} tokens in heads of {DH}; it holds at most {SHORT_MAX_TOKENS} tokens "
-                         f"and heads of {SHORT_MAX_WIDTH}")
-    s_rb = s_rn = 0
-    if rope is not None:
-        rope = rope.contiguous()
-        s_rb, s_rn = (rope.stride(0) if rope.dim() == 3 else 0), rope.stride(-2)
-    da, db = _head_parts(DH, QKV_ATTENTION[1])
-    consts = dict(N=N, H=heads, DH=DH, BN=max(16, triton.next_power_of_2(N)), DA=da, DB=db,
-                  HAS_NORM=wq is not None, HAS_ROPE=rope is not None)
-    return B, N, DH, rope, s_rb, s_rn, consts
-
-
-@triton_op("sprintc::qkv_attention", mutates_args={})
-def qkv_attention(qkv: torch.Tensor, wq: Optional[torch.Tensor], wk: Optional[torch.Tensor],
-                  rope: Optional[torch.Tensor], heads: int, eps: float) -> torch.Tensor:
-    """Attention of the qkv projection's output (B, N, 3 * D), N <= 64: q and k RMS-normalised per head by wq / wk
-    (None: no norm) and rotated by RoPE (None: none), as Attention.split_heads computes them, then
-    scaled_dot_product_attention; the output is (B, N, D), what the projection takes."""
-    qkv = qkv.contiguous()
-    B, N, DH, rope, s_rb, s_rn, consts = _qkv_attention_shapes(qkv, wq, rope, heads)
-    o = qkv.new_empty(B, N, heads * DH)
-    wrap_triton(_qkv_attention_fwd_kernel)[(B * heads,)](
-        qkv, qkv if wq is None else wq, qkv if wk is None else wk, qkv if rope is None else rope, o, s_rb, s_rn,
-        DH ** -0.5, EPS=eps, **consts, num_warps=QKV_ATTENTION[2])
-    return o
-
-
-@triton_op("sprintc::qkv_attention_backward", mutates_args={})
-def qkv_attention_backward(do: torch.Tensor, qkv: torch.Tensor, wq: Optional[torch.Tensor],
-                           wk: Optional[torch.Tensor], rope: Optional[torch.Tensor], o: torch.Tensor, heads: int,
-                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """dqkv, and the norm weights' gradients as one (2, Dh) float32 tensor (zeros without a norm)."""
-    B, N, DH, rope, s_rb, s_rn, consts = _qkv_attention_shapes(qkv, wq, rope, heads)
-    dqkv = torch.empty_like(qkv)
-    width = consts["DA"] + consts["DB"]
-    dw_part = (torch.empty if wq is not None else torch.zeros)(B * heads, 2, width, dtype=torch.float32,
-                                                                device=qkv.device)
-    wrap_triton(_qkv_attention_bwd_kernel)[(B * heads,)](
-        qkv, qkv if wq is None else wq, qkv if wk is None else wk, qkv if rope is None else rope, o,
-        do.contiguous(), dqkv, dw_part, s_rb, s_rn, DH ** -0.5, EPS=eps, **consts, num_warps=QKV_ATTENTION[3])
-    return dqkv, dw_part[:, :, :DH].sum(0)
-
-
-def _qkv_attention_setup_context(ctx, inputs, output):
-    qkv, wq, wk, rope, heads, eps = inputs
-    ctx.save_for_backward(qkv, wq, wk, rope, output)
-    ctx.heads, ctx.eps = heads, eps
-
-
-def _qkv_attention_backward(ctx, do):
-    qkv, wq, wk, rope, o = ctx.saved_tensors
-    dqkv, dw = qkv_attention_backward(do, qkv, wq, wk, rope, o, ctx.heads, ctx.eps)
-    return (dqkv, None if wq is None else dw[0].to(wq.dtype), None if wk is None else dw[1].to(wk.dtype),
-            None, None, None)
-
-
-qkv_attention.register_autograd(_qkv_attention_backward, setup_context=_qkv_attention_setup_context)
-
-
 def attention_from_env():
     """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; tokens 0 sends
     every attention to SDPA) sets SHORT_TOKENS and ATTENTION_WARPS; ValueError naming it where it is malformed."""
@@ -647,31 +387,14 @@ def attention_from_env():
     SHORT_TOKENS, ATTENTION_WARPS = v[0], (v[1], v[2])
 
 
-def qkv_attention_from_env():
-    """SPRINTC_QKV_ATTENTION='on,split,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; on 0 keeps
-    qk_norm_rope + short_attention for short sequences) sets QKV_ATTENTION; ValueError naming it where it is
-    malformed."""
-    global QKV_ATTENTION
-    found = _ints_from_env("SPRINTC_QKV_ATTENTION")
-    if found is None:
-        return
-    env, v = found
-    if len(v) != 4 or v[0] not in (0, 1) or v[1] not in (0, 1) or min(v[2:]) < 1:
-        raise ValueError(f"SPRINTC_QKV_ATTENTION={env!r}: expected on (0 or 1), split (0 or 1), forward warps, "
-                         "backward warps (e.g. 1,1,4,4)")
-    QKV_ATTENTION = (bool(v[0]), bool(v[1]), v[2], v[3])
-
-
 def use_kernels(model: torch.nn.Module) -> int:
-    """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, those with RMS
-    q/k norms at qk_norm_rope, and those with RMS or no q/k norms at qkv_attention for short sequences (all used on
-    CUDA tensors only); the number of attentions."""
+    """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, and those with RMS
+    q/k norms at qk_norm_rope (both used on CUDA tensors only); the number of attentions."""
     from sprintc.model import Attention, RMSNorm
 
     found = [m for m in model.modules() if isinstance(m, Attention)]
     for m in found:
         m.fused_qk, m.short_tokens = isinstance(m.q_norm, RMSNorm), SHORT_TOKENS
-        m.qkv_attention = QKV_ATTENTION[0] and isinstance(m.q_norm, (RMSNorm, torch.nn.Identity))
     return len(found)
 
 

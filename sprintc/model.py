@@ -38,9 +38,8 @@ def qk_norm(kind, dim):
 
 class Attention(nn.Module):
     # set by the inductor target on CUDA (sprintc/kernels.py): q/k RMSNorm + RoPE as sprintc's kernel, and attention
-    # over sequences of at most short_tokens tokens (the routed blocks' kept tokens) as sprintc's kernel, straight from
-    # the qkv projection's output where qkv_attention (q/k norms RMS or none)
-    fused_qk, short_tokens, qkv_attention = False, 0, False
+    # over sequences of at most short_tokens tokens (the routed blocks' kept tokens) as sprintc's kernel
+    fused_qk, short_tokens = False, 0
 
     def __init__(self, dim, heads, norm="none"):
         super().__init__()
@@ -64,18 +63,11 @@ class Attention(nn.Module):
         # Inductor's code for this expression (docs/PERFORMANCE.md, session J); elsewhere the plain form
         B, N, D = x.shape
         qkv = self.qkv(x)
-        short = N <= self.short_tokens and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
-        if short and self.qkv_attention and D // self.heads <= 128:
-            rms = isinstance(self.q_norm, RMSNorm)
-            x = torch.ops.sprintc.qkv_attention(qkv, self.q_norm.weight if rms else None,
-                                                self.k_norm.weight if rms else None, rope, self.heads,
-                                                self.q_norm.eps if rms else 0.0)
-            return self.proj(x)
         if self.fused_qk and qkv.is_cuda:
             q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
         else:
             q, k, v = self.split_heads(qkv, rope)
-        if short and q.shape[-1] <= 128:
+        if N <= self.short_tokens and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 128:
             x = torch.ops.sprintc.short_attention(q, k, v)
         else:
             x = F.scaled_dot_product_attention(q, k, v)

@@ -109,71 +109,14 @@ def test_short_attention_matches_sdpa_forward_and_backward():
     interpreted(ATTENTION_CHECK, "attention ok")
 
 
-QKV_ATTENTION_CHECK = textwrap.dedent("""
-    import torch
-    import torch.nn.functional as F
-    import sprintc.kernels as K
-    from sprintc.kernels import qkv_attention
-    from sprintc.model import Attention, rope_angles
-
-    torch.manual_seed(0)
-    # a head held whole (padded to a power of two) and in two parts (72 -> 64 + 16, 40 -> 32 + 16); tokens and widths
-    # not powers of two; RMS q/k norms or none, RoPE shared, routed (gathered per sample) or none. float32 and float64
-    # only: the interpreter's tl.dot gets bf16 wrong (tests/test_cuda.py checks bf16 on a GPU)
-    for split in (False, True):
-        K.QKV_ATTENTION = (True, split, 4, 4)
-        for B, N, H, DH, dtype in ((2, 13, 3, 10, torch.float64), (1, 64, 2, 72, torch.float32),
-                                   (2, 40, 2, 72, torch.float64), (1, 20, 2, 40, torch.float64), (2, 1, 1, 16, torch.float64)):
-            for norm in ("rms", "none"):
-                attn = Attention(H * DH, H, norm).to(dtype)
-                weights = (attn.q_norm.weight, attn.k_norm.weight) if norm == "rms" else (None, None)
-                for w in weights:
-                    if w is not None:
-                        w.data.uniform_(0.5, 1.5)
-                table = rope_angles((N, 1), DH).to(dtype)
-                for kind in ("shared", "routed", "none"):
-                    rope = {"shared": table, "routed": table[torch.stack([torch.randperm(N) for _ in range(B)])],
-                            "none": None}[kind]
-                    qkv = torch.randn(B, N, 3 * H * DH, dtype=dtype, requires_grad=True)
-                    ref = F.scaled_dot_product_attention(*attn.split_heads(qkv, rope)).transpose(1, 2).reshape(B, N, -1)
-                    out = qkv_attention(qkv, *weights, rope, H, 1e-6)
-                    assert out.shape == ref.shape and out.dtype == dtype and out.is_contiguous(), out.shape
-                    assert (out - ref).abs().max() < 1e-5, (split, B, N, norm, kind, (out - ref).abs().max())
-                    g = torch.randn_like(ref)
-                    wrt = (qkv, *weights) if norm == "rms" else (qkv,)
-                    want = torch.autograd.grad(ref, wrt, g)
-                    got = torch.autograd.grad(out, wrt, g)
-                    for name, a, b in zip(("qkv", "wq", "wk"), got, want):
-                        assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), (split, norm, kind, name)
-    for shape, heads, match in (((1, 65, 24), 2, "at most 64 tokens"), ((1, 4, 20), 3, "does not split")):
-        try:
-            qkv_attention(torch.randn(shape), None, None, None, heads, 1e-6)
-        except ValueError as e:
-            assert match in str(e), e
-        else:
-            raise AssertionError(f"{shape} accepted")
-    print("qkv attention ok")
-""")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernel")
-def test_qkv_attention_matches_norm_rope_and_sdpa_forward_and_backward():
-    interpreted(QKV_ATTENTION_CHECK, "qkv attention ok")
-
-
 def test_use_kernels_marks_every_attention_for_short_sequences_and_the_rms_ones_for_qk():
     from sprintc.kernels import SHORT_TOKENS, use_kernels
 
     sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
     dit = DiT(load_spec("dit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
-    layer = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4, "qk_norm": "layer"}))
     assert use_kernels(sit) == 2 and all(b.attn.fused_qk for b in sit.blocks)
     assert use_kernels(dit) == 2 and not any(b.attn.fused_qk for b in dit.blocks)  # DiT has no q/k norm
-    assert use_kernels(layer) == 2 and not any(b.attn.fused_qk for b in layer.blocks)
-    assert all(b.attn.short_tokens == SHORT_TOKENS for m in (sit, dit, layer) for b in m.blocks)
-    # short sequences straight from the qkv projection where the q/k norms are RMS or none
-    assert all(b.attn.qkv_attention for m in (sit, dit) for b in m.blocks)
-    assert not any(b.attn.qkv_attention for b in layer.blocks)
+    assert all(b.attn.short_tokens == SHORT_TOKENS for m in (sit, dit) for b in m.blocks)
 
 
 def test_marked_attention_on_the_cpu_computes_the_expression():
@@ -210,9 +153,10 @@ def test_the_kernels_source_is_in_inductors_cache_keys(tmp_path, monkeypatch):
         monkeypatch.setattr(sprintc, "__file__", str(tmp_path / name / "__init__.py"))
         assert (key() == shipped) == (name == "same")
     assert key(kernels=False) is None
-    # the developer's switches pick kernels and tiles at trace time: part of the key too
+    # the developer's switches pick tiles and kernels when a graph is traced: part of the key too (a graph traced under
+    # another setting would otherwise be read back)
     monkeypatch.setattr(sprintc, "__file__", str(tmp_path / "same" / "__init__.py"))
-    monkeypatch.setenv("SPRINTC_QKV_ATTENTION", "0,1,4,4")
+    monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,4,4")
     assert key() != shipped
 
 
@@ -262,13 +206,9 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
     except RuntimeError as e:  # Triton's knobs raise when they find no ptxas at all
         pytest.skip(f"this triton has no ptxas: {e}")
     found = tool.kernels(heads, width)
-    assert len(found) == 6  # q/k, short attention and qkv attention, each forward and backward
-    # the attention's backward holds five whole-sequence tiles: 165 registers (Triton 3.8); qkv attention's backward
-    # holds as many and q / k's norms, up to ptxas's 255 (4 warps: two programs per SM), without spills
-    limits = {"attention": 192, "qkv attention": 255}
-    for name, r in found.items():
-        limit = next((v for k, v in sorted(limits.items(), reverse=True) if name.startswith(k)), 128)
-        assert r["spill_bytes"] == 0 and r["registers"] <= limit, (name, r)
+    assert len(found) == 4  # q/k forward and backward, short attention's forward and backward
+    for name, r in found.items():  # the attention's backward holds five whole-sequence tiles: 165 registers (Triton 3.8)
+        assert r["spill_bytes"] == 0 and r["registers"] <= (192 if name.startswith("attention") else 128), (name, r)
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
 
 
@@ -300,19 +240,3 @@ def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,8")  # every attention to SDPA
     assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
     assert K.ATTENTION_WARPS == (2, 8)
-
-
-@pytest.mark.parametrize("value", ["1,1,4", "2,1,4,4", "1,1,0,4", "1,x,4,4"])
-def test_a_malformed_qkv_attention_switch_is_a_clear_error(monkeypatch, value):
-    import sprintc.kernels as K
-    from sprintc.targets.inductor import use_kernels
-    from sprintc.targets_api import TargetError
-
-    monkeypatch.setattr(K, "QKV_ATTENTION", K.QKV_ATTENTION)  # restored after the test
-    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
-    monkeypatch.setenv("SPRINTC_QKV_ATTENTION", value)
-    with pytest.raises(TargetError, match=r"SPRINTC_QKV_ATTENTION=.*expected on"):
-        use_kernels(sit)
-    monkeypatch.setenv("SPRINTC_QKV_ATTENTION", "0,0,2,8")  # the separate q/k and attention kernels
-    assert use_kernels(sit) == 2 and not any(b.attn.qkv_attention for b in sit.blocks)
-    assert K.QKV_ATTENTION == (False, False, 2, 8)
