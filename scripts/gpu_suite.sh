@@ -40,7 +40,7 @@
 # Session O's (one H100): o1 (qkv_attention: CUDA tests, the kernel alone, the step at 128 / 64 / 32 against
 #   SPRINTC_QKV_ATTENTION=0), o2 (its fault by arm, norm and RoPE; the arms alone). qkv_attention and
 #   scripts/gpu_qkv_attention.py were removed afterwards (docs/PERFORMANCE.md, session O): these two phases run on a
-#   checkout of d035882 (o1) or eb0495a (o2). o3: profiles of the routed step by block and as one graph; the anchor.
+#   checkout of d035882 (o1) or eb0495a (o2). o3: profiles of the routed step by block and as one graph; the anchor. o4: the CUDA tests as shipped.
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -840,6 +840,10 @@ elif [ "$PHASE" = o3 ]; then  # session O, one H100: profiles of the routed step
   piece o3_regional 150 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --tag regional_ --json "$W/o3_regional.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece o3_whole 200 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --no-regional --profile "$W/prof" --tag whole_ --json "$W/o3_whole.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = o4 ]; then  # session O, one H100: the CUDA, kernel and optimizer tests of the code as shipped
+  gpu_info
+  versions
+  piece pytest_cuda 400 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = qkprof ]; then  # after session I, one GPU: torch.profiler views of `sprintc train`'s routed steps at 128
   # with the q/k kernels forced into the training step (SPRINTC_QK_KERNELS=always) and without them (as shipped), to
   # find what makes that step slower although the kernels alone are faster (docs/PERFORMANCE.md, session I)
