@@ -155,7 +155,8 @@ FWD_TILES, BWD_TILES = (4, 4), (1, 4, 5)
 
 def _ints_from_env(name):
     """The environment variable `name` as (its text, its comma-separated integers: [] where one is not an integer),
-    or None where it is unset."""
+    or None where it is unset. Each such switch acts when a graph is traced, so its name is also in
+    targets/inductor.py's KERNEL_SWITCHES (Inductor's cache key)."""
     env = os.environ.get(name)
     if not env:
         return None
@@ -479,6 +480,7 @@ def _load_grads(chunk_block, chunk_address, chunk_left, DTYPE: tl.constexpr, DEN
 
 @triton.jit
 def _grad_sq_sum_kernel(chunk_block, chunk_address, chunk_left, partial, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    # DENSE=True: the block's place in the flat buffers is not needed here, so its table entry is not loaded
     g, _ = _load_grads(chunk_block, chunk_address, chunk_left, DTYPE, True, BLOCK)
     tl.store(partial + tl.program_id(0), tl.sum(g * g))
 
