@@ -41,6 +41,8 @@
 #   SPRINTC_QKV_ATTENTION=0), o2 (its fault by arm, norm and RoPE; the arms alone). qkv_attention and
 #   scripts/gpu_qkv_attention.py were removed afterwards (docs/PERFORMANCE.md, session O): these two phases run on a
 #   checkout of d035882 (o1) or eb0495a (o2). o3: profiles of the routed step by block and as one graph; the anchor. o4: the CUDA tests as shipped.
+# Session P's (one H100): p1 (the MLP's GELU in cuBLASLt's epilogue in sampling: its CUDA test, the sampling step A/B, the
+#   250-step sampling).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -840,6 +842,18 @@ elif [ "$PHASE" = o3 ]; then  # session O, one H100: profiles of the routed step
   piece o3_regional 150 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --tag regional_ --json "$W/o3_regional.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_whole piece o3_whole 200 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --no-regional --profile "$W/prof" --tag whole_ --json "$W/o3_whole.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = p1 ]; then  # session P, one H100: the MLP's GELU in cuBLASLt's epilogue in sampling (SPRINTC_GELU_EPILOGUE
+  # 1, as shipped from this session, against 0): its CUDA test, the sampling step at 128 alternating on the card (one
+  # Inductor cache per arm), a profile of each, then the 250-step sampling of 64 images as shipped
+  gpu_info
+  versions
+  piece pytest_gelu 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "gelu_epilogue or qk_kernels_equals_eager" -p no:cacheprovider --rootdir "$REPO"
+  for r in 1 0 1 0; do
+    n=$(( ${n:-0} + 1 ))
+    prof=$([ $n -gt 2 ] && echo "--profile $W/prof --tag g${r}_")
+    SPRINTC_GELU_EPILOGUE=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_g$r piece "p1_sample_${r}_$n" 150 0 $BENCH --batch 128 --modes $TMODES --parts sample $prof --json "$W/p1_sample_${r}_$n.json"
+  done
+  SPRINTC_GELU_EPILOGUE=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_g1 piece p1_sample250 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/p1_sample250.json"
 elif [ "$PHASE" = o4 ]; then  # session O, one H100: the CUDA, kernel and optimizer tests of the code as shipped
   gpu_info
   versions

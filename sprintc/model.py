@@ -75,6 +75,10 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    # set by the inductor target on CUDA (sprintc/kernels.py): where no gradient is taken (sampling), fc1's bias and
+    # GELU run in cuBLASLt's epilogue instead of a separate pass over the hidden activations
+    gelu_epilogue = False
+
     def __init__(self, dim, ratio, kind="gelu_tanh"):
         super().__init__()
         self.kind = kind
@@ -86,6 +90,11 @@ class Mlp(nn.Module):
         if self.kind == "swiglu":
             a, b = self.fc1(x).chunk(2, -1)
             return self.fc2(F.silu(a) * b)
+        w = self.fc1.weight
+        if self.gelu_epilogue and x.is_cuda and w.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled():
+            # (the op has no backward, and its GELU is the tanh form on CUDA only)
+            h = torch._addmm_activation(self.fc1.bias, x.reshape(-1, x.shape[-1]).to(w.dtype), w.t(), use_gelu=True)
+            return self.fc2(h.view(*x.shape[:-1], -1))
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 

@@ -36,7 +36,7 @@ from sprintc.spec import TargetSpec
 from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
 RECOMPILE_LIMIT = 64
-KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION")  # sprintc/kernels.py
+KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE")  # sprintc/kernels.py
 
 
 def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -150,12 +150,13 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
 def use_kernels(model: nn.Module) -> int:
     """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
     try:
-        from sprintc.kernels import attention_from_env, tiles_from_env, use_kernels
+        from sprintc.kernels import attention_from_env, gelu_epilogue_from_env, tiles_from_env, use_kernels
     except ImportError:  # a torch build without triton: Inductor's code throughout
         return 0
     try:
         tiles_from_env()  # checked here: at trace time a bad value would end in a compiler traceback
         attention_from_env()
+        gelu_epilogue_from_env()
     except ValueError as e:
         raise TargetError(str(e)) from None
     return use_kernels(model)

@@ -188,6 +188,40 @@ def test_inductor_with_qk_kernels_equals_eager(dtype, qk_norm):
     assert not counters["graph_break"]
 
 
+@pytest.mark.parametrize("epilogue", ["1", "0"])
+def test_sampling_with_the_gelu_epilogue_equals_eager(monkeypatch, epilogue):
+    """Where no gradient is taken, the inductor target runs the MLP's fc1 bias and GELU in cuBLASLt's epilogue
+    (SPRINTC_GELU_EPILOGUE=0 keeps Inductor's own pass): the bf16 inference model's forward and PDG graph give eager's
+    outputs, without graph breaks, and a training step of the lowered model still takes the plain path."""
+    from torch._dynamo.utils import counters
+
+    from sprintc.targets_api import prepare_inference
+    from test_targets import guidance_inputs, inputs, small
+
+    monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", epilogue)
+    torch._dynamo.reset()
+    counters.clear()
+    built = small()
+    ref = prepare_inference(built.model, {"name": "eager", "dtype": "bfloat16"}, device="cuda")
+    net = prepare_inference(built.model, {"name": "inductor", "dtype": "bfloat16", "kernels": True}, device="cuda")
+    assert all(b.mlp.gelu_epilogue == (epilogue == "1") for b in net.blocks)
+    assert not any(b.mlp.gelu_epilogue for b in ref.blocks)
+    x, t, y = (a.cuda() for a in inputs(batch=4))
+    with torch.no_grad():
+        pairs = [(net(x, t, y), ref(x, t, y)),
+                 (net.forward_guidance(*guidance_inputs(x, t, y)), ref.forward_guidance(*guidance_inputs(x, t, y)))]
+    for got, want in pairs:
+        assert (got.float() - want.float()).norm() / want.float().norm() < 2e-2
+    assert not counters["graph_break"]
+
+    from sprintc.targets_api import lower
+
+    model = lower(small().model, {"name": "inductor", "dtype": "bfloat16", "kernels": True}, device="cuda")
+    loss = model(x, t, y).float().square().mean()
+    loss.backward()  # _addmm_activation has no backward: this fails if training took the epilogue
+    assert all(p.grad is not None for p in model.blocks[0].mlp.parameters())
+
+
 class _TableBlock(torch.nn.Module):
     """Two adaLN-modulated norms whose shift / scale / gate are chunks of one learned table plus a time embedding
     shared by the batch (as diffusers' PixArt / Wan blocks): Inductor's mix-order reductions (torch 2.10-2.14)

@@ -240,3 +240,20 @@ def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,8")  # every attention to SDPA
     assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
     assert K.ATTENTION_WARPS == (2, 8)
+
+
+@pytest.mark.parametrize("value", ["2", "on", " 1"])
+def test_a_malformed_gelu_epilogue_switch_is_a_clear_error(monkeypatch, value):
+    from sprintc.model import Mlp
+    from sprintc.targets.inductor import use_kernels
+    from sprintc.targets_api import TargetError
+
+    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
+    monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", value)
+    with pytest.raises(TargetError, match=r"SPRINTC_GELU_EPILOGUE=.*expected 0 or 1"):
+        use_kernels(sit)
+    for value, on in (("0", False), ("1", True)):
+        monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", value)
+        use_kernels(sit)
+        assert all(m.gelu_epilogue == on for m in sit.modules() if isinstance(m, Mlp))
+
