@@ -13,7 +13,8 @@ each, the glue fused into its neighbours, at the cost of compiling every block i
 
 On CUDA (target.kernels, the default) the attentions' q/k RMSNorm + RoPE, and attention itself over sequences of at
 most 64 tokens (the routed blocks), run as sprintc's own Triton kernels (sprintc/kernels.py) in training and sampling
-steps, where they were measured faster than Inductor's code and cuDNN's attention; Inductor traces into them like its
+steps, where they were measured faster than Inductor's code and cuDNN's attention; where no gradient is taken, the GELU
+MLP's fc1 bias and GELU run in cuBLASLt's epilogue; Inductor traces into them like its
 own kernels, and a hash of their source is part of its cache keys.
 
 Shapes are static (dynamic=False): a new batch size compiles a new variant once (no automatic dynamic
