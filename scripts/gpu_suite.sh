@@ -42,7 +42,8 @@
 #   scripts/gpu_qkv_attention.py were removed afterwards (docs/PERFORMANCE.md, session O): these two phases run on a
 #   checkout of d035882 (o1) or eb0495a (o2). o3: profiles of the routed step by block and as one graph; the anchor. o4: the CUDA tests as shipped.
 # Session P's (one H100): p1 (the MLP's GELU in cuBLASLt's epilogue in sampling: its CUDA test, the sampling step A/B, the
-#   250-step sampling).
+#   250-step sampling), p2 (persistent row reductions up to 2048: CUDA test, training and sampling step A/B), p3 (the
+#   CUDA tests as shipped, the step at 128 / 64 / 32, the anchor at 128).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -854,6 +855,24 @@ elif [ "$PHASE" = p1 ]; then  # session P, one H100: the MLP's GELU in cuBLASLt'
     SPRINTC_GELU_EPILOGUE=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_g$r piece "p1_sample_${r}_$n" 150 0 $BENCH --batch 128 --modes $TMODES --parts sample $prof --json "$W/p1_sample_${r}_$n.json"
   done
   SPRINTC_GELU_EPILOGUE=1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_g1 piece p1_sample250 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --parts sample250,sample250g --images 64 --sample-steps $([ $TINY = 1 ] && echo 3 || echo 250) --json "$W/p1_sample250.json"
+elif [ "$PHASE" = p2 ]; then  # session P, one H100: row reductions up to 2048 wide made persistent (SPRINTC_PERSISTENT_ROWS
+  # 2048, as shipped from this session, against 0 = Inductor's limit of 1024): its CUDA test, then the training step
+  # (routed and dense) and the sampling step at 128, arms alternating on the card, one Inductor cache each
+  gpu_info
+  versions
+  python3 -c "import torch._inductor.config as c; print('inductor_choices_class' in dir(c))" | tee "$W/choices_config.txt"
+  piece pytest_rows 120 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "persistent" -p no:cacheprovider --rootdir "$REPO"
+  for r in 2048 0 2048 0; do
+    n=$(( ${n:-0} + 1 ))
+    SPRINTC_PERSISTENT_ROWS=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_r$r piece "p2_${r}_$n" 150 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/p2_${r}_$n.json"
+  done
+elif [ "$PHASE" = p3 ]; then  # session P, one H100: the CUDA, kernel and optimizer tests as shipped; the step at 128 / 64 / 32
+  # and the sampling step; the anchor at 128
+  gpu_info
+  versions
+  piece pytest_cuda 330 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
+  piece p3_step 150 0 $BENCH --batch 128,64,32 --modes $TMODES --parts train --graphs routed --json "$W/p3_step.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = o4 ]; then  # session O, one H100: the CUDA, kernel and optimizer tests of the code as shipped
   gpu_info
   versions
