@@ -871,7 +871,8 @@ elif [ "$PHASE" = p3 ]; then  # session P, one H100: the CUDA, kernel and optimi
   gpu_info
   versions
   piece pytest_cuda 330 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
-  piece p3_step 150 0 $BENCH --batch 128,64,32 --modes $TMODES --parts train --graphs routed --json "$W/p3_step.json"
+  piece p3_step 200 0 $BENCH --batch 128,64,32 --modes $TMODES --parts train --graphs routed --json "$W/p3_step.json"
+  piece p3_again 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/p3_again.json"  # the FX cache's hits
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = o4 ]; then  # session O, one H100: the CUDA, kernel and optimizer tests of the code as shipped
   gpu_info

@@ -53,26 +53,28 @@ def persistent_rows_from_env() -> int:
     return int(env)
 
 
-def _wide_row_choices(rows: int):
-    """Inductor's heuristics, except that row reductions of up to `rows` elements are persistent."""
-    from torch._inductor.choices import InductorChoices
-    from torch._inductor.runtime.hints import ReductionHint
-    from torch._inductor.virtualized import V
+from torch._inductor.choices import InductorChoices  # noqa: E402
 
-    class WideRowChoices(InductorChoices):
-        def should_use_persistent_reduction(self, features, cooperative_reduction, *args, **kwargs):
-            if super().should_use_persistent_reduction(features, cooperative_reduction, *args, **kwargs):
-                return True
-            strict = getattr(features, "strict_sum_rblock", lambda: None)()
-            if cooperative_reduction or strict is not None or not inductor_config.triton.persistent_reductions:
-                return False
-            return (features.get_reduction_hint() == ReductionHint.INNER
-                    and V.graph.sizevars.statically_known_leq(features.reduction_numel, rows))
 
-        def uuid(self):  # Inductor's cache key (torch >= 2.12)
-            return f"sprintc-persistent-rows-{rows}"
+class WideRowChoices(InductorChoices):
+    """Inductor's heuristics, except that row reductions of up to SPRINTC_PERSISTENT_ROWS (default PERSISTENT_ROWS)
+    elements are persistent. A module-level class, so that Inductor's cache keys can pickle it (torch 2.11) or call its
+    uuid (torch >= 2.12)."""
 
-    return WideRowChoices
+    def should_use_persistent_reduction(self, features, cooperative_reduction, *args, **kwargs):
+        from torch._inductor.runtime.hints import ReductionHint
+        from torch._inductor.virtualized import V
+
+        if super().should_use_persistent_reduction(features, cooperative_reduction, *args, **kwargs):
+            return True
+        strict = getattr(features, "strict_sum_rblock", lambda: None)()
+        if cooperative_reduction or strict is not None or not inductor_config.triton.persistent_reductions:
+            return False
+        return (features.get_reduction_hint() == ReductionHint.INNER
+                and V.graph.sizevars.statically_known_leq(features.reduction_numel, persistent_rows_from_env()))
+
+    def uuid(self):
+        return f"sprintc-persistent-rows-{persistent_rows_from_env()}"
 
 
 def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -136,7 +138,7 @@ def _options(target: TargetSpec) -> dict:
         extra["triton.mix_order_reduction"] = target.mix_order_reduction
     rows = persistent_rows_from_env()
     if rows > 1024 and hasattr(inductor_config, "inductor_choices_class") and inductor_config.inductor_choices_class is None:
-        extra["inductor_choices_class"] = _wide_row_choices(rows)  # (a user's own choices class is left alone)
+        extra["inductor_choices_class"] = WideRowChoices  # (a user's own choices class is left alone)
     if target.tune:
         extra["coordinate_descent_tuning"] = True
     elif target.multi_kernel and not mode_opts.get("coordinate_descent_tuning"):

@@ -241,7 +241,8 @@ def test_layer_norms_of_xls_width_are_persistent_reductions(monkeypatch, rows, p
 
     x, shift, scale = torch.randn(8, 256, 1152, device="cuda"), torch.randn(8, 1152, device="cuda"), torch.randn(8, 1152, device="cuda")
     out, code = run_and_get_code(torch.compile(f, **_options(TargetSpec())), x, shift, scale)
-    assert (out.float() - f(x, shift, scale).float()).abs().max() < 3e-2
+    want = f(x, shift, scale).float()
+    assert (out.float() - want).norm() / want.norm() < 1e-2
     source = "\n".join(code)
     assert ("@triton_heuristics.persistent_reduction" in source) == persistent, source[:2000]
 
