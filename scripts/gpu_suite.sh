@@ -42,8 +42,9 @@
 #   scripts/gpu_qkv_attention.py were removed afterwards (docs/PERFORMANCE.md, session O): these two phases run on a
 #   checkout of d035882 (o1) or eb0495a (o2). o3: profiles of the routed step by block and as one graph; the anchor. o4: the CUDA tests as shipped.
 # Session P's (one H100): p1 (the MLP's GELU in cuBLASLt's epilogue in sampling: its CUDA test, the sampling step A/B, the
-#   250-step sampling), p2 (persistent row reductions up to 2048: CUDA test, training and sampling step A/B), p3 (the
-#   CUDA tests as shipped, the step at 128 / 64 / 32, the anchor at 128).
+#   250-step sampling), p2 (persistent row reductions up to 2048: CUDA test, training and sampling step A/B; on a checkout
+#   of 3d4b5bf), p3 (the CUDA tests, the step at 128 / 64 / 32, the anchor at 128; on a checkout of 591cb1d). The
+#   persistent rows (SPRINTC_PERSISTENT_ROWS) were removed afterwards (docs/PERFORMANCE.md, session P).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),

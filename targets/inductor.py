@@ -38,43 +38,6 @@ from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
 RECOMPILE_LIMIT = 64
 KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE")  # sprintc/kernels.py
-# Inductor makes a row reduction persistent (the row held in registers, read once) up to 1024 elements and loops over
-# wider rows, reading them twice; DiT-XL's LayerNorms are 1152 wide. SPRINTC_PERSISTENT_ROWS (a developer's switch for
-# A/B runs; 0: Inductor's own rule) sets the limit.
-PERSISTENT_ROWS = 2048
-
-
-def persistent_rows_from_env() -> int:
-    env = os.environ.get("SPRINTC_PERSISTENT_ROWS")
-    if env is None:
-        return PERSISTENT_ROWS
-    if not env.isdigit():
-        raise TargetError(f"SPRINTC_PERSISTENT_ROWS={env!r}: expected a whole number of elements (0: Inductor's own limit)")
-    return int(env)
-
-
-from torch._inductor.choices import InductorChoices  # noqa: E402
-
-
-class WideRowChoices(InductorChoices):
-    """Inductor's heuristics, except that row reductions of up to SPRINTC_PERSISTENT_ROWS (default PERSISTENT_ROWS)
-    elements are persistent. A module-level class, so that Inductor's cache keys can pickle it (torch 2.11) or call its
-    uuid (torch >= 2.12)."""
-
-    def should_use_persistent_reduction(self, features, cooperative_reduction, *args, **kwargs):
-        from torch._inductor.runtime.hints import ReductionHint
-        from torch._inductor.virtualized import V
-
-        if super().should_use_persistent_reduction(features, cooperative_reduction, *args, **kwargs):
-            return True
-        strict = getattr(features, "strict_sum_rblock", lambda: None)()
-        if cooperative_reduction or strict is not None or not inductor_config.triton.persistent_reductions:
-            return False
-        return (features.get_reduction_hint() == ReductionHint.INNER
-                and V.graph.sizevars.statically_known_leq(features.reduction_numel, persistent_rows_from_env()))
-
-    def uuid(self):
-        return f"sprintc-persistent-rows-{persistent_rows_from_env()}"
 
 
 def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -112,7 +75,7 @@ class KernelsInCacheKey(CustomGraphPass):
 
     def uuid(self):
         # the developer's switches too (sprintc/kernels.py): they pick kernels and tiles when the graph is traced
-        switches = [os.environ.get(name, "") for name in (*KERNEL_SWITCHES, "SPRINTC_PERSISTENT_ROWS")]
+        switches = [os.environ.get(name, "") for name in KERNEL_SWITCHES]
         own = (get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),)), *switches)
         return own if self.then is None else (own, self.then.uuid())
 
@@ -136,9 +99,6 @@ def _options(target: TargetSpec) -> dict:
         # set either way: the default is on from torch 2.10, where it crashed our whole-model routed backward
         # (pytorch#178080) and gives wrong gradients for scale-shift tables (pytorch#193061, a silent error)
         extra["triton.mix_order_reduction"] = target.mix_order_reduction
-    rows = persistent_rows_from_env()
-    if rows > 1024 and hasattr(inductor_config, "inductor_choices_class") and inductor_config.inductor_choices_class is None:
-        extra["inductor_choices_class"] = WideRowChoices  # (a user's own choices class is left alone)
     if target.tune:
         extra["coordinate_descent_tuning"] = True
     elif target.multi_kernel and not mode_opts.get("coordinate_descent_tuning"):

@@ -257,20 +257,3 @@ def test_a_malformed_gelu_epilogue_switch_is_a_clear_error(monkeypatch, value):
         use_kernels(sit)
         assert all(m.gelu_epilogue == on for m in sit.modules() if isinstance(m, Mlp))
 
-
-def test_the_persistent_row_switch_is_checked_and_keyed(monkeypatch):
-    """SPRINTC_PERSISTENT_ROWS: a malformed value is a clear error when the target is set up, and the value is part of
-    Inductor's cache key (it changes the kernels Inductor writes)."""
-    from sprintc.spec import TargetSpec
-    from sprintc.targets.inductor import KernelsInCacheKey, _options
-    from sprintc.targets_api import TargetError
-
-    shipped = KernelsInCacheKey().uuid()
-    for value in ("x", "-1", "2k"):
-        monkeypatch.setenv("SPRINTC_PERSISTENT_ROWS", value)
-        with pytest.raises(TargetError, match=r"SPRINTC_PERSISTENT_ROWS=.*expected a whole number"):
-            _options(TargetSpec())
-    monkeypatch.setenv("SPRINTC_PERSISTENT_ROWS", "0")
-    assert "inductor_choices_class" not in _options(TargetSpec()).get("options", {})
-    assert KernelsInCacheKey().uuid() != shipped
-
