@@ -212,17 +212,24 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
 
 
-@pytest.mark.parametrize("value", ["4,4,1,4", "4,x,1,4,5", "4,4,0,4,5"])
-def test_a_malformed_tile_switch_is_a_clear_error(monkeypatch, value):
+@pytest.mark.parametrize("switch, value, message",
+                         [("SPRINTC_QK_BLOCKS", v, "expected five positive integers") for v in ("4,4,1,4", "4,x,1,4,5", "4,4,0,4,5")]
+                         + [("SPRINTC_GELU_EPILOGUE", v, "expected 0 or 1") for v in ("2", "on", " 1")])
+def test_a_malformed_kernel_switch_is_a_clear_error(monkeypatch, switch, value, message):
+    from sprintc.model import Mlp
     from sprintc.targets.inductor import use_kernels
     from sprintc.targets_api import TargetError
 
     sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
-    monkeypatch.setenv("SPRINTC_QK_BLOCKS", value)
-    with pytest.raises(TargetError, match=r"SPRINTC_QK_BLOCKS=.*expected five positive integers"):
+    monkeypatch.setenv(switch, value)
+    with pytest.raises(TargetError, match=rf"{switch}=.*{message}"):
         use_kernels(sit)
-    monkeypatch.setenv("SPRINTC_QK_BLOCKS", "4,4,1,4,5")
-    assert use_kernels(sit) == 2
+    monkeypatch.delenv(switch)
+    mlps = [m for m in sit.modules() if isinstance(m, Mlp)]
+    assert use_kernels(sit) == 2 and all(m.gelu_epilogue for m in mlps)  # the GELU epilogue is on by default
+    monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", "0")
+    use_kernels(sit)
+    assert not any(m.gelu_epilogue for m in mlps)
 
 
 @pytest.mark.parametrize("value", ["64,4", "65,4,4", "64,4,0", "64,4,4,1", "a,4,4"])
@@ -240,20 +247,3 @@ def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,8")  # every attention to SDPA
     assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
     assert K.ATTENTION_WARPS == (2, 8)
-
-
-@pytest.mark.parametrize("value", ["2", "on", " 1"])
-def test_a_malformed_gelu_epilogue_switch_is_a_clear_error(monkeypatch, value):
-    from sprintc.model import Mlp
-    from sprintc.targets.inductor import use_kernels
-    from sprintc.targets_api import TargetError
-
-    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
-    monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", value)
-    with pytest.raises(TargetError, match=r"SPRINTC_GELU_EPILOGUE=.*expected 0 or 1"):
-        use_kernels(sit)
-    for value, on in (("0", False), ("1", True)):
-        monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", value)
-        use_kernels(sit)
-        assert all(m.gelu_epilogue == on for m in sit.modules() if isinstance(m, Mlp))
-
