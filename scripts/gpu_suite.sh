@@ -44,7 +44,8 @@
 # Session P's (one H100): p1 (the MLP's GELU in cuBLASLt's epilogue in sampling: its CUDA test, the sampling step A/B, the
 #   250-step sampling), p2 (persistent row reductions up to 2048: CUDA test, training and sampling step A/B; on a checkout
 #   of 3d4b5bf), p3 (the CUDA tests, the step at 128 / 64 / 32, the anchor at 128; on a checkout of 591cb1d). The
-#   persistent rows (SPRINTC_PERSISTENT_ROWS) were removed afterwards (docs/PERFORMANCE.md, session P).
+#   persistent rows of those two commits were removed afterwards (docs/PERFORMANCE.md, session P). p4: persistent rows by a
+#   patch of Inductor's heuristic, A/B in training and sampling; p5: the CUDA tests as shipped, the step at 64 / 32.
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -875,6 +876,21 @@ elif [ "$PHASE" = p3 ]; then  # session P, one H100: the CUDA, kernel and optimi
   piece p3_step 200 0 $BENCH --batch 128,64,32 --modes $TMODES --parts train --graphs routed --json "$W/p3_step.json"
   piece p3_again 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/p3_again.json"  # the FX cache's hits
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = p4 ]; then  # session P, one H100: persistent row reductions again, now by a patch of Inductor's own
+  # heuristic (widen_persistent_rows): its CUDA test, then the training step (routed and dense) and the sampling step at
+  # 128, SPRINTC_PERSISTENT_ROWS 2048 (as shipped) against 0, alternating, one Inductor cache each
+  gpu_info
+  versions
+  piece pytest_rows 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "persistent or gelu" -p no:cacheprovider --rootdir "$REPO"
+  for r in 2048 0 2048 0; do
+    n=$(( ${n:-0} + 1 ))
+    SPRINTC_PERSISTENT_ROWS=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_r$r piece "p4_${r}_$n" 150 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --json "$W/p4_${r}_$n.json"
+  done
+elif [ "$PHASE" = p5 ]; then  # session P, one H100: the CUDA, kernel and optimizer tests as shipped; the step at 64 / 32
+  gpu_info
+  versions
+  piece pytest_cuda 330 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
+  piece p5_step 200 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/p5_step.json"
 elif [ "$PHASE" = o4 ]; then  # session O, one H100: the CUDA, kernel and optimizer tests of the code as shipped
   gpu_info
   versions

@@ -14,7 +14,8 @@ each, the glue fused into its neighbours, at the cost of compiling every block i
 On CUDA (target.kernels, the default) the attentions' q/k RMSNorm + RoPE, and attention itself over sequences of at
 most 64 tokens (the routed blocks), run as sprintc's own Triton kernels (sprintc/kernels.py) in training and sampling
 steps, where they were measured faster than Inductor's code and cuDNN's attention; where no gradient is taken, the GELU
-MLP's fc1 bias and GELU run in cuBLASLt's epilogue; Inductor traces into them like its
+MLP's fc1 bias and GELU run in cuBLASLt's epilogue; and row reductions up to PERSISTENT_ROWS wide (XL's LayerNorms)
+are persistent; Inductor traces into them like its
 own kernels, and a hash of their source is part of its cache keys.
 
 Shapes are static (dynamic=False): a new batch size compiles a new variant once (no automatic dynamic
@@ -37,7 +38,55 @@ from sprintc.spec import TargetSpec
 from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
 RECOMPILE_LIMIT = 64
-KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE")  # sprintc/kernels.py
+# the developer's switches, read when a graph is traced or its kernels are written (sprintc/kernels.py, and
+# SPRINTC_PERSISTENT_ROWS below): part of Inductor's cache key
+KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE", "SPRINTC_PERSISTENT_ROWS")
+# Inductor holds a row reduction in registers (a persistent reduction: the row is read once) up to 1024 elements and
+# loops over wider rows, reading them twice; DiT-XL's LayerNorms are 1152 wide. In sprintc's compiles on CUDA rows up to
+# this width are persistent (docs/PERFORMANCE.md, session P). SPRINTC_PERSISTENT_ROWS=0: Inductor's own rule (A/B runs).
+PERSISTENT_ROWS = 2048
+
+
+def persistent_rows() -> int:
+    env = os.environ.get("SPRINTC_PERSISTENT_ROWS")
+    if env is None:
+        return PERSISTENT_ROWS
+    if not env.isdigit():
+        raise TargetError(f"SPRINTC_PERSISTENT_ROWS={env!r}: expected a whole number of elements (0: Inductor's own limit)")
+    return int(env)
+
+
+def widen_persistent_rows():
+    """Patch Inductor's heuristic (once, in its class) so that in sprintc's compiles (those that carry the
+    KernelsInCacheKey pass) row reductions of up to persistent_rows() elements are persistent. A subclass passed as
+    `inductor_choices_class` did not do: Inductor builds its heuristics object once per thread, at first use, so the
+    subclass applied only where a sprintc compile came first (session P)."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.runtime.hints import ReductionHint
+    from torch._inductor.virtualized import V
+
+    found = InductorChoices.__dict__["should_use_persistent_reduction"]
+    base = found.__func__ if isinstance(found, staticmethod) else found
+    if getattr(base, "sprintc", False):
+        return
+
+    def should_use_persistent_reduction(*args, **kwargs):
+        if base(*args, **kwargs):
+            return True
+        if not isinstance(inductor_config.post_grad_custom_post_pass, KernelsInCacheKey):
+            return False  # not a sprintc compile
+        rest = [a for a in args if not isinstance(a, InductorChoices)]
+        features = kwargs.get("features", rest[0] if rest else None)
+        cooperative = kwargs.get("cooperative_reduction", rest[1] if len(rest) > 1 else True)
+        strict = getattr(features, "strict_sum_rblock", lambda: None)()
+        if features is None or cooperative or strict is not None or not inductor_config.triton.persistent_reductions:
+            return False
+        return (features.get_reduction_hint() == ReductionHint.INNER
+                and V.graph.sizevars.statically_known_leq(features.reduction_numel, persistent_rows()))
+
+    should_use_persistent_reduction.sprintc = True
+    wrapped = staticmethod(should_use_persistent_reduction) if isinstance(found, staticmethod) else should_use_persistent_reduction
+    InductorChoices.should_use_persistent_reduction = wrapped
 
 
 def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
@@ -76,7 +125,7 @@ class KernelsInCacheKey(CustomGraphPass):
     def uuid(self):
         # the developer's switches too (sprintc/kernels.py): they pick kernels and tiles when the graph is traced
         switches = [os.environ.get(name, "") for name in KERNEL_SWITCHES]
-        own = (get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),)), *switches)
+        own = (get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),)), *switches, PERSISTENT_ROWS)
         return own if self.then is None else (own, self.then.uuid())
 
 
@@ -158,6 +207,7 @@ def use_kernels(model: nn.Module) -> int:
         tiles_from_env()  # checked here: at trace time a bad value would end in a compiler traceback
         attention_from_env()
         gelu_epilogue_from_env()
+        persistent_rows()
     except ValueError as e:
         raise TargetError(str(e)) from None
     return use_kernels(model)
@@ -167,6 +217,7 @@ def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: tor
     _raise_limits()
     if device.type == "cuda" and target.kernels:
         use_kernels(model)
+        widen_persistent_rows()
     regions = compile_regions(model, target) if target.regional else compile_whole(model, target)
     wrap_forwards(model, Lowering(target, device, dtype, regions=regions))
     return model

@@ -222,6 +222,32 @@ def test_sampling_with_the_gelu_epilogue_equals_eager(monkeypatch, epilogue):
     assert all(p.grad is not None for p in model.blocks[0].mlp.parameters())
 
 
+@pytest.mark.parametrize("rows, persistent", [("2048", True), ("0", False)])
+def test_layer_norms_of_xls_width_are_persistent_reductions(monkeypatch, rows, persistent):
+    """In sprintc's compiles Inductor holds rows of up to 2048 elements in registers (its own limit is 1024): the
+    LayerNorm + modulate of XL's 1152-wide tokens compiles to a persistent reduction, which reads the row once, even
+    after other compiles in this process; a looped one with SPRINTC_PERSISTENT_ROWS=0; both give eager's output."""
+    from torch._inductor.utils import run_and_get_code
+
+    from sprintc.model import modulate
+    from sprintc.spec import TargetSpec
+    from sprintc.targets.inductor import _options, widen_persistent_rows
+
+    monkeypatch.setenv("SPRINTC_PERSISTENT_ROWS", rows)
+    torch._dynamo.reset()
+    widen_persistent_rows()
+
+    def f(x, shift, scale):
+        return modulate(torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6), shift, scale).to(torch.bfloat16)
+
+    x, shift, scale = torch.randn(8, 256, 1152, device="cuda"), torch.randn(8, 1152, device="cuda"), torch.randn(8, 1152, device="cuda")
+    torch.compile(lambda a: torch.nn.functional.layer_norm(a, a.shape[-1:]))(x)  # Inductor's heuristics in use first
+    out, code = run_and_get_code(torch.compile(f, **_options(TargetSpec())), x, shift, scale)
+    want = f(x, shift, scale).float()
+    assert (out.float() - want).norm() / want.norm() < 1e-2
+    assert ("@triton_heuristics.persistent_reduction" in "\n".join(code)) == persistent
+
+
 class _TableBlock(torch.nn.Module):
     """Two adaLN-modulated norms whose shift / scale / gate are chunks of one learned table plus a time embedding
     shared by the batch (as diffusers' PixArt / Wan blocks): Inductor's mix-order reductions (torch 2.10-2.14)

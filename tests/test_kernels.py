@@ -214,7 +214,8 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
 
 @pytest.mark.parametrize("switch, value, message",
                          [("SPRINTC_QK_BLOCKS", v, "expected five positive integers") for v in ("4,4,1,4", "4,x,1,4,5", "4,4,0,4,5")]
-                         + [("SPRINTC_GELU_EPILOGUE", v, "expected 0 or 1") for v in ("2", "on", " 1")])
+                         + [("SPRINTC_GELU_EPILOGUE", v, "expected 0 or 1") for v in ("2", "on", " 1")]
+                         + [("SPRINTC_PERSISTENT_ROWS", v, "expected a whole number") for v in ("x", "-1", "2k")])
 def test_a_malformed_kernel_switch_is_a_clear_error(monkeypatch, switch, value, message):
     from sprintc.model import Mlp
     from sprintc.targets.inductor import use_kernels
@@ -247,3 +248,31 @@ def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,8")  # every attention to SDPA
     assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
     assert K.ATTENTION_WARPS == (2, 8)
+
+
+def test_widening_persistent_rows_patches_inductor_once_and_only_for_sprintcs_compiles():
+    """The patched heuristic wraps Inductor's own once (lowering many models does not stack wrappers), and a compile
+    without sprintc's cache-key pass gets Inductor's answer."""
+    from torch._inductor.choices import InductorChoices
+
+    from sprintc.targets.inductor import widen_persistent_rows
+
+    widen_persistent_rows()
+    first = InductorChoices.__dict__["should_use_persistent_reduction"]
+    widen_persistent_rows()
+    assert InductorChoices.__dict__["should_use_persistent_reduction"] is first
+    assert (first.__func__ if isinstance(first, staticmethod) else first).sprintc
+
+    class Features:  # a row of 1152 elements; outside a sprintc compile the wrapper must not even look at it
+        reduction_numel = 1152
+
+        def get_reduction_hint(self):
+            raise AssertionError("looked at a compile that is not sprintc's")
+
+    from unittest import mock
+
+    with mock.patch.object(torch._inductor.config, "post_grad_custom_post_pass", None):
+        base = first.__func__ if isinstance(first, staticmethod) else first
+        with mock.patch.object(torch._inductor.config.triton, "persistent_reductions", False):
+            assert base(Features(), False) is False  # Inductor's own answer (persistent reductions off)
+
