@@ -13,10 +13,10 @@ each, the glue fused into its neighbours, at the cost of compiling every block i
 
 On CUDA (target.kernels, the default) the attentions' q/k RMSNorm + RoPE, and attention itself over sequences of at
 most 64 tokens (the routed blocks), run as sprintc's own Triton kernels (sprintc/kernels.py) in training and sampling
-steps, where they were measured faster than Inductor's code and cuDNN's attention; where no gradient is taken, the GELU
-MLP's fc1 bias and GELU run in cuBLASLt's epilogue; and row reductions up to PERSISTENT_ROWS wide (XL's LayerNorms)
-are persistent; Inductor traces into them like its
-own kernels, and a hash of their source is part of its cache keys.
+steps, where they were measured faster than Inductor's code and cuDNN's attention; Inductor traces into them like its
+own kernels, and a hash of their source is part of its cache keys. Also on CUDA: where no gradient is taken, the GELU
+MLP's fc1 bias and GELU run in cuBLASLt's epilogue, and in sprintc's compiles row reductions up to PERSISTENT_ROWS wide
+(XL's LayerNorms) are persistent.
 
 Shapes are static (dynamic=False): a new batch size compiles a new variant once (no automatic dynamic
 shapes, which would give slower kernels); the recompile limit is raised so that training, fine-tuning
@@ -59,7 +59,7 @@ def persistent_rows() -> int:
 def widen_persistent_rows():
     """Patch Inductor's heuristic (once, in its class) so that in sprintc's compiles (those that carry the
     KernelsInCacheKey pass) row reductions of up to persistent_rows() elements are persistent. A subclass passed as
-    `inductor_choices_class` did not do: Inductor builds its heuristics object once per thread, at first use, so the
+    `inductor_choices_class` did not work: Inductor builds its heuristics object once per thread, at first use, so the
     subclass applied only where a sprintc compile came first (session P)."""
     from torch._inductor.choices import InductorChoices
     from torch._inductor.runtime.hints import ReductionHint
