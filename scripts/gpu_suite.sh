@@ -45,7 +45,8 @@
 #   250-step sampling), p2 (persistent row reductions up to 2048: CUDA test, training and sampling step A/B; on a checkout
 #   of 3d4b5bf), p3 (the CUDA tests, the step at 128 / 64 / 32, the anchor at 128; on a checkout of 591cb1d). The
 #   persistent rows of those two commits were removed afterwards (docs/PERFORMANCE.md, session P). p4: persistent rows by a
-#   patch of Inductor's heuristic, A/B in training and sampling; p5: the CUDA tests as shipped, the step at 64 / 32.
+#   patch of Inductor's heuristic, A/B in training and sampling; p5: the CUDA tests as shipped, the step at 64 / 32; p6:
+#   `sprintc train` on XL latents as shipped.
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -891,6 +892,11 @@ elif [ "$PHASE" = p5 ]; then  # session P, one H100: the CUDA, kernel and optimi
   versions
   piece pytest_cuda 330 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
   piece p5_step 200 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/p5_step.json"
+elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
+  gpu_info
+  versions
+  train_setup 128
+  train_each 170 shipped:xl_ddp
 elif [ "$PHASE" = o4 ]; then  # session O, one H100: the CUDA, kernel and optimizer tests of the code as shipped
   gpu_info
   versions
