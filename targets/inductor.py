@@ -123,7 +123,7 @@ class KernelsInCacheKey(CustomGraphPass):
             self.then(graph)
 
     def uuid(self):
-        # the developer's switches too (sprintc/kernels.py): they pick kernels and tiles when the graph is traced
+        # the developer's switches and the persistent-row limit too: they pick kernels and tiles when a graph is traced
         switches = [os.environ.get(name, "") for name in KERNEL_SWITCHES]
         own = (get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),)), *switches, PERSISTENT_ROWS)
         return own if self.then is None else (own, self.then.uuid())

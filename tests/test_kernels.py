@@ -269,6 +269,8 @@ def test_widening_persistent_rows_patches_inductor_once_and_only_for_sprintcs_co
         def get_reduction_hint(self):
             raise AssertionError("looked at a compile that is not sprintc's")
 
+        strict_sum_rblock = get_reduction_hint  # the first thing the wrapper reads past its guard
+
     from unittest import mock
 
     with mock.patch.object(torch._inductor.config, "post_grad_custom_post_pass", None):
