@@ -47,6 +47,7 @@
 #   persistent rows of those two commits were removed afterwards (docs/PERFORMANCE.md, session P). p4: persistent rows by a
 #   patch of Inductor's heuristic, A/B in training and sampling; p5: the CUDA tests as shipped, the step at 64 / 32; p6:
 #   `sprintc train` on XL latents as shipped.
+# Session Q's (one H100): q1 (the optimizer-overlap probe, scripts/gpu_overlap_probe.py; the anchor at 128).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -892,6 +893,14 @@ elif [ "$PHASE" = p5 ]; then  # session P, one H100: the CUDA, kernel and optimi
   versions
   piece pytest_cuda 330 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
   piece p5_step 200 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/p5_step.json"
+elif [ "$PHASE" = q1 ]; then  # session Q, one H100: how much of the optimizer could hide behind the next forward
+  # (scripts/gpu_overlap_probe.py: shipped / no optimizer / optimizer on a second stream beside the forward), the anchor
+  gpu_info
+  versions
+  if [ $TINY = 0 ]; then
+    piece overlap_probe 300 0 python3 "$REPO/scripts/gpu_overlap_probe.py" "$SPEC" --batch 128,64 --json "$W/overlap_probe.json"
+    piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+  fi
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
