@@ -21,6 +21,14 @@ COMMANDS = {
 }
 
 
+def target_name(text: str) -> str:
+    """argparse type of --target: a device given as the target (`--target cuda`) is told where the device goes."""
+    if text in ("cpu", "cuda") or text.startswith("cuda:"):
+        raise argparse.ArgumentTypeError(f"{text!r} is a device, not a target (targets: eager, inductor, aot); the device "
+                                         "is target.device in the spec, or --device of train, sample and bench")
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     code = _main(sys.argv[1:] if argv is None else argv)
     if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:

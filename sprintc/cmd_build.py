@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from sprintc.cli import target_name
 from sprintc.errors import CheckpointError, SprintcError
 
 TARGETS = ("eager", "inductor", "aot")
@@ -17,7 +18,7 @@ def add_build_arguments(p):
     p.add_argument("--out", metavar="DIR", help="where to write spec.lock.yaml, graph.py, graph.dot, report.json "
                    "(default runs/<spec name>/build)")
     p.add_argument("--dump-after", metavar="PASS", help="also print the graph code after this pass ('trace': before any)")
-    p.add_argument("--target", choices=TARGETS, help="override the spec's target (recorded in the lock file)")
+    p.add_argument("--target", type=target_name, choices=TARGETS, help="override the spec's target (recorded in the lock file)")
 
 
 def run_build(args) -> int:

@@ -91,6 +91,16 @@ def test_build_errors_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"sprintc build: error: --out {blocker / 'sub'}: cannot write")
 
 
+@pytest.mark.parametrize("argv", [["build", "digits", "--target", "cuda"], ["sample", "digits", "--ckpt", "x", "--target", "cuda:0"]])
+def test_a_device_given_as_the_target_says_where_the_device_goes(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "is a device, not a target (targets: eager, inductor, aot)" in err and "--device" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_build_sit_xl_sprint_ratios(tmp_path):
     """The reference SPRINT config: 2/24/2 blocks at 75% drop trains at ~0.36x the FLOPs; PDG samples at
