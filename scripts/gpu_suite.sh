@@ -47,7 +47,8 @@
 #   persistent rows of those two commits were removed afterwards (docs/PERFORMANCE.md, session P). p4: persistent rows by a
 #   patch of Inductor's heuristic, A/B in training and sampling; p5: the CUDA tests as shipped, the step at 64 / 32; p6:
 #   `sprintc train` on XL latents as shipped.
-# Session Q's (one H100): q1 (the optimizer-overlap probe, scripts/gpu_overlap_probe.py; the anchor at 128).
+# Session Q's (one H100): q1 (the optimizer-overlap probe, scripts/gpu_overlap_probe.py; the anchor at 128), q2 (profiles
+#   of `sprintc train`'s routed steps as shipped and with the EMA updated only at the end).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -901,6 +902,19 @@ elif [ "$PHASE" = q1 ]; then  # session Q, one H100: how much of the optimizer c
     piece overlap_probe 300 0 python3 "$REPO/scripts/gpu_overlap_probe.py" "$SPEC" --batch 128,64 --json "$W/overlap_probe.json"
     piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
   fi
+elif [ "$PHASE" = q2 ]; then  # session Q, one H100: where `sprintc train`'s step goes beyond the bench's captured step
+  # (scripts/gpu_train_profile.py: wall vs GPU busy time per routed step, kernels by name), as shipped and with the EMA
+  # updated only at the end (train.ema.every 1000000), the EMA's share
+  gpu_info
+  versions
+  train_setup 128 45  # the profile's schedule waits 35 steps, warms up 3 and records 5
+  variant noema 'train: {ema: {every: 1000000}}'
+  for r in shipped:xl_ddp noema:noema; do
+    name=${r%%:*}
+    piece "trainprof_$name" 200 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/${r#*:}.yaml" "$W/run_prof_$name" "$W/trainprof_$name.txt"
+    [ -f "$W/run_prof_$name/metrics.jsonl" ] && cp "$W/run_prof_$name/metrics.jsonl" "$W/trainprof_${name}_metrics.jsonl"
+    rm -rf "$W/run_prof_$name"
+  done
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
