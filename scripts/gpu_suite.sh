@@ -48,7 +48,8 @@
 #   patch of Inductor's heuristic, A/B in training and sampling; p5: the CUDA tests as shipped, the step at 64 / 32; p6:
 #   `sprintc train` on XL latents as shipped.
 # Session Q's (one H100): q1 (the optimizer-overlap probe, scripts/gpu_overlap_probe.py; the anchor at 128), q2 (profiles
-#   of `sprintc train`'s routed steps as shipped and with the EMA updated only at the end).
+#   of `sprintc train`'s routed steps as shipped and with the EMA updated only at the end), q3 (idle time between
+#   kernels: the bench's captured step, the loop without the EMA).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -915,6 +916,15 @@ elif [ "$PHASE" = q2 ]; then  # session Q, one H100: where `sprintc train`'s ste
     [ -f "$W/run_prof_$name/metrics.jsonl" ] && cp "$W/run_prof_$name/metrics.jsonl" "$W/trainprof_${name}_metrics.jsonl"
     rm -rf "$W/run_prof_$name"
   done
+elif [ "$PHASE" = q3 ]; then  # session Q, one H100: idle time between kernels in the bench's captured step and in
+  # `sprintc train`'s loop without the per-step EMA (scripts/gpu_step_gaps.py, scripts/gpu_train_profile.py)
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece step_gaps 200 0 python3 "$REPO/scripts/gpu_step_gaps.py" "$SPEC" "$W/step_gaps.txt"
+  train_setup 128 45
+  variant noema 'train: {ema: {every: 1000000}}'
+  piece trainprof_noema 200 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/noema.yaml" "$W/run_prof_noema" "$W/trainprof_noema.txt"
+  rm -rf "$W/run_prof_noema" "$W/latents"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

@@ -9,6 +9,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 import sprintc.train as T
+from gpu_gaps import gap_report
 
 spec_path, out_dir, table_path = sys.argv[1:4]
 ACTIVE = 5
@@ -40,5 +41,6 @@ lines = [f"{ACTIVE} routed steps (38-42): wall {wall:.2f} ms / step (host clock 
          f"GPU kernels {busy:.2f} ms / step"]
 for name, (n, ms) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:60]:
     lines.append(f"{ms / ACTIVE:9.3f} ms/step {n // ACTIVE:6d} calls/step  {name[:150]}")
+lines += gap_report(prof, ACTIVE)
 open(table_path, "w").write("\n".join(lines) + "\n")
-print("\n".join(lines[:40]))
+print("\n".join(lines[:12] + lines[-13:]))
