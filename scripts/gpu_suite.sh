@@ -49,7 +49,8 @@
 #   `sprintc train` on XL latents as shipped.
 # Session Q's (one H100): q1 (the optimizer-overlap probe, scripts/gpu_overlap_probe.py; the anchor at 128), q2 (profiles
 #   of `sprintc train`'s routed steps as shipped and with the EMA updated only at the end), q3 (idle time between
-#   kernels: the bench's captured step, the loop without the EMA).
+#   kernels: the bench's captured step, the loop without the EMA), q4 (the loop's loss read without waiting for the next
+#   step: CUDA tests, `sprintc train` against BASE, the loop's idle time again).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -925,6 +926,19 @@ elif [ "$PHASE" = q3 ]; then  # session Q, one H100: idle time between kernels i
   variant noema 'train: {ema: {every: 1000000}}'
   piece trainprof_noema 200 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/noema.yaml" "$W/run_prof_noema" "$W/trainprof_noema.txt"
   rm -rf "$W/run_prof_noema" "$W/latents"
+elif [ "$PHASE" = q4 ]; then  # session Q, one H100: the loop reads a step's loss without waiting for the next step
+  # (sprintc.train.read_later): its CUDA tests, `sprintc train` on XL latents against BASE (1e19d72), then the loop's
+  # idle time between kernels again (without the per-step EMA)
+  gpu_info
+  versions
+  piece pytest_cuda 150 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "read_without or training_equals_plain or without_a_host_sync" -p no:cacheprovider --rootdir "$REPO"
+  ab_train 170
+  left=$(( 590 - ($(date +%s) - T0) ))
+  if [ $left -gt 100 ]; then
+    variant noema 'train: {ema: {every: 1000000}}'
+    piece trainprof_noema $left 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/noema.yaml" "$W/run_prof_noema" "$W/trainprof_noema.txt"
+    rm -rf "$W/run_prof_noema"
+  fi
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

@@ -208,6 +208,19 @@ class StepRunner:
             return self.plain(b)
 
 
+def read_later(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """`t` on its way to pinned host memory, queued behind the work queued so far, and the event to wait on before
+    reading it. Reading a GPU tensor itself (`.tolist()`) is a copy queued behind everything queued since, the next
+    step included, so the GPU would run dry while the host prepares the step after (session Q: 2.6 ms a step)."""
+    if t.device.type != "cuda":
+        return t, None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
 def draw_routing(sprint, batch: int, device, generator) -> dict:
     """ids_keep and path_drop for the global batch (the draws `routed_forward` would make itself)."""
     if sprint is None or not sprint.routing:
@@ -495,13 +508,15 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     window = [0.0, 0, 0, time.perf_counter()]  # loss sum, steps, images, start time of the log window
     img_total, t_loop = 0, time.perf_counter()
     loss_v, stopped, stop_all = float("nan"), "done", False
-    pending = []  # (step, [loss, stop] on the device) not read yet: reading waits for the GPU, so it lags a step
+    pending = []  # (step, [loss, stop] on its way to the host) not read yet: reading waits for the GPU, so it lags a step
 
     def settle(upto: int):
         """Read the losses of the steps <= upto; a NaN/inf stops training with the step it happened at."""
         nonlocal loss_v, stop_all
         while pending and pending[0][0] <= upto:
-            s, flags = pending.pop(0)
+            s, (flags, copied) = pending.pop(0)
+            if copied is not None:
+                copied.synchronize()
             loss_v, flag = flags.tolist()
             loss_v /= world
             if not math.isfinite(loss_v):
@@ -553,7 +568,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 cursor += B
                 img_total += B
                 window[2] += B
-                pending.append((step, flags))
+                pending.append((step, read_later(flags)))
                 log_now = step % tr.log_every == 0 or step == total
                 save_now = step % tr.checkpoint_every == 0 and step < total
                 sample_now = tr.sample_every and step % tr.sample_every == 0 and step < total

@@ -87,6 +87,20 @@ def test_a_training_batch_reaches_the_gpu_without_a_host_sync(where):
     assert torch.equal(x.cpu(), data.x[idx.to(where)].float().cpu()) and torch.equal(y.cpu(), (idx % 10))
 
 
+def test_a_steps_loss_is_read_without_waiting_for_the_work_queued_after_it():
+    """`sprintc train` reads step s-1's loss while step s runs. The read must wait for step s-1 only: a read that
+    waited for step s too would leave the GPU idle while the host prepares step s+1."""
+    from sprintc.train import read_later
+
+    loss = torch.tensor([3.0, 0.0], device="cuda")
+    flags, copied = read_later(loss)
+    torch.cuda._sleep(1_000_000_000)  # the next step: about half a second of GPU time queued behind the copy
+    copied.synchronize()
+    assert not torch.cuda.current_stream().query(), "the read waited for the work queued after it"
+    assert flags.tolist() == [3.0, 0.0] and flags.is_pinned()
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("routed", [False, True])
 def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
     """sprintc/kernels.py compiled for the GPU, XL's 16 heads of 72, bf16 as under autocast."""
