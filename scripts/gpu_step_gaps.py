@@ -9,7 +9,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from gpu_gaps import gap_report
+from gpu_gaps import device_intervals, gap_report
 from sprintc.bench import Bench, _make_opt, _set_routing, _train_step
 from sprintc.spec import load_spec
 from sprintc.targets_api import CudaGraphStep, resolve_target
@@ -42,8 +42,7 @@ with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step(batch)
     b.record()
     torch.cuda.synchronize()
-busy = sum(e.device_time_total for e in prof.events()
-           if e.device_type == torch.autograd.DeviceType.CUDA and not e.name.startswith("ProfilerStep")) / 1000 / STEPS
+busy = sum(end - start for start, end, _ in device_intervals(prof)) / 1000 / STEPS
 lines = [f"{STEPS} captured routed steps at batch {args.batch}: {a.elapsed_time(b) / STEPS:.2f} ms / step (events), "
          f"GPU kernels {busy:.2f} ms / step"] + gap_report(prof, STEPS)
 open(args.out, "w").write("\n".join(lines) + "\n")
