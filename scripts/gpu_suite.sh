@@ -51,6 +51,9 @@
 #   of `sprintc train`'s routed steps as shipped and with the EMA updated only at the end), q3 (idle time between
 #   kernels: the bench's captured step, the loop without the EMA), q4 (the loop's loss read without waiting for the next
 #   step: CUDA tests, `sprintc train` against BASE, the loop's idle time again).
+# Session R's (one H100): r1 (the MLP's training step in cuBLASLt's GELU epilogues, sprintc/cublaslt.py: the ops and a
+#   compiled sublayer alone, scripts/gpu_gelu_mlp.py; the step at 128 with SPRINTC_GELU_EPILOGUE 1 as shipped against
+#   sample, alternating, one Inductor cache each, the dense step in the first pair; the CUDA tests).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -939,6 +942,15 @@ elif [ "$PHASE" = q4 ]; then  # session Q, one H100: the loop reads a step's los
     piece trainprof_noema $left 0 python3 "$REPO/scripts/gpu_train_profile.py" "$W/noema.yaml" "$W/run_prof_noema" "$W/trainprof_noema.txt"
     rm -rf "$W/run_prof_noema"
   fi
+elif [ "$PHASE" = r1 ]; then  # session R, one H100: the MLP's training step with cuBLASLt's GELU epilogues
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece gelu_mlp 150 0 python3 "$REPO/scripts/gpu_gelu_mlp.py" --json "$W/gelu_mlp.json"
+  for r in 1 sample 1 sample; do
+    n=$(( ${n:-0} + 1 ))
+    SPRINTC_GELU_EPILOGUE=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_g$r piece "r1_${r}_$n" 120 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs $([ $n -le 2 ] && echo routed,dense || echo routed) --json "$W/r1_${r}_$n.json"
+  done
+  piece pytest_gelu $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "gelu or qk_kernels_equals_eager" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

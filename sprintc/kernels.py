@@ -388,28 +388,29 @@ def attention_from_env():
     SHORT_TOKENS, ATTENTION_WARPS = v[0], (v[1], v[2])
 
 
-def gelu_epilogue_from_env() -> bool:
-    """SPRINTC_GELU_EPILOGUE='0' (a developer's switch for A/B runs on a GPU) keeps the MLP's GELU as Inductor's own
-    pass in sampling; unset or '1' puts it in cuBLASLt's epilogue; ValueError naming it otherwise."""
+def gelu_epilogue_from_env() -> tuple[bool, bool]:
+    """SPRINTC_GELU_EPILOGUE (a developer's switch for A/B runs on a GPU): unset or '1' puts the MLP's bias and GELU
+    in cuBLASLt's epilogues in sampling and in training, 'sample' in sampling only, '0' nowhere (Inductor's own
+    passes); (in sampling, in training). ValueError naming it otherwise."""
     env = os.environ.get("SPRINTC_GELU_EPILOGUE", "1")
-    if env not in ("0", "1"):
-        raise ValueError(f"SPRINTC_GELU_EPILOGUE={env!r}: expected 0 or 1")
-    return env == "1"
+    if env not in ("0", "1", "sample"):
+        raise ValueError(f"SPRINTC_GELU_EPILOGUE={env!r}: expected 0, 1 or sample")
+    return env != "0", env == "1"
 
 
 def use_kernels(model: torch.nn.Module) -> int:
     """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, and those with RMS
-    q/k norms at qk_norm_rope (both used on CUDA tensors only), and every GELU MLP at cuBLASLt's GELU epilogue where
-    no gradient is taken; the number of attentions."""
+    q/k norms at qk_norm_rope (both used on CUDA tensors only), and every GELU MLP at cuBLASLt's GELU epilogues
+    (sampling and training, sprintc/cublaslt.py); the number of attentions."""
     from sprintc.model import Attention, Mlp, RMSNorm
 
     found = [m for m in model.modules() if isinstance(m, Attention)]
     for m in found:
         m.fused_qk, m.short_tokens = isinstance(m.q_norm, RMSNorm), SHORT_TOKENS
-    gelu = gelu_epilogue_from_env()
+    sample, train = gelu_epilogue_from_env()
     for m in model.modules():
         if isinstance(m, Mlp):
-            m.gelu_epilogue = gelu and m.kind == "gelu_tanh"
+            m.gelu_epilogue, m.gelu_train = sample and m.kind == "gelu_tanh", train and m.kind == "gelu_tanh"
     return len(found)
 
 

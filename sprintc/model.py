@@ -75,9 +75,11 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    # set by the inductor target on CUDA (sprintc/kernels.py): where no gradient is taken (sampling), fc1's bias and
-    # GELU run in cuBLASLt's epilogue instead of a separate pass over the hidden activations
+    # set by the inductor target on CUDA (sprintc/kernels.py): fc1's bias and GELU run in cuBLASLt's epilogue instead of
+    # separate passes over the hidden activations, where no gradient is taken (sampling: gelu_epilogue) and in training
+    # (gelu_train: the backward's GELU derivative and bias gradient too, sprintc/cublaslt.py)
     gelu_epilogue = False
+    gelu_train = False
 
     def __init__(self, dim, ratio, kind="gelu_tanh"):
         super().__init__()
@@ -90,11 +92,21 @@ class Mlp(nn.Module):
         if self.kind == "swiglu":
             a, b = self.fc1(x).chunk(2, -1)
             return self.fc2(F.silu(a) * b)
-        w = self.fc1.weight
-        if self.gelu_epilogue and x.is_cuda and w.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled():
-            # (the op has no backward, and its GELU is the tanh form on CUDA only)
-            h = torch._addmm_activation(self.fc1.bias, x.reshape(-1, x.shape[-1]).to(w.dtype), w.t(), use_gelu=True)
-            return self.fc2(h.view(*x.shape[:-1], -1))
+        if (self.gelu_epilogue or self.gelu_train) and x.is_cuda:
+            # the epilogues compute in the matmul's half precision: autocast's, else the weights' own
+            dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.fc1.weight.dtype
+            half = dt in (torch.bfloat16, torch.float16)
+            flat = x.reshape(-1, x.shape[-1]).to(dt)
+            if half and self.gelu_train and torch.is_grad_enabled():
+                from sprintc.cublaslt import gelu_mlp
+
+                p = [t.to(dt) for t in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)]
+                return gelu_mlp(flat, *p).view(*x.shape[:-1], -1)
+            if half and self.gelu_epilogue and not torch.is_grad_enabled():
+                # (this op has no backward, and its GELU is the tanh form on CUDA only)
+                w, b = self.fc1.weight.to(dt), self.fc1.bias.to(dt)
+                h = torch._addmm_activation(b, flat, w.t(), use_gelu=True)
+                return self.fc2(h.view(*x.shape[:-1], -1))
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 

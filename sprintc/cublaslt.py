@@ -1,0 +1,210 @@
+"""The GELU MLP's training step with fc1's bias and GELU in cuBLASLt's epilogues (CUDA, bf16 / fp16).
+
+Inductor runs the tanh GELU of `fc2(gelu(fc1(x)))` as passes of their own over the hidden activations (4x the width):
+one in the forward, one in the backward, plus the bias gradient's sum. cuBLASLt can do all three inside the matmuls,
+while the tile is in registers: GELU_AUX_BIAS writes gelu(x @ w1.T + b1) and, beside it, the pre-activation the
+backward needs; DGELU_BGRAD multiplies fc2's input gradient by the GELU's derivative and sums fc1's bias gradient.
+ATen exposes neither epilogue (only `_addmm_activation`, which returns no pre-activation), so this module calls
+cuBLASLt itself, through ctypes on the library torch already loaded (no build step).
+
+`gelu_mlp(x, w1, b1, w2, b2)` is that MLP for x (M, K), with its own backward. The two ops are torch custom ops with
+fake kernels: torch.compile traces them as opaque calls (no graph break) and CUDA graphs capture them. On the CPU, and
+for dtypes or layouts cuBLASLt does not take here, they compute the same thing with torch's own ops.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import functools
+
+import torch
+import torch.nn.functional as F
+
+# cublasLt.h (CUDA 12 and 13)
+_OP_N, _OP_T = 0, 1
+_CUDA_TYPE = {torch.float16: 2, torch.bfloat16: 14}
+_R_32F, _COMPUTE_32F = 0, 68
+_TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 11, 12
+GELU_AUX_BIAS, DGELU_BGRAD = 164, 208
+_PREF_WORKSPACE, _PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D = 1, 5, 6, 7, 8
+WORKSPACE_BYTES = 32 << 20
+# calls on CUDA half tensors that cuBLASLt did not take (no algorithm for the shape or alignment), by op: they ran
+# torch's ops instead, correct but without the fusion
+fallbacks = collections.Counter()
+
+
+class _Heuristic(ctypes.Structure):
+    _fields_ = [("algo", ctypes.c_uint64 * 8), ("workspace", ctypes.c_size_t), ("state", ctypes.c_int),
+                ("waves", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
+
+
+class CublasLtError(RuntimeError):
+    pass
+
+
+@functools.cache
+def _lib():
+    """The libcublasLt that torch loaded (found in this process's memory map), else one by its usual names."""
+    torch.cuda.init()
+    with open("/proc/self/maps") as maps:
+        paths = [line.split()[-1] for line in maps if "libcublasLt" in line]
+    for name in paths[:1] + ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"]:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        raise CublasLtError("cuBLASLt: no libcublasLt in this process nor on the library path")
+    p, i, u64, i64, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int64, ctypes.c_size_t
+    pp = ctypes.POINTER(p)
+    for name, args in {
+        "cublasLtCreate": [pp],
+        "cublasLtMatmulDescCreate": [pp, i, i],
+        "cublasLtMatmulDescSetAttribute": [p, i, p, sz],
+        "cublasLtMatrixLayoutCreate": [pp, i, u64, u64, i64],
+        "cublasLtMatmulPreferenceCreate": [pp],
+        "cublasLtMatmulPreferenceSetAttribute": [p, i, p, sz],
+        "cublasLtMatmulAlgoGetHeuristic": [p, p, p, p, p, p, p, i, ctypes.POINTER(_Heuristic), ctypes.POINTER(i)],
+        "cublasLtMatmul": [p, p, p, p, p, p, p, p, p, p, p, p, p, p, sz, p],
+    }.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, ctypes.c_int
+    return lib
+
+
+def _check(status: int, what: str):
+    if status != 0:
+        raise CublasLtError(f"cuBLASLt: {what} returned status {status}")
+
+
+def _create(fn, *args) -> ctypes.c_void_p:
+    out = ctypes.c_void_p()
+    _check(getattr(_lib(), fn)(ctypes.byref(out), *args), fn)
+    return out
+
+
+def _set(fn, obj, attr: int, value):
+    _check(getattr(_lib(), fn)(obj, attr, ctypes.byref(value), ctypes.sizeof(value)), f"{fn}({attr})")
+
+
+@functools.cache
+def _handle(device: int) -> ctypes.c_void_p:
+    with torch.cuda.device(device):
+        return _create("cublasLtCreate")
+
+
+def _alignment(t: torch.Tensor) -> int:
+    address = t.data_ptr()
+    return next(a for a in (256, 128, 64, 32, 16, 8, 4, 2, 1) if address % a == 0)
+
+
+@functools.cache
+def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int, w_is_nk: bool, aligns: tuple):
+    """Descriptors and algorithm of out (m, n) = epilogue(x (m, k) @ W), all row-major, W given as w (n, k) when
+    w_is_nk else (k, n). In cuBLASLt's column-major terms: out.T (n, m) = op(w) @ x.T. None where cuBLASLt has no
+    algorithm for it."""
+    t = _CUDA_TYPE[dtype]
+    desc = _create("cublasLtMatmulDescCreate", _COMPUTE_32F, _R_32F)
+    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSA, ctypes.c_int(_OP_T if w_is_nk else _OP_N))
+    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSB, ctypes.c_int(_OP_N))
+    _set("cublasLtMatmulDescSetAttribute", desc, _EPILOGUE, ctypes.c_uint32(epilogue))
+    _set("cublasLtMatmulDescSetAttribute", desc, _AUX_LD, ctypes.c_int64(n))
+    a = _create("cublasLtMatrixLayoutCreate", t, k, n, k) if w_is_nk else _create("cublasLtMatrixLayoutCreate", t, n, k, n)
+    b = _create("cublasLtMatrixLayoutCreate", t, k, m, k)
+    d = _create("cublasLtMatrixLayoutCreate", t, n, m, n)
+    pref = _create("cublasLtMatmulPreferenceCreate")
+    _set("cublasLtMatmulPreferenceSetAttribute", pref, _PREF_WORKSPACE, ctypes.c_uint64(WORKSPACE_BYTES))
+    for attr, align in zip((_PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D), aligns):
+        _set("cublasLtMatmulPreferenceSetAttribute", pref, attr, ctypes.c_uint32(align))
+    found, count = _Heuristic(), ctypes.c_int(0)
+    status = _lib().cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, a, b, d, d, pref, 1, ctypes.byref(found),
+                                                   ctypes.byref(count))
+    if status != 0 or count.value < 1:
+        return None
+    return desc, a, b, d, found, found.workspace
+
+
+_ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
+
+
+def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias: torch.Tensor, aux: torch.Tensor):
+    """x @ w.T (w_is_nk) or x @ w through `epilogue` with its bias and aux (m, n) tensors; None where no plan fits."""
+    m, k = x.shape
+    n = w.shape[0] if w_is_nk else w.shape[1]
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    aligns = (_alignment(w), _alignment(x), _alignment(out), _alignment(out))
+    plan = _plan(x.device.index, x.dtype, epilogue, m, n, k, w_is_nk, aligns)
+    if plan is None:
+        return None
+    desc, a, b, d, found, workspace = plan
+    _set("cublasLtMatmulDescSetAttribute", desc, _BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
+    _set("cublasLtMatmulDescSetAttribute", desc, _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+    space = torch.empty(max(workspace, 1), device=x.device, dtype=torch.uint8)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    _check(_lib().cublasLtMatmul(_handle(x.device.index), desc, ctypes.byref(_ONE), w.data_ptr(), a, x.data_ptr(), b,
+                                 ctypes.byref(_ZERO), out.data_ptr(), d, out.data_ptr(), d, ctypes.byref(found.algo),
+                                 space.data_ptr(), workspace, stream), "cublasLtMatmul")
+    return out
+
+
+def _on_cublaslt(*ts: torch.Tensor) -> bool:
+    return ts[0].is_cuda and ts[0].dtype in _CUDA_TYPE and all(t.dtype == ts[0].dtype for t in ts)
+
+
+@torch.library.custom_op("sprintc::linear_gelu_aux", mutates_args=())
+def linear_gelu_aux(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gelu_tanh(h), h) where h = x @ w.T + b, for x (M, K), w (N, K), b (N,)."""
+    if _on_cublaslt(x, w, b):
+        x, w, b = x.contiguous(), w.contiguous(), b.contiguous()
+        h = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
+        a = _matmul(GELU_AUX_BIAS, x, w, True, b, h)
+        if a is not None:
+            return a, h
+        fallbacks["linear_gelu_aux"] += 1
+    h = F.linear(x, w, b)
+    return F.gelu(h, approximate="tanh"), h
+
+
+@linear_gelu_aux.register_fake
+def _(x, w, b):
+    return x.new_empty(x.shape[0], w.shape[0]), x.new_empty(x.shape[0], w.shape[0])
+
+
+@torch.library.custom_op("sprintc::matmul_dgelu_bgrad", mutates_args=())
+def matmul_dgelu_bgrad(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dh, dh.sum(0)) where dh = (g @ w) * gelu_tanh'(h), for g (M, C), w (C, N), h (M, N): the gradient of
+    gelu_tanh(h) @ w.T at h, and of the bias inside h."""
+    if _on_cublaslt(g, w, h):
+        g, w, h = g.contiguous(), w.contiguous(), h.contiguous()
+        db = torch.empty(w.shape[1], device=g.device, dtype=g.dtype)
+        dh = _matmul(DGELU_BGRAD, g, w, False, db, h)
+        if dh is not None:
+            return dh, db
+        fallbacks["matmul_dgelu_bgrad"] += 1
+    dh = torch.ops.aten.gelu_backward(g @ w, h, approximate="tanh")
+    return dh, dh.sum(0)
+
+
+@matmul_dgelu_bgrad.register_fake
+def _(g, w, h):
+    return h.new_empty(h.shape), h.new_empty(h.shape[1])
+
+
+class _GeluMlp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        a, h = linear_gelu_aux(x, w1, b1)
+        ctx.save_for_backward(x, w1, w2, a, h)
+        return F.linear(a, w2, b2)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w1, w2, a, h = ctx.saved_tensors
+        dh, db1 = matmul_dgelu_bgrad(gy, w2, h)
+        return dh @ w1, dh.t() @ x, db1, gy.t() @ a, gy.sum(0)
+
+
+def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """fc2(gelu_tanh(fc1(x))) for x (M, K), the weights and biases in x's dtype; differentiable in all five."""
+    return _GeluMlp.apply(x, w1, b1, w2, b2)
