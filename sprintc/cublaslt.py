@@ -99,10 +99,13 @@ def _alignment(t: torch.Tensor) -> int:
     return next(a for a in (256, 128, 64, 32, 16, 8, 4, 2, 1) if address % a == 0)
 
 
+CANDIDATES = 8  # algorithms asked of cuBLASLt's heuristic per shape; the fastest on the card is kept (_matmul)
+
+
 @functools.cache
 def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int, w_is_nk: bool, aligns: tuple):
-    """Descriptors and algorithm of out (m, n) = epilogue(x (m, k) @ W), all row-major, W given as w (n, k) when
-    w_is_nk else (k, n). In cuBLASLt's column-major terms: out.T (n, m) = op(w) @ x.T. None where cuBLASLt has no
+    """Descriptors and candidate algorithms of out (m, n) = epilogue(x (m, k) @ W), all row-major, W given as w (n, k)
+    when w_is_nk else (k, n). In cuBLASLt's column-major terms: out.T (n, m) = op(w) @ x.T. None where cuBLASLt has no
     algorithm for it."""
     t = _CUDA_TYPE[dtype]
     desc = _create("cublasLtMatmulDescCreate", _COMPUTE_32F, _R_32F)
@@ -117,34 +120,63 @@ def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int
     _set("cublasLtMatmulPreferenceSetAttribute", pref, _PREF_WORKSPACE, ctypes.c_uint64(WORKSPACE_BYTES))
     for attr, align in zip((_PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D), aligns):
         _set("cublasLtMatmulPreferenceSetAttribute", pref, attr, ctypes.c_uint32(align))
-    found, count = _Heuristic(), ctypes.c_int(0)
-    status = _lib().cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, a, b, d, d, pref, 1, ctypes.byref(found),
+    found, count = (_Heuristic * CANDIDATES)(), ctypes.c_int(0)
+    status = _lib().cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, a, b, d, d, pref, CANDIDATES, found,
                                                    ctypes.byref(count))
     if status != 0 or count.value < 1:
         return None
-    return desc, a, b, d, found, found.workspace
+    return desc, a, b, d, list(found[:count.value])
 
 
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
+_chosen: dict = {}  # plan's key -> index of its fastest candidate, timed at the first call outside a CUDA graph capture
 
 
-def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias: torch.Tensor, aux: torch.Tensor):
-    """x @ w.T (w_is_nk) or x @ w through `epilogue` with its bias and aux (m, n) tensors; None where no plan fits."""
+def _launch(plan, device, x, w, out, candidate: int):
+    desc, a, b, d, found = plan
+    h = found[candidate]
+    space = torch.empty(max(h.workspace, 1), device=device, dtype=torch.uint8)
+    _check(_lib().cublasLtMatmul(_handle(device.index), desc, ctypes.byref(_ONE), w.data_ptr(), a, x.data_ptr(), b,
+                                 ctypes.byref(_ZERO), out.data_ptr(), d, out.data_ptr(), d, ctypes.byref(h.algo),
+                                 space.data_ptr(), h.workspace, torch.cuda.current_stream(device).cuda_stream),
+           "cublasLtMatmul")
+
+
+def _fastest(plan, device, x, w, out) -> int:
+    """The candidate with the least time over 3 launches each (the heuristic's first pick is not always the fastest
+    with an epilogue); every launch writes the same values."""
+    times = []
+    for i in range(len(plan[4])):
+        _launch(plan, device, x, w, out, i)  # warm
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(3):
+            _launch(plan, device, x, w, out, i)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return min(range(len(times)), key=times.__getitem__)
+
+
+def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias: torch.Tensor, aux: torch.Tensor,
+            candidate: int | None = None):
+    """x @ w.T (w_is_nk) or x @ w through `epilogue` with its bias and aux (m, n) tensors; None where no plan fits.
+    `candidate` picks one of the heuristic's algorithms (a probe's choice); by default the fastest."""
     m, k = x.shape
     n = w.shape[0] if w_is_nk else w.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    aligns = (_alignment(w), _alignment(x), _alignment(out), _alignment(out))
-    plan = _plan(x.device.index, x.dtype, epilogue, m, n, k, w_is_nk, aligns)
+    key = (x.device.index, x.dtype, epilogue, m, n, k, w_is_nk,
+           (_alignment(w), _alignment(x), _alignment(out), _alignment(out)))
+    plan = _plan(*key)
     if plan is None:
         return None
-    desc, a, b, d, found, workspace = plan
-    _set("cublasLtMatmulDescSetAttribute", desc, _BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
-    _set("cublasLtMatmulDescSetAttribute", desc, _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
-    space = torch.empty(max(workspace, 1), device=x.device, dtype=torch.uint8)
-    stream = torch.cuda.current_stream(x.device).cuda_stream
-    _check(_lib().cublasLtMatmul(_handle(x.device.index), desc, ctypes.byref(_ONE), w.data_ptr(), a, x.data_ptr(), b,
-                                 ctypes.byref(_ZERO), out.data_ptr(), d, out.data_ptr(), d, ctypes.byref(found.algo),
-                                 space.data_ptr(), workspace, stream), "cublasLtMatmul")
+    _set("cublasLtMatmulDescSetAttribute", plan[0], _BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
+    _set("cublasLtMatmulDescSetAttribute", plan[0], _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+    if candidate is None:
+        if key not in _chosen and not torch.cuda.is_current_stream_capturing():
+            _chosen[key] = _fastest(plan, x.device, x, w, out)
+        candidate = _chosen.get(key, 0)
+    _launch(plan, x.device, x, w, out, candidate)
     return out
 
 

@@ -1,0 +1,81 @@
+"""Each of cuBLASLt's candidate algorithms for the MLP's GELU epilogues (sprintc/cublaslt.py) timed alone, beside
+the same work done by torch's cuBLAS matmuls and by Inductor's compiled passes, at XL's widths for the routed (8192
+rows) and dense (32768) sizes of batch 128, bf16. Forward: fc1 + bias + GELU with the pre-activation kept; backward:
+fc2's input gradient times the GELU's derivative, and fc1's bias gradient. Median of 5 groups of 10 launches.
+    python3 scripts/gpu_gelu_algos.py [--json FILE]"""
+import argparse
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+
+from sprintc import cublaslt
+
+D, HIDDEN = 1152, 4608
+DGELU = 192  # cublasLt.h: the GELU's derivative without the bias gradient
+
+
+def ms(fn, groups=5, reps=10):
+    fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(groups):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            fn()
+        e.record()
+        e.synchronize()
+        out.append(s.elapsed_time(e) / reps)
+    return round(statistics.median(out), 4)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    print(torch.__version__, torch.cuda.get_device_name())
+    rows = []
+
+    def row(**r):
+        rows.append(r)
+        print(json.dumps(r))
+
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    inductor_fwd = torch.compile(lambda x, w, b: (lambda h: (F.gelu(h, approximate="tanh"), h))(F.linear(x, w, b)))
+    inductor_bwd = torch.compile(lambda g, w, h: (lambda dh: (dh, dh.sum(0)))(
+        torch.ops.aten.gelu_backward(g @ w, h, approximate="tanh")))
+    for m in (8192, 32768):
+        x, w1, b1 = torch.randn(m, D, **bf), torch.randn(HIDDEN, D, **bf) * D ** -0.5, torch.randn(HIDDEN, **bf)
+        g, w2 = torch.randn(m, D, **bf), torch.randn(D, HIDDEN, **bf) * HIDDEN ** -0.5
+        h = torch.randn(m, HIDDEN, **bf)
+        db = torch.empty(HIDDEN, **bf)
+        row(rows=m, op="fwd", code="torch mm", ms=ms(lambda: torch.mm(x, w1.t())))
+        row(rows=m, op="fwd", code="torch addmm (bias epilogue)", ms=ms(lambda: torch.addmm(b1, x, w1.t())))
+        row(rows=m, op="fwd", code="torch _addmm_activation gelu (no aux)",
+            ms=ms(lambda: torch._addmm_activation(b1, x, w1.t(), use_gelu=True)))
+        row(rows=m, op="fwd", code="inductor linear + gelu", ms=ms(lambda: inductor_fwd(x, w1, b1)))
+        row(rows=m, op="fwd", code="sprintc linear_gelu_aux (fastest)", ms=ms(lambda: cublaslt.linear_gelu_aux(x, w1, b1)))
+        for i in range(cublaslt.CANDIDATES):
+            try:
+                t = ms(lambda: cublaslt._matmul(cublaslt.GELU_AUX_BIAS, x, w1, True, b1, h, candidate=i))
+            except IndexError:
+                break
+            row(rows=m, op="fwd", code=f"GELU_AUX_BIAS candidate {i}", ms=t)
+        row(rows=m, op="bwd", code="torch mm", ms=ms(lambda: torch.mm(g, w2)))
+        row(rows=m, op="bwd", code="inductor mm + gelu_backward + sum", ms=ms(lambda: inductor_bwd(g, w2, h)))
+        row(rows=m, op="bwd", code="sprintc matmul_dgelu_bgrad (fastest)", ms=ms(lambda: cublaslt.matmul_dgelu_bgrad(g, w2, h)))
+        for epi, name in ((cublaslt.DGELU_BGRAD, "DGELU_BGRAD"), (DGELU, "DGELU")):
+            for i in range(cublaslt.CANDIDATES):
+                try:
+                    t = ms(lambda: cublaslt._matmul(epi, g, w2, False, db, h, candidate=i))
+                except IndexError:
+                    break
+                row(rows=m, op="bwd", code=f"{name} candidate {i}", ms=t)
+    if args.json:
+        json.dump(rows, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
