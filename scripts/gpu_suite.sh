@@ -55,7 +55,8 @@
 #   compiled sublayer alone, scripts/gpu_gelu_mlp.py; the step at 128 with SPRINTC_GELU_EPILOGUE 1 as shipped against
 #   sample, alternating, one Inductor cache each, the dense step in the first pair; the CUDA tests), r2 (each of
 #   cuBLASLt's candidate algorithms timed alone, scripts/gpu_gelu_algos.py; with the fastest kept: the sublayer, the
-#   step A/B, the CUDA tests).
+#   step A/B, the CUDA tests), r3 (the backward's DGELU without the bias gradient: candidates, the sublayer, the step
+#   with SPRINTC_GELU_EPILOGUE sample / fwd / dgelu alternating, the CUDA tests).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -963,6 +964,18 @@ elif [ "$PHASE" = r2 ]; then  # session R, one H100: cuBLASLt's candidate algori
   for r in 1 sample 1 sample; do
     n=$(( ${n:-0} + 1 ))
     SPRINTC_GELU_EPILOGUE=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_g$r piece "r2_${r}_$n" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/r2_${r}_$n.json"
+  done
+  piece pytest_gelu $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "gelu" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = r3 ]; then  # session R, one H100: the forward's epilogue alone, and with the backward's DGELU
+  gpu_info
+  versions
+  if [ $TINY = 0 ]; then
+    piece gelu_algos 100 0 python3 "$REPO/scripts/gpu_gelu_algos.py" --json "$W/gelu_algos.json"
+    piece gelu_mlp 100 0 python3 "$REPO/scripts/gpu_gelu_mlp.py" --json "$W/gelu_mlp.json"
+  fi
+  for r in sample fwd dgelu sample fwd dgelu; do
+    n=$(( ${n:-0} + 1 ))
+    SPRINTC_GELU_EPILOGUE=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_g$r piece "r3_${r}_$n" 90 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/r3_${r}_$n.json"
   done
   piece pytest_gelu $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q "$REPO/tests/test_cuda.py" -k "gelu" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)

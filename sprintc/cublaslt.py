@@ -25,7 +25,7 @@ _OP_N, _OP_T = 0, 1
 _CUDA_TYPE = {torch.float16: 2, torch.bfloat16: 14}
 _R_32F, _COMPUTE_32F = 0, 68
 _TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 11, 12
-GELU_AUX_BIAS, DGELU_BGRAD = 164, 208
+GELU_AUX_BIAS, DGELU = 164, 192
 _PREF_WORKSPACE, _PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D = 1, 5, 6, 7, 8
 WORKSPACE_BYTES = 32 << 20
 # calls on CUDA half tensors that cuBLASLt did not take (no algorithm for the shape or alignment), by op: they ran
@@ -158,7 +158,7 @@ def _fastest(plan, device, x, w, out) -> int:
     return min(range(len(times)), key=times.__getitem__)
 
 
-def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias: torch.Tensor, aux: torch.Tensor,
+def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias, aux: torch.Tensor,
             candidate: int | None = None):
     """x @ w.T (w_is_nk) or x @ w through `epilogue` with its bias and aux (m, n) tensors; None where no plan fits.
     `candidate` picks one of the heuristic's algorithms (a probe's choice); by default the fastest."""
@@ -170,7 +170,8 @@ def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias
     plan = _plan(*key)
     if plan is None:
         return None
-    _set("cublasLtMatmulDescSetAttribute", plan[0], _BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
+    if bias is not None:  # (a bias pointer on an epilogue without one is an invalid value)
+        _set("cublasLtMatmulDescSetAttribute", plan[0], _BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
     _set("cublasLtMatmulDescSetAttribute", plan[0], _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
     if candidate is None:
         if key not in _chosen and not torch.cuda.is_current_stream_capturing():
@@ -203,40 +204,44 @@ def _(x, w, b):
     return x.new_empty(x.shape[0], w.shape[0]), x.new_empty(x.shape[0], w.shape[0])
 
 
-@torch.library.custom_op("sprintc::matmul_dgelu_bgrad", mutates_args=())
-def matmul_dgelu_bgrad(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dh, dh.sum(0)) where dh = (g @ w) * gelu_tanh'(h), for g (M, C), w (C, N), h (M, N): the gradient of
-    gelu_tanh(h) @ w.T at h, and of the bias inside h."""
+@torch.library.custom_op("sprintc::matmul_dgelu", mutates_args=())
+def matmul_dgelu(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """(g @ w) * gelu_tanh'(h) for g (M, C), w (C, N), h (M, N): the gradient of gelu_tanh(h) @ w.T at h."""
     if _on_cublaslt(g, w, h):
         g, w, h = g.contiguous(), w.contiguous(), h.contiguous()
-        db = torch.empty(w.shape[1], device=g.device, dtype=g.dtype)
-        dh = _matmul(DGELU_BGRAD, g, w, False, db, h)
+        dh = _matmul(DGELU, g, w, False, None, h)
         if dh is not None:
-            return dh, db
-        fallbacks["matmul_dgelu_bgrad"] += 1
-    dh = torch.ops.aten.gelu_backward(g @ w, h, approximate="tanh")
-    return dh, dh.sum(0)
+            return dh
+        fallbacks["matmul_dgelu"] += 1
+    return torch.ops.aten.gelu_backward(g @ w, h, approximate="tanh")
 
 
-@matmul_dgelu_bgrad.register_fake
+@matmul_dgelu.register_fake
 def _(g, w, h):
-    return h.new_empty(h.shape), h.new_empty(h.shape[1])
+    return h.new_empty(h.shape)
 
 
 class _GeluMlp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2):
+    def forward(ctx, x, w1, b1, w2, b2, dgelu):
         a, h = linear_gelu_aux(x, w1, b1)
         ctx.save_for_backward(x, w1, w2, a, h)
+        ctx.dgelu = dgelu
         return F.linear(a, w2, b2)
 
     @staticmethod
     def backward(ctx, gy):
         x, w1, w2, a, h = ctx.saved_tensors
-        dh, db1 = matmul_dgelu_bgrad(gy, w2, h)
-        return dh @ w1, dh.t() @ x, db1, gy.t() @ a, gy.sum(0)
+        if ctx.dgelu:
+            dh = matmul_dgelu(gy, w2, h)
+        else:  # Inductor's matmul, then one pass for the GELU's derivative and the bias gradient's sum
+            dh = torch.ops.aten.gelu_backward(gy @ w2, h, approximate="tanh")
+        return dh @ w1, dh.t() @ x, dh.sum(0), gy.t() @ a, gy.sum(0), None
 
 
-def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """fc2(gelu_tanh(fc1(x))) for x (M, K), the weights and biases in x's dtype; differentiable in all five."""
-    return _GeluMlp.apply(x, w1, b1, w2, b2)
+def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+             dgelu: bool = True) -> torch.Tensor:
+    """fc2(gelu_tanh(fc1(x))) for x (M, K), the weights and biases in x's dtype; differentiable in all five. fc1's
+    bias and GELU run in cuBLASLt's GELU_AUX_BIAS epilogue; the backward's GELU derivative in DGELU's (dgelu) or in
+    Inductor's pass after the matmul."""
+    return _GeluMlp.apply(x, w1, b1, w2, b2, dgelu)
