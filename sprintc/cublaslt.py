@@ -1,15 +1,17 @@
 """The GELU MLP's training step with fc1's bias and GELU in cuBLASLt's epilogues (CUDA, bf16 / fp16).
 
 Inductor runs the tanh GELU of `fc2(gelu(fc1(x)))` as passes of their own over the hidden activations (4x the width):
-one in the forward, one in the backward, plus the bias gradient's sum. cuBLASLt can do all three inside the matmuls,
-while the tile is in registers: GELU_AUX_BIAS writes gelu(x @ w1.T + b1) and, beside it, the pre-activation the
-backward needs; DGELU_BGRAD multiplies fc2's input gradient by the GELU's derivative and sums fc1's bias gradient.
-ATen exposes neither epilogue (only `_addmm_activation`, which returns no pre-activation), so this module calls
-cuBLASLt itself, through ctypes on the library torch already loaded (no build step).
+one after fc1's matmul in the forward, one after fc2's input-gradient matmul in the backward. cuBLASLt can do both
+inside the matmuls, while the tile is in registers: GELU_AUX_BIAS writes gelu(x @ w1.T + b1) and, beside it, the
+pre-activation the backward needs; DGELU multiplies fc2's input gradient by the GELU's derivative at that
+pre-activation. ATen exposes neither (only `_addmm_activation`, which keeps no pre-activation), so this module calls
+cuBLASLt itself, through ctypes on the library torch already loaded (no build step). For each shape it asks the
+heuristic for candidate algorithms and keeps the fastest, timed at the first call (the first pick was up to 10% slower).
+On one H100 this made the routed XL step at batch 128 2.6% faster (docs/PERFORMANCE.md, session R).
 
 `gelu_mlp(x, w1, b1, w2, b2)` is that MLP for x (M, K), with its own backward. The two ops are torch custom ops with
 fake kernels: torch.compile traces them as opaque calls (no graph break) and CUDA graphs capture them. On the CPU, and
-for dtypes or layouts cuBLASLt does not take here, they compute the same thing with torch's own ops.
+for dtypes or shapes cuBLASLt does not take here, they compute the same thing with torch's own ops.
 """
 from __future__ import annotations
 
@@ -223,25 +225,19 @@ def _(g, w, h):
 
 class _GeluMlp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, dgelu):
+    def forward(ctx, x, w1, b1, w2, b2):
         a, h = linear_gelu_aux(x, w1, b1)
         ctx.save_for_backward(x, w1, w2, a, h)
-        ctx.dgelu = dgelu
         return F.linear(a, w2, b2)
 
     @staticmethod
     def backward(ctx, gy):
         x, w1, w2, a, h = ctx.saved_tensors
-        if ctx.dgelu:
-            dh = matmul_dgelu(gy, w2, h)
-        else:  # Inductor's matmul, then one pass for the GELU's derivative and the bias gradient's sum
-            dh = torch.ops.aten.gelu_backward(gy @ w2, h, approximate="tanh")
-        return dh @ w1, dh.t() @ x, dh.sum(0), gy.t() @ a, gy.sum(0), None
+        dh = matmul_dgelu(gy, w2, h)
+        # the bias gradient is Inductor's sum: DGELU_BGRAD's own took 3x DGELU's time (docs/PERFORMANCE.md, session R)
+        return dh @ w1, dh.t() @ x, dh.sum(0), gy.t() @ a, gy.sum(0)
 
 
-def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-             dgelu: bool = True) -> torch.Tensor:
-    """fc2(gelu_tanh(fc1(x))) for x (M, K), the weights and biases in x's dtype; differentiable in all five. fc1's
-    bias and GELU run in cuBLASLt's GELU_AUX_BIAS epilogue; the backward's GELU derivative in DGELU's (dgelu) or in
-    Inductor's pass after the matmul."""
-    return _GeluMlp.apply(x, w1, b1, w2, b2, dgelu)
+def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """fc2(gelu_tanh(fc1(x))) for x (M, K), the weights and biases in x's dtype; differentiable in all five."""
+    return _GeluMlp.apply(x, w1, b1, w2, b2)

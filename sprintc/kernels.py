@@ -388,19 +388,14 @@ def attention_from_env():
     SHORT_TOKENS, ATTENTION_WARPS = v[0], (v[1], v[2])
 
 
-GELU_MODES = {"0": (False, ""), "sample": (True, ""), "fwd": (True, "fwd"), "dgelu": (True, "dgelu")}
-GELU_MODES["1"] = GELU_MODES["dgelu"]
-
-
-def gelu_epilogue_from_env() -> tuple[bool, str]:
-    """SPRINTC_GELU_EPILOGUE (a developer's switch for A/B runs on a GPU): where the MLP's bias and GELU run in
-    cuBLASLt's epilogues. 'sample': in sampling only; 'fwd': also in training's forward; 'dgelu': also the backward's
-    GELU derivative; unset or '1': as shipped; '0': nowhere (Inductor's own passes). (in sampling, training mode);
-    ValueError naming it otherwise."""
+def gelu_epilogue_from_env() -> tuple[bool, bool]:
+    """SPRINTC_GELU_EPILOGUE (a developer's switch for A/B runs on a GPU): unset or '1' puts the MLP's bias and GELU
+    in cuBLASLt's epilogues in sampling and in training (sprintc/cublaslt.py), 'sample' in sampling only, '0' nowhere
+    (Inductor's own passes); (in sampling, in training). ValueError naming it otherwise."""
     env = os.environ.get("SPRINTC_GELU_EPILOGUE", "1")
-    if env not in GELU_MODES:
-        raise ValueError(f"SPRINTC_GELU_EPILOGUE={env!r}: expected one of {', '.join(GELU_MODES)}")
-    return GELU_MODES[env]
+    if env not in ("0", "1", "sample"):
+        raise ValueError(f"SPRINTC_GELU_EPILOGUE={env!r}: expected 0, 1 or sample")
+    return env != "0", env == "1"
 
 
 def use_kernels(model: torch.nn.Module) -> int:
@@ -415,7 +410,7 @@ def use_kernels(model: torch.nn.Module) -> int:
     sample, train = gelu_epilogue_from_env()
     for m in model.modules():
         if isinstance(m, Mlp):
-            m.gelu_epilogue, m.gelu_train = sample and m.kind == "gelu_tanh", train if m.kind == "gelu_tanh" else ""
+            m.gelu_epilogue, m.gelu_train = sample and m.kind == "gelu_tanh", train and m.kind == "gelu_tanh"
     return len(found)
 
 

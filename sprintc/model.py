@@ -77,9 +77,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     # set by the inductor target on CUDA (sprintc/kernels.py): fc1's bias and GELU run in cuBLASLt's epilogue instead of
     # separate passes over the hidden activations, where no gradient is taken (sampling: gelu_epilogue) and in training
-    # (gelu_train 'fwd', or 'dgelu' for the backward's GELU derivative too: sprintc/cublaslt.py)
+    # (gelu_train: the backward's GELU derivative too, sprintc/cublaslt.py)
     gelu_epilogue = False
-    gelu_train = ""
+    gelu_train = False
 
     def __init__(self, dim, ratio, kind="gelu_tanh"):
         super().__init__()
@@ -101,7 +101,7 @@ class Mlp(nn.Module):
                 from sprintc.cublaslt import gelu_mlp
 
                 p = [t.to(dt) for t in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)]
-                return gelu_mlp(flat, *p, dgelu=self.gelu_train == "dgelu").view(*x.shape[:-1], -1)
+                return gelu_mlp(flat, *p).view(*x.shape[:-1], -1)
             if half and self.gelu_epilogue and not torch.is_grad_enabled():
                 # (this op has no backward, and its GELU is the tanh form on CUDA only)
                 w, b = self.fc1.weight.to(dt), self.fc1.bias.to(dt)
