@@ -58,7 +58,8 @@
 #   step A/B, the CUDA tests), r3 (the backward's DGELU without the bias gradient: candidates, the sublayer, the step
 #   with SPRINTC_GELU_EPILOGUE sample / fwd / dgelu alternating, the CUDA tests; fwd and dgelu parse only at 980a148),
 #   r4 (as shipped: the step at 128 routed and dense, sampling; `sprintc train` on XL latents; the anchor at 128; the
-#   step at 64 / 32; the CUDA tests of the MLP), r5 (the routed step at 128 and the anchor in one call; the CUDA tests).
+#   step at 64 / 32; the CUDA tests of the MLP), r5 (the routed step at 128 and the anchor in one call; the CUDA tests),
+#   r6 (the MLP's CUDA tests after candidates refused by cuBLASLt are skipped and unaligned biases copied).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -995,6 +996,10 @@ elif [ "$PHASE" = r5 ]; then  # session R, one H100: the routed step at 128 as s
   piece r5_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/r5_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 260 0 $(anchor 128)
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "gelu or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = r6 ]; then  # session R, one H100: the MLP's CUDA tests as shipped
+  gpu_info
+  versions
+  piece pytest_gelu 300 0 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "gelu" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

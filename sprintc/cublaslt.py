@@ -144,20 +144,24 @@ def _launch(plan, device, x, w, out, candidate: int):
            "cublasLtMatmul")
 
 
-def _fastest(plan, device, x, w, out) -> int:
+def _fastest(plan, device, x, w, out):
     """The candidate with the least time over 3 launches each (the heuristic's first pick is not always the fastest
-    with an epilogue); every launch writes the same values."""
-    times = []
+    with an epilogue; every launch writes the same values), skipping any that cuBLASLt refuses; None if all are."""
+    times = {}
+    stream = torch.cuda.current_stream(device)
     for i in range(len(plan[4])):
-        _launch(plan, device, x, w, out, i)  # warm
+        try:
+            _launch(plan, device, x, w, out, i)  # warm
+        except CublasLtError:
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(stream)
         for _ in range(3):
             _launch(plan, device, x, w, out, i)
-        end.record()
+        end.record(stream)
         end.synchronize()
-        times.append(start.elapsed_time(end))
-    return min(range(len(times)), key=times.__getitem__)
+        times[i] = start.elapsed_time(end)
+    return min(times, key=times.get) if times else None
 
 
 def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias, aux: torch.Tensor,
@@ -178,9 +182,17 @@ def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias
     if candidate is None:
         if key not in _chosen and not torch.cuda.is_current_stream_capturing():
             _chosen[key] = _fastest(plan, x.device, x, w, out)
-        candidate = _chosen.get(key, 0)
+        candidate = _chosen.get(key, 0)  # (a shape first met inside a capture takes the heuristic's first pick)
+        if candidate is None:
+            return None
     _launch(plan, x.device, x, w, out, candidate)
     return out
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it at a fresh (256-byte aligned) address where its own is not 16-byte aligned: the epilogues'
+    bias and aux pointers have no alignment preference to tell the heuristic."""
+    return t if _alignment(t) >= 16 else t.clone()
 
 
 def _on_cublaslt(*ts: torch.Tensor) -> bool:
@@ -191,7 +203,7 @@ def _on_cublaslt(*ts: torch.Tensor) -> bool:
 def linear_gelu_aux(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(gelu_tanh(h), h) where h = x @ w.T + b, for x (M, K), w (N, K), b (N,)."""
     if _on_cublaslt(x, w, b):
-        x, w, b = x.contiguous(), w.contiguous(), b.contiguous()
+        x, w, b = x.contiguous(), w.contiguous(), _aligned(b.contiguous())
         h = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
         a = _matmul(GELU_AUX_BIAS, x, w, True, b, h)
         if a is not None:
@@ -210,7 +222,7 @@ def _(x, w, b):
 def matmul_dgelu(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """(g @ w) * gelu_tanh'(h) for g (M, C), w (C, N), h (M, N): the gradient of gelu_tanh(h) @ w.T at h."""
     if _on_cublaslt(g, w, h):
-        g, w, h = g.contiguous(), w.contiguous(), h.contiguous()
+        g, w, h = g.contiguous(), w.contiguous(), _aligned(h.contiguous())
         dh = _matmul(DGELU, g, w, False, None, h)
         if dh is not None:
             return dh

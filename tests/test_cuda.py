@@ -237,11 +237,12 @@ def test_sampling_with_the_gelu_epilogue_equals_eager(monkeypatch, epilogue):
     assert all(p.grad is not None for p in model.blocks[0].mlp.parameters())
 
 
-@pytest.mark.parametrize("rows, dtype", [(2048, torch.bfloat16), (300, torch.bfloat16), (256, torch.float16)])
-def test_the_mlp_with_cublaslt_gelu_epilogues_matches_the_expression(rows, dtype):
+@pytest.mark.parametrize("rows, dtype, offset", [(2048, torch.bfloat16, 0), (300, torch.bfloat16, 0),
+                                                (256, torch.float16, 0), (2048, torch.bfloat16, 1)])
+def test_the_mlp_with_cublaslt_gelu_epilogues_matches_the_expression(rows, dtype, offset):
     """gelu_mlp (fc1's bias and GELU in cuBLASLt's GELU_AUX_BIAS epilogue, the backward's GELU derivative in DGELU's)
-    gives the float32 expression's output and five gradients at XL's widths, with cuBLASLt
-    taking every call."""
+    gives the float32 expression's output and five gradients at XL's widths, with cuBLASLt taking every call, also
+    where fc1's bias starts `offset` elements into its storage (an address the epilogue cannot take as it is)."""
     import torch.nn.functional as F
 
     from sprintc import cublaslt
@@ -251,6 +252,9 @@ def test_the_mlp_with_cublaslt_gelu_epilogues_matches_the_expression(rows, dtype
     shapes = ((rows, 1152, 1.0), (4608, 1152, 1152 ** -0.5), (4608, 0.1), (1152, 4608, 4608 ** -0.5), (1152, 0.1))
     ps32 = [(torch.randn(*s[:-1], device="cuda", generator=g) * s[-1]).requires_grad_() for s in shapes]
     ps = [p.detach().to(dtype).requires_grad_() for p in ps32]
+    if offset:
+        ps[2] = torch.cat([ps[2].detach()[:offset], ps[2].detach()])[offset:].requires_grad_()
+        assert ps[2].data_ptr() % 16
     gy = torch.randn(rows, 1152, device="cuda", generator=g)
     want = F.linear(F.gelu(F.linear(*ps32[:3]), approximate="tanh"), *ps32[3:])
     want.backward(gy)
