@@ -2,18 +2,18 @@
 one GPU. First the two ops against a float32 expression at XL's shapes; then a block's MLP sublayer (LayerNorm +
 modulate, MLP, gate, residual; bf16 autocast over float32 weights) compiled with fullgraph, forward + backward, at the
 routed (128 x 64 tokens) and dense (128 x 256) sizes of batch 128: arms alternating, median of 5 groups of 20 steps
-timed with CUDA events, and the peak memory above the inputs. Arms: Inductor's passes, cuBLASLt's epilogues. The steps are not captured in a CUDA
-graph, so at 8192 rows the Python calls of the cuBLASLt ops can leave the GPU waiting (session R: this sublayer was
-slower with them, while the bench's captured step was 2.6% faster).
+timed with CUDA events, and the peak memory above the inputs. Arms: Inductor's passes, cuBLASLt's epilogues. The
+steps are not captured in a CUDA graph, so at 8192 rows the Python calls of the cuBLASLt ops can leave the GPU waiting
+(session R: this sublayer was slower with them, while the bench's captured step was 2.6% faster).
     python3 scripts/gpu_gelu_mlp.py [--json FILE]"""
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpu_gelu_algos import ms  # (scripts/ is on the path when this runs as a script)
 from sprintc import cublaslt
 from sprintc.model import Mlp, modulate
 
@@ -52,7 +52,7 @@ class Sublayer(nn.Module):
         return x + gate.unsqueeze(1) * self.mlp(modulate(self.norm(x), shift, scale))
 
 
-def time_arm(fn, args, groups=5, steps=20):
+def time_arm(fn, args):
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = fn(*args)
@@ -62,16 +62,7 @@ def time_arm(fn, args, groups=5, steps=20):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    ms = []
-    for _ in range(groups):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(steps):
-            step()
-        e.record()
-        torch.cuda.synchronize()
-        ms.append(s.elapsed_time(e) / steps)
-    return statistics.median(ms), (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return ms(step, groups=5, reps=20), (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
 def main():
@@ -97,8 +88,8 @@ def main():
         mods = [m.detach().requires_grad_() for m in mods]
         for rnd in (1, 2):
             for arm, fn in arms.items():
-                ms, mib = time_arm(fn, (x, *mods))
-                rows.append({"tokens": batch * tokens, "arm": arm, "round": rnd, "ms": round(ms, 3), "peak_mib": round(mib)})
+                t, mib = time_arm(fn, (x, *mods))
+                rows.append({"tokens": batch * tokens, "arm": arm, "round": rnd, "ms": round(t, 3), "peak_mib": round(mib)})
                 print(json.dumps(rows[-1]))
     print("fallbacks", dict(cublaslt.fallbacks))
     if args.json:
