@@ -59,7 +59,8 @@
 #   with SPRINTC_GELU_EPILOGUE sample / fwd / dgelu alternating, the CUDA tests; fwd and dgelu parse only at 980a148),
 #   r4 (as shipped: the step at 128 routed and dense, sampling; `sprintc train` on XL latents; the anchor at 128; the
 #   step at 64 / 32; the CUDA tests of the MLP), r5 (the routed step at 128 and the anchor in one call; the CUDA tests),
-#   r6 (the MLP's CUDA tests after candidates refused by cuBLASLt are skipped and unaligned biases copied).
+#   r6 (the MLP's CUDA tests after candidates refused by cuBLASLt are skipped and unaligned biases copied), r7 (two
+#   GPUs: the DDP CUDA tests, the captured DDP step against plain DDP with the MLP's epilogues on each rank).
 # Session L's (one H100): l1 (short_attention alone, CUDA tests, the step at 128 against BASE, batch 64 / 32); l2 and l3
 #   (the split-head and the persistent kernel: their switch values no longer parse, so they are in commits b27b803 and
 #   a4409f9 only), l4 (the kernel as shipped: CUDA tests, the step with it and with SDPA, the anchor, batch 64 / 32, whole-model + multi-kernel),
@@ -1000,6 +1001,10 @@ elif [ "$PHASE" = r6 ]; then  # session R, one H100: the MLP's CUDA tests as shi
   gpu_info
   versions
   piece pytest_gelu 300 0 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "gelu" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = r7 ]; then  # session R, two GPUs: the DDP CUDA tests with the MLP's epilogues on each rank
+  gpu_info
+  versions
+  piece pytest_ddp 170 0,1 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "ddp and bfloat16" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

@@ -44,10 +44,11 @@ def test_compiled_attention_bf16_close_to_float32():
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
-@pytest.mark.parametrize("target", ["eager", "inductor"])
-def test_ddp_cuda_graph_training_equals_plain_steps(tmp_path, target):
+@pytest.mark.parametrize("target, dtype", [("eager", "float32"), ("inductor", "float32"), ("inductor", "bfloat16")])
+def test_ddp_cuda_graph_training_equals_plain_steps(tmp_path, target, dtype):
     """DDP on 2 GPUs: the captured step (11 warm-up steps, capture with the all-reduces inside, replays, a
-    recapture for the second stage) gives the losses of the plain DDP steps."""
+    recapture for the second stage) gives the losses of the plain DDP steps; in bf16 with the inductor target each
+    rank's MLPs run cuBLASLt's epilogues (sprintc/cublaslt.py)."""
     import json
 
     import yaml
@@ -57,7 +58,7 @@ def test_ddp_cuda_graph_training_equals_plain_steps(tmp_path, target):
     for graphs in (False, True):
         s = spec(stages=((16, 8, True), (14, 4, False)), checkpoint_every=100)
         s["train"]["distributed"] = "ddp"
-        s["target"] = {"name": target, "dtype": "float32", "cuda_graphs": graphs}
+        s["target"] = {"name": target, "dtype": dtype, "cuda_graphs": graphs}
         f = tmp_path / f"{graphs}.yaml"
         yaml.safe_dump(s, f.open("w"))
         r = torchrun(f, tmp_path / str(graphs), device="cuda")
@@ -65,8 +66,9 @@ def test_ddp_cuda_graph_training_equals_plain_steps(tmp_path, target):
         runs[graphs] = [json.loads(line)["loss_last"] for line in open(tmp_path / str(graphs) / "metrics.jsonl")
                         if '"loss_last"' in line]
     a, b = runs[False], runs[True]
+    tol = 1e-4 if dtype == "float32" else 2e-2
     assert len(a) == len(b) == 30
-    assert all(abs(x - y) <= 1e-4 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    assert all(abs(x - y) <= tol * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
 
 
 @pytest.mark.parametrize("where", ["cpu", "cuda"])
