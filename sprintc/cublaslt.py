@@ -6,7 +6,7 @@ inside the matmuls, while the tile is in registers: GELU_AUX_BIAS writes gelu(x 
 pre-activation the backward needs; DGELU multiplies fc2's input gradient by the GELU's derivative at that
 pre-activation. ATen exposes neither (only `_addmm_activation`, which keeps no pre-activation), so this module calls
 cuBLASLt itself, through ctypes on the library torch already loaded (no build step). For each shape it asks the
-heuristic for candidate algorithms and keeps the fastest, timed at the first call (the first pick was up to 10% slower).
+heuristic for candidate algorithms and keeps the fastest, timed at the first call (the first pick was up to 9% slower).
 On one H100 this made the routed XL step at batch 128 2.6% faster (docs/PERFORMANCE.md, session R).
 
 `gelu_mlp(x, w1, b1, w2, b2)` is that MLP for x (M, K), with its own backward. The two ops are torch custom ops with
@@ -30,8 +30,8 @@ _TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 
 GELU_AUX_BIAS, DGELU = 164, 192
 _PREF_WORKSPACE, _PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D = 1, 5, 6, 7, 8
 WORKSPACE_BYTES = 32 << 20
-# calls on CUDA half tensors that cuBLASLt did not take (no algorithm for the shape or alignment), by op: they ran
-# torch's ops instead, correct but without the fusion
+# calls on CUDA half tensors that cuBLASLt did not take (no library, no algorithm for the shape or alignment, a refused
+# launch), by op: they ran torch's ops instead, correct but without the fusion
 fallbacks = collections.Counter()
 
 
@@ -195,6 +195,14 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
     return t if _alignment(t) >= 16 else t.clone()
 
 
+def _try(*args):
+    """_matmul(*args), or None where cuBLASLt is missing or refuses it (a status, returned before anything runs)."""
+    try:
+        return _matmul(*args)
+    except CublasLtError:
+        return None
+
+
 def _on_cublaslt(*ts: torch.Tensor) -> bool:
     return ts[0].is_cuda and ts[0].dtype in _CUDA_TYPE and all(t.dtype == ts[0].dtype for t in ts)
 
@@ -205,7 +213,7 @@ def linear_gelu_aux(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[
     if _on_cublaslt(x, w, b):
         x, w, b = x.contiguous(), w.contiguous(), _aligned(b.contiguous())
         h = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
-        a = _matmul(GELU_AUX_BIAS, x, w, True, b, h)
+        a = _try(GELU_AUX_BIAS, x, w, True, b, h)
         if a is not None:
             return a, h
         fallbacks["linear_gelu_aux"] += 1
@@ -223,7 +231,7 @@ def matmul_dgelu(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> torch.Ten
     """(g @ w) * gelu_tanh'(h) for g (M, C), w (C, N), h (M, N): the gradient of gelu_tanh(h) @ w.T at h."""
     if _on_cublaslt(g, w, h):
         g, w, h = g.contiguous(), w.contiguous(), _aligned(h.contiguous())
-        dh = _matmul(DGELU, g, w, False, None, h)
+        dh = _try(DGELU, g, w, False, None, h)
         if dh is not None:
             return dh
         fallbacks["matmul_dgelu"] += 1
