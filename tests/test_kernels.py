@@ -227,10 +227,14 @@ def test_a_malformed_kernel_switch_is_a_clear_error(monkeypatch, switch, value, 
         use_kernels(sit)
     monkeypatch.delenv(switch)
     mlps = [m for m in sit.modules() if isinstance(m, Mlp)]
-    assert use_kernels(sit) == 2 and all(m.gelu_epilogue for m in mlps)  # the GELU epilogue is on by default
+    assert use_kernels(sit) == 2  # the GELU epilogues are on by default, in sampling and in training
+    assert all(m.gelu_epilogue and m.gelu_train for m in mlps)
+    monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", "sample")
+    use_kernels(sit)
+    assert all(m.gelu_epilogue and not m.gelu_train for m in mlps)
     monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", "0")
     use_kernels(sit)
-    assert not any(m.gelu_epilogue for m in mlps)
+    assert not any(m.gelu_epilogue or m.gelu_train for m in mlps)
 
 
 @pytest.mark.parametrize("value", ["64,4", "65,4,4", "64,4,0", "64,4,4,1", "a,4,4"])
