@@ -171,8 +171,8 @@ def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias
     m, k = x.shape
     n = w.shape[0] if w_is_nk else w.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    key = (x.device.index, x.dtype, epilogue, m, n, k, w_is_nk,
-           (_alignment(w), _alignment(x), _alignment(out), _alignment(out)))
+    o = _alignment(out)  # (C and D: the same tensor)
+    key = (x.device.index, x.dtype, epilogue, m, n, k, w_is_nk, (_alignment(w), _alignment(x), o, o))
     plan = _plan(*key)
     if plan is None:
         return None

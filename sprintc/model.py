@@ -92,20 +92,20 @@ class Mlp(nn.Module):
         if self.kind == "swiglu":
             a, b = self.fc1(x).chunk(2, -1)
             return self.fc2(F.silu(a) * b)
-        if (self.gelu_epilogue or self.gelu_train) and x.is_cuda:
+        train = self.gelu_train and torch.is_grad_enabled()
+        sample = self.gelu_epilogue and not torch.is_grad_enabled()
+        if (train or sample) and x.is_cuda:
             # the epilogues compute in the matmul's half precision: autocast's, else the weights' own
             dt = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.fc1.weight.dtype
-            half = dt in (torch.bfloat16, torch.float16)
-            flat = x.reshape(-1, x.shape[-1]).to(dt)
-            if half and self.gelu_train and torch.is_grad_enabled():
-                from sprintc.cublaslt import gelu_mlp
+            if dt in (torch.bfloat16, torch.float16):
+                flat = x.reshape(-1, x.shape[-1]).to(dt)
+                if train:
+                    from sprintc.cublaslt import gelu_mlp
 
-                p = [t.to(dt) for t in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)]
-                return gelu_mlp(flat, *p).view(*x.shape[:-1], -1)
-            if half and self.gelu_epilogue and not torch.is_grad_enabled():
+                    p = [t.to(dt) for t in (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)]
+                    return gelu_mlp(flat, *p).view(*x.shape[:-1], -1)
                 # (this op has no backward, and its GELU is the tanh form on CUDA only)
-                w, b = self.fc1.weight.to(dt), self.fc1.bias.to(dt)
-                h = torch._addmm_activation(b, flat, w.t(), use_gelu=True)
+                h = torch._addmm_activation(self.fc1.bias.to(dt), flat, self.fc1.weight.to(dt).t(), use_gelu=True)
                 return self.fc2(h.view(*x.shape[:-1], -1))
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
