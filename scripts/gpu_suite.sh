@@ -1005,6 +1005,18 @@ elif [ "$PHASE" = r7 ]; then  # session R, two GPUs: the DDP CUDA tests with the
   gpu_info
   versions
   piece pytest_ddp 170 0,1 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "ddp and bfloat16" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = s1 ]; then  # session S, one H100: the bias gradients in cuBLASLt's BGRADB epilogue (SPRINTC_BIAS_GRAD
+  # fc1 / mlp) and Inductor's programmatic dependent launch (TORCHINDUCTOR_ENABLE_PDL=1), each against the code as shipped
+  gpu_info
+  versions
+  python3 -c "import torch._inductor.config as c; print('inductor triton.enable_pdl:', getattr(c.triton, 'enable_pdl', 'missing'))" | tee "$W/pdl.txt"
+  [ $TINY = 0 ] && piece bgrad_algos 100 0 python3 "$REPO/scripts/gpu_gelu_algos.py" --bgrad --json "$W/bgrad_algos.json"
+  for r in 0 fc1 mlp pdl 0 fc1 mlp pdl; do
+    n=$(( ${n:-0} + 1 ))
+    SPRINTC_BIAS_GRAD=$([ $r = pdl ] && echo 0 || echo $r) TORCHINDUCTOR_ENABLE_PDL=$([ $r = pdl ] && echo 1 || echo 0) \
+      TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_s$r piece "s1_${r}_$n" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/s1_${r}_$n.json"
+  done
+  piece pytest_gelu $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "gelu" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
