@@ -1,8 +1,7 @@
 """Each of cuBLASLt's candidate algorithms for the MLP's GELU epilogues (sprintc/cublaslt.py) timed alone, beside
 the same work done by torch's cuBLAS matmuls and by Inductor's compiled passes, at XL's widths for the routed (8192
 rows) and dense (32768) sizes of batch 128, bf16. Forward: fc1 + bias + GELU with the pre-activation kept; backward:
-fc2's input gradient times the GELU's derivative, and fc1's bias gradient; the weight gradients of fc1, fc2 and qkv with
-their bias gradients (BGRADB, --bgrad only). Median of 5 groups of 10 launches.
+fc2's input gradient times the GELU's derivative, and fc1's bias gradient. Median of 5 groups of 10 launches.
     python3 scripts/gpu_gelu_algos.py [--json FILE]"""
 import argparse
 import json
@@ -35,7 +34,6 @@ def ms(fn, groups=5, reps=10):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
-    ap.add_argument("--bgrad", action="store_true", help="the weight and bias gradients only")
     args = ap.parse_args()
     print(torch.__version__, torch.cuda.get_device_name())
     rows = []
@@ -49,22 +47,7 @@ def main():
     column_sum = torch.compile(lambda dh: dh.sum(0))
     inductor_bwd = torch.compile(lambda g, w, h: (lambda dh: (dh, dh.sum(0)))(
         torch.ops.aten.gelu_backward(g @ w, h, approximate="tanh")))
-    wgrad_and_sum = torch.compile(lambda g, x: (g.t() @ x, g.sum(0)))
     for m in (8192, 32768):
-        for layer, n, k in (("fc1", HIDDEN, D), ("fc2", D, HIDDEN), ("qkv", 3 * D, D)):
-            g, x = torch.randn(m, n, **bf), torch.randn(m, k, **bf)
-            row(rows=m, op=f"wgrad {layer}", code="torch mm", ms=ms(lambda: torch.mm(g.t(), x)))
-            row(rows=m, op=f"wgrad {layer}", code="inductor mm + sum", ms=ms(lambda: wgrad_and_sum(g, x)))
-            row(rows=m, op=f"wgrad {layer}", code="sprintc matmul_bgradb (fastest)", ms=ms(lambda: cublaslt.matmul_bgradb(g, x)))
-            db = torch.empty(n, **bf)
-            for i in range(cublaslt.CANDIDATES):
-                try:
-                    t = ms(lambda: cublaslt._matmul(cublaslt.BGRADB, g, x, False, db, None, candidate=i, x_is_km=True))
-                except IndexError:
-                    break
-                row(rows=m, op=f"wgrad {layer}", code=f"BGRADB candidate {i}", ms=t)
-        if args.bgrad:
-            continue
         x, w1, b1 = torch.randn(m, D, **bf), torch.randn(HIDDEN, D, **bf) * D ** -0.5, torch.randn(HIDDEN, **bf)
         g, w2 = torch.randn(m, D, **bf), torch.randn(D, HIDDEN, **bf) * HIDDEN ** -0.5
         h = torch.randn(m, HIDDEN, **bf)
@@ -92,7 +75,6 @@ def main():
                 except IndexError:
                     break
                 row(rows=m, op="bwd", code=f"{name} candidate {i}", ms=t)
-    print("fallbacks", dict(cublaslt.fallbacks))
     if args.json:
         json.dump(rows, open(args.json, "w"), indent=1)
 

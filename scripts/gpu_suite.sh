@@ -1006,7 +1006,8 @@ elif [ "$PHASE" = r7 ]; then  # session R, two GPUs: the DDP CUDA tests with the
   versions
   piece pytest_ddp 170 0,1 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "ddp and bfloat16" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = s1 ]; then  # session S, one H100: the bias gradients in cuBLASLt's BGRADB epilogue (SPRINTC_BIAS_GRAD
-  # fc1 / mlp) and Inductor's programmatic dependent launch (TORCHINDUCTOR_ENABLE_PDL=1), each against the code as shipped
+  # fc1 / mlp) and Inductor's programmatic dependent launch (TORCHINDUCTOR_ENABLE_PDL=1), each against the code as shipped;
+  # ran on the wheel of 3edf997 (matmul_bgradb, SPRINTC_BIAS_GRAD and the probe's --bgrad were removed after it: no gain)
   gpu_info
   versions
   python3 -c "import torch._inductor.config as c; print('inductor triton.enable_pdl:', getattr(c.triton, 'enable_pdl', 'missing'))" | tee "$W/pdl.txt"

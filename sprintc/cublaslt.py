@@ -27,8 +27,7 @@ _OP_N, _OP_T = 0, 1
 _CUDA_TYPE = {torch.float16: 2, torch.bfloat16: 14}
 _R_32F, _COMPUTE_32F = 0, 68
 _TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 11, 12
-GELU_AUX_BIAS, DGELU, BGRADB = 164, 192, 512
-_WITH_AUX = (GELU_AUX_BIAS, DGELU)
+GELU_AUX_BIAS, DGELU = 164, 192
 _PREF_WORKSPACE, _PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D = 1, 5, 6, 7, 8
 WORKSPACE_BYTES = 32 << 20
 # calls on CUDA half tensors that cuBLASLt did not take (no library, no algorithm for the shape or alignment, a refused
@@ -106,20 +105,18 @@ CANDIDATES = 8  # algorithms asked of cuBLASLt's heuristic per shape; the fastes
 
 
 @functools.cache
-def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int, w_is_nk: bool, x_is_km: bool,
-          aligns: tuple):
-    """Descriptors and candidate algorithms of out (m, n) = epilogue(X @ W), all row-major, X given as x (m, k), or
-    (k, m) when x_is_km, W as w (n, k) when w_is_nk else (k, n). In cuBLASLt's column-major terms: out.T (n, m) =
-    op(w) @ op(x). None where cuBLASLt has no algorithm for it."""
+def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int, w_is_nk: bool, aligns: tuple):
+    """Descriptors and candidate algorithms of out (m, n) = epilogue(x (m, k) @ W), all row-major, W given as w (n, k)
+    when w_is_nk else (k, n). In cuBLASLt's column-major terms: out.T (n, m) = op(w) @ x.T. None where cuBLASLt has no
+    algorithm for it."""
     t = _CUDA_TYPE[dtype]
     desc = _create("cublasLtMatmulDescCreate", _COMPUTE_32F, _R_32F)
     _set("cublasLtMatmulDescSetAttribute", desc, _TRANSA, ctypes.c_int(_OP_T if w_is_nk else _OP_N))
-    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSB, ctypes.c_int(_OP_T if x_is_km else _OP_N))
+    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSB, ctypes.c_int(_OP_N))
     _set("cublasLtMatmulDescSetAttribute", desc, _EPILOGUE, ctypes.c_uint32(epilogue))
-    if epilogue in _WITH_AUX:
-        _set("cublasLtMatmulDescSetAttribute", desc, _AUX_LD, ctypes.c_int64(n))
+    _set("cublasLtMatmulDescSetAttribute", desc, _AUX_LD, ctypes.c_int64(n))
     a = _create("cublasLtMatrixLayoutCreate", t, k, n, k) if w_is_nk else _create("cublasLtMatrixLayoutCreate", t, n, k, n)
-    b = _create("cublasLtMatrixLayoutCreate", t, m, k, m) if x_is_km else _create("cublasLtMatrixLayoutCreate", t, k, m, k)
+    b = _create("cublasLtMatrixLayoutCreate", t, k, m, k)
     d = _create("cublasLtMatrixLayoutCreate", t, n, m, n)
     pref = _create("cublasLtMatmulPreferenceCreate")
     _set("cublasLtMatmulPreferenceSetAttribute", pref, _PREF_WORKSPACE, ctypes.c_uint64(WORKSPACE_BYTES))
@@ -167,23 +164,21 @@ def _fastest(plan, device, x, w, out):
     return min(times, key=times.get) if times else None
 
 
-def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias, aux, candidate: int | None = None,
-            x_is_km: bool = False):
-    """X @ W through `epilogue` with its bias (read, or written by BGRADB) and aux (m, n) tensors, X = x or x.T
-    (x_is_km), W = w.T (w_is_nk) or w; None where no plan fits. `candidate` picks one of the heuristic's algorithms (a
-    probe's choice); by default the fastest."""
-    k, m = x.shape if x_is_km else x.shape[::-1]
+def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias, aux: torch.Tensor,
+            candidate: int | None = None):
+    """x @ w.T (w_is_nk) or x @ w through `epilogue` with its bias and aux (m, n) tensors; None where no plan fits.
+    `candidate` picks one of the heuristic's algorithms (a probe's choice); by default the fastest."""
+    m, k = x.shape
     n = w.shape[0] if w_is_nk else w.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     o = _alignment(out)  # (C and D: the same tensor)
-    key = (x.device.index, x.dtype, epilogue, m, n, k, w_is_nk, x_is_km, (_alignment(w), _alignment(x), o, o))
+    key = (x.device.index, x.dtype, epilogue, m, n, k, w_is_nk, (_alignment(w), _alignment(x), o, o))
     plan = _plan(*key)
     if plan is None:
         return None
     if bias is not None:  # (a bias pointer on an epilogue without one is an invalid value)
         _set("cublasLtMatmulDescSetAttribute", plan[0], _BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
-    if aux is not None:
-        _set("cublasLtMatmulDescSetAttribute", plan[0], _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+    _set("cublasLtMatmulDescSetAttribute", plan[0], _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
     if candidate is None:
         if key not in _chosen and not torch.cuda.is_current_stream_capturing():
             _chosen[key] = _fastest(plan, x.device, x, w, out)
@@ -248,31 +243,6 @@ def _(g, w, h):
     return h.new_empty(h.shape)
 
 
-@torch.library.custom_op("sprintc::matmul_bgradb", mutates_args=())
-def matmul_bgradb(g: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g.T @ x, g.sum(0)) for g (M, N), x (M, K): a linear layer's weight and bias gradients from its output's
-    gradient g and its input x, the sum over M in the matmul's BGRADB epilogue (no pass of its own over g)."""
-    if _on_cublaslt(g, x):
-        g, x = g.contiguous(), x.contiguous()
-        db = torch.empty(g.shape[1], device=g.device, dtype=g.dtype)
-        dw = _try(BGRADB, g, x, False, db, None, None, True)
-        if dw is not None:
-            return dw, db
-        fallbacks["matmul_bgradb"] += 1
-    return g.t() @ x, g.sum(0)
-
-
-@matmul_bgradb.register_fake
-def _(g, x):
-    return g.new_empty(g.shape[1], x.shape[1]), g.new_empty(g.shape[1])
-
-
-# which of the MLP's bias gradients come from BGRADB (set by sprintc.kernels.use_kernels from SPRINTC_BIAS_GRAD):
-# fc1's, whose output gradient comes from DGELU (an extern op, so its sum is a pass of its own in Inductor's code), and
-# fc2's, whose sum Inductor may fuse into the pass that writes its output gradient
-bias_grad_epilogue = {"fc1": False, "fc2": False}
-
-
 class _GeluMlp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2):
@@ -284,10 +254,8 @@ class _GeluMlp(torch.autograd.Function):
     def backward(ctx, gy):
         x, w1, w2, a, h = ctx.saved_tensors
         dh = matmul_dgelu(gy, w2, h)
-        # (not DGELU_BGRAD: its bias gradient took 3x DGELU's time, docs/PERFORMANCE.md, session R)
-        dw1, db1 = matmul_bgradb(dh, x) if bias_grad_epilogue["fc1"] else (dh.t() @ x, dh.sum(0))
-        dw2, db2 = matmul_bgradb(gy, a) if bias_grad_epilogue["fc2"] else (gy.t() @ a, gy.sum(0))
-        return dh @ w1, dw1, db1, dw2, db2
+        # the bias gradient is Inductor's sum: DGELU_BGRAD's own took 3x DGELU's time (docs/PERFORMANCE.md, session R)
+        return dh @ w1, dh.t() @ x, dh.sum(0), gy.t() @ a, gy.sum(0)
 
 
 def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:

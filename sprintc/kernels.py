@@ -398,19 +398,6 @@ def gelu_epilogue_from_env() -> tuple[bool, bool]:
     return env != "0", env == "1"
 
 
-BIAS_GRAD_CHOICES = {"0": (), "fc1": ("fc1",), "mlp": ("fc1", "fc2")}
-
-
-def bias_grad_from_env() -> tuple[str, ...]:
-    """SPRINTC_BIAS_GRAD (a developer's switch for A/B runs on a GPU): which of the MLP's bias gradients (in
-    training with the GELU epilogues) come from cuBLASLt's BGRADB epilogue on the weight-gradient matmul instead of a
-    sum of their own: '0' (unset) none, 'fc1', or 'mlp' (fc1 and fc2). ValueError naming it otherwise."""
-    env = os.environ.get("SPRINTC_BIAS_GRAD", "0")
-    if env not in BIAS_GRAD_CHOICES:
-        raise ValueError(f"SPRINTC_BIAS_GRAD={env!r}: expected one of {', '.join(BIAS_GRAD_CHOICES)}")
-    return BIAS_GRAD_CHOICES[env]
-
-
 def use_kernels(model: torch.nn.Module) -> int:
     """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, and those with RMS
     q/k norms at qk_norm_rope (both used on CUDA tensors only), and every GELU MLP at cuBLASLt's GELU epilogues
@@ -421,10 +408,6 @@ def use_kernels(model: torch.nn.Module) -> int:
     for m in found:
         m.fused_qk, m.short_tokens = isinstance(m.q_norm, RMSNorm), SHORT_TOKENS
     sample, train = gelu_epilogue_from_env()
-    from sprintc import cublaslt
-
-    layers = bias_grad_from_env()
-    cublaslt.bias_grad_epilogue.update({name: name in layers for name in cublaslt.bias_grad_epilogue})
     for m in model.modules():
         if isinstance(m, Mlp):
             m.gelu_epilogue, m.gelu_train = sample and m.kind == "gelu_tanh", train and m.kind == "gelu_tanh"

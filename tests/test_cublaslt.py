@@ -1,10 +1,8 @@
 """sprintc/cublaslt.py's MLP on the CPU, where its two ops compute with torch's own: the hand-written backward is the
 expression's gradient, and torch.compile traces the MLP whole. (The cuBLASLt epilogues themselves: tests/test_cuda.py.)"""
-import pytest
 import torch
 import torch.nn.functional as F
 
-from sprintc import cublaslt
 from sprintc.cublaslt import gelu_mlp
 
 
@@ -18,17 +16,7 @@ def expression(x, w1, b1, w2, b2):
     return F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
 
 
-@pytest.fixture(params=["0", "fc1", "mlp"])
-def bias_grad(request, monkeypatch):
-    """Each setting of SPRINTC_BIAS_GRAD: the bias gradients from the weight-gradient op (matmul_bgradb) or a sum."""
-    from sprintc.kernels import BIAS_GRAD_CHOICES
-
-    layers = BIAS_GRAD_CHOICES[request.param]
-    monkeypatch.setattr(cublaslt, "bias_grad_epilogue", {name: name in layers for name in ("fc1", "fc2")})
-    return request.param
-
-
-def test_the_mlps_backward_is_the_gradient_of_the_expression(bias_grad):
+def test_the_mlps_backward_is_the_gradient_of_the_expression():
     assert torch.autograd.gradcheck(gelu_mlp, params(torch.float64))
     ps, qs = params(torch.float64), params(torch.float64)
     gy = torch.randn(37, 24, dtype=torch.float64)
@@ -36,7 +24,7 @@ def test_the_mlps_backward_is_the_gradient_of_the_expression(bias_grad):
         torch.testing.assert_close(got, want)
 
 
-def test_the_mlp_compiles_whole_and_gives_eagers_gradients(bias_grad):
+def test_the_mlp_compiles_whole_and_gives_eagers_gradients():
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -48,10 +36,3 @@ def test_the_mlp_compiles_whole_and_gives_eagers_gradients(bias_grad):
     for p, q in zip(ps, qs):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
     assert not counters["graph_break"]
-
-
-def test_the_weight_and_bias_gradient_op_is_the_layers_gradient():
-    g, x = torch.randn(37, 24, dtype=torch.float64), torch.randn(37, 16, dtype=torch.float64)
-    dw, db = cublaslt.matmul_bgradb(g, x)
-    torch.testing.assert_close(dw, g.t() @ x)
-    torch.testing.assert_close(db, g.sum(0))

@@ -215,7 +215,6 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
 @pytest.mark.parametrize("switch, value, message",
                          [("SPRINTC_QK_BLOCKS", v, "expected five positive integers") for v in ("4,4,1,4", "4,x,1,4,5", "4,4,0,4,5")]
                          + [("SPRINTC_GELU_EPILOGUE", v, "expected 0, 1 or sample") for v in ("2", "on", " 1", "fwd")]
-                         + [("SPRINTC_BIAS_GRAD", v, "expected one of 0, fc1, mlp") for v in ("1", "fc2", "MLP")]
                          + [("SPRINTC_PERSISTENT_ROWS", v, "expected a whole number") for v in ("x", "-1", "2k")])
 def test_a_malformed_kernel_switch_is_a_clear_error(monkeypatch, switch, value, message):
     from sprintc.model import Mlp
@@ -236,17 +235,6 @@ def test_a_malformed_kernel_switch_is_a_clear_error(monkeypatch, switch, value, 
     monkeypatch.setenv("SPRINTC_GELU_EPILOGUE", "0")
     use_kernels(sit)
     assert not any(m.gelu_epilogue or m.gelu_train for m in mlps)
-    from sprintc import cublaslt
-
-    assert cublaslt.bias_grad_epilogue == {"fc1": False, "fc2": False}
-    monkeypatch.setenv("SPRINTC_BIAS_GRAD", "mlp")
-    use_kernels(sit)
-    assert cublaslt.bias_grad_epilogue == {"fc1": True, "fc2": True}
-    monkeypatch.setenv("SPRINTC_BIAS_GRAD", "fc1")
-    use_kernels(sit)
-    assert cublaslt.bias_grad_epilogue == {"fc1": True, "fc2": False}
-    monkeypatch.delenv("SPRINTC_BIAS_GRAD")
-    use_kernels(sit)
 
 
 @pytest.mark.parametrize("value", ["64,4", "65,4,4", "64,4,0", "64,4,4,1", "a,4,4"])
