@@ -1018,6 +1018,18 @@ elif [ "$PHASE" = s1 ]; then  # session S, one H100: the bias gradients in cuBLA
       TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_s$r piece "s1_${r}_$n" 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/s1_${r}_$n.json"
   done
   piece pytest_gelu $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -q -o addopts="" "$REPO/tests/test_cuda.py" -k "gelu" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = s2 ]; then  # session S, one H100: target.pdl (on, as committed) against --no-pdl, the routed training
+  # step and the sampling steps at 128, alternating; `sprintc train` on XL latents at 128 with it (losses against session
+  # R's); the compiled-against-eager CUDA tests with it
+  gpu_info
+  versions
+  for r in on off on off; do
+    n=$(( ${n:-0} + 1 ))
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_pdl$r piece "s2_${r}_$n" 120 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --graphs routed $([ $r = off ] && echo --no-pdl) --json "$W/s2_${r}_$n.json"
+  done
+  train_setup 128
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_pdlon train_each 150 shipped:xl_ddp
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "qk_kernels_equals_eager or cuda_graph_training or gelu_epilogue" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

@@ -132,6 +132,9 @@ class TargetSpec(Strict):
                                       "columns of one tensor into one kernel; off by default: on torch 2.11 it crashed the "
                                       "backward of a parameter broadcast over the batch (pytorch#178080), and from 2.10 to "
                                       "at least 2.14 it computes wrong gradients for scale-shift tables (pytorch#193061)")
+    pdl: bool = Field(True, description="Inductor's programmatic dependent launch (torch's triton.enable_pdl) on GPUs of "
+                      "compute capability 9.0 and up (H100): each of its Triton kernels is launched while the kernel before "
+                      "it runs and waits inside for the data it reads; no effect on other devices")
 
 
 # ----------------------------------------------------------------------------------------- recipes

@@ -148,6 +148,8 @@ def _options(target: TargetSpec) -> dict:
         # set either way: the default is on from torch 2.10, where it crashed our whole-model routed backward
         # (pytorch#178080) and gives wrong gradients for scale-shift tables (pytorch#193061, a silent error)
         extra["triton.mix_order_reduction"] = target.mix_order_reduction
+    if hasattr(inductor_config.triton, "enable_pdl"):  # (Inductor itself leaves it out below compute capability 9.0)
+        extra["triton.enable_pdl"] = target.pdl
     if target.tune:
         extra["coordinate_descent_tuning"] = True
     elif target.multi_kernel and not mode_opts.get("coordinate_descent_tuning"):

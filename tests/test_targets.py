@@ -222,9 +222,13 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
         # Inductor's mix-order reductions (torch >= 2.10) are off unless the spec asks (pytorch#178080, #193061)
         if mixing:
             assert opts.pop("triton.mix_order_reduction") is target.get("mix_order_reduction", False)
+        # Inductor's programmatic dependent launch is on unless the spec clears it
+        if pdl:
+            assert opts.pop("triton.enable_pdl") is target.get("pdl", True)
         return seen[0].get("mode"), opts or None
 
     mixing = hasattr(torch._inductor.config.triton, "mix_order_reduction")
+    pdl = hasattr(torch._inductor.config.triton, "enable_pdl")
 
     def as_options(mode):  # a mode goes in as its options when the mix-order switch is passed too
         return (None, torch._inductor.list_mode_options(mode)) if mixing else (mode, None)
@@ -234,6 +238,7 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
     assert options_of(kernels=True) == (None, None)
     assert options_of(mode="max-autotune") == as_options("max-autotune")
     assert options_of(mix_order_reduction=True) == (None, None)
+    assert options_of(pdl=False) == (None, None)
     assert options_of(mode="max-autotune", kernels=True) == (None, torch._inductor.list_mode_options("max-autotune"))
     # multi-kernel reductions skip the FX graph cache (torch 2.11 failed to load them from it); tune (cached) wins
     no_cache = {"triton.multi_kernel": 1, "fx_graph_cache": False}
@@ -241,7 +246,7 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
     assert options_of(multi_kernel=True, mode="reduce-overhead") == (None, {"triton.cudagraphs": True, **no_cache})
     assert options_of(multi_kernel=True, tune=True)[1] == {"coordinate_descent_tuning": True}
     assert options_of(multi_kernel=True, mode="max-autotune") == as_options("max-autotune")  # the mode tunes
-    for key in ("tune", "multi_kernel", "mix_order_reduction"):
+    for key in ("tune", "multi_kernel", "mix_order_reduction", "pdl"):
         with pytest.raises(TargetError, match=key):
             resolve_target({key: "very"})
 
