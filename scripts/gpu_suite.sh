@@ -1030,6 +1030,13 @@ elif [ "$PHASE" = s2 ]; then  # session S, one H100: target.pdl (on, as committe
   train_setup 128
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_pdlon train_each 150 shipped:xl_ddp
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "qk_kernels_equals_eager or cuda_graph_training or gelu_epilogue" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = s3 ]; then  # session S, one H100: the routed step at 128 and 64 as shipped (target.pdl on), then the
+  # anchor at 128 and at 64 in the same call
+  gpu_info
+  versions
+  piece s3_b128_64 120 0 $BENCH --batch 128,64 --modes $TMODES --parts train --graphs routed --json "$W/s3_b128_64.json"
+  [ $TINY = 0 ] && piece anchor_b128 230 0 $(anchor 128)
+  [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
