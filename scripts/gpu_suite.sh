@@ -1037,6 +1037,12 @@ elif [ "$PHASE" = s3 ]; then  # session S, one H100: the routed step at 128 and 
   piece s3_b128_64 120 0 $BENCH --batch 128,64 --modes $TMODES --parts train --graphs routed --json "$W/s3_b128_64.json"
   [ $TINY = 0 ] && piece anchor_b128 230 0 $(anchor 128)
   [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
+elif [ "$PHASE" = s4 ]; then  # session S, two GPUs: every CUDA test file on the code as shipped (target.pdl on), the DDP
+  # tests on both GPUs
+  gpu_info
+  versions
+  piece pytest_cuda 570 0,1 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" \
+    "$REPO/tests/test_optim.py" "$REPO/tests/test_cublaslt.py" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
