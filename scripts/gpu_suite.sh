@@ -1043,6 +1043,14 @@ elif [ "$PHASE" = s4 ]; then  # session S, two GPUs: every CUDA test file on the
   versions
   piece pytest_cuda 570 0,1 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" "$REPO/tests/test_kernels.py" \
     "$REPO/tests/test_optim.py" "$REPO/tests/test_cublaslt.py" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = s5 ]; then  # session S, two GPUs: `sprintc train` on XL latents, global batch 256, under DDP and then
+  # FSDP2 (torchrun, 2 processes) with target.pdl on: the two runs' losses side by side
+  gpu_info
+  versions
+  train_setup 256
+  [ $TINY = 1 ] && export XL_BATCH=4
+  train_ddp2 240 ddp:xl_ddp
+  train_ddp2 $(( 580 - ($(date +%s) - T0) )) fsdp:xl_fsdp
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
