@@ -24,8 +24,10 @@ COMMANDS = {
 def target_name(text: str) -> str:
     """argparse type of --target: a device given as the target (`--target cuda`) is told where the device goes."""
     if text in ("cpu", "cuda") or text.startswith("cuda:"):
-        raise argparse.ArgumentTypeError(f"{text!r} is a device, not a target (targets: eager, inductor, aot); the device "
-                                         "is target.device in the spec, or --device of train, sample and bench")
+        from sprintc.spec import TARGETS
+
+        raise argparse.ArgumentTypeError(f"{text!r} is a device, not a target (targets: {', '.join(TARGETS)}); the "
+                                         "device is target.device in the spec, or --device of train, sample and bench")
     return text
 
 

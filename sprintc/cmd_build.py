@@ -8,8 +8,7 @@ from pathlib import Path
 
 from sprintc.cli import target_name
 from sprintc.errors import CheckpointError, SprintcError
-
-TARGETS = ("eager", "inductor", "aot")
+from sprintc.spec import TARGETS
 
 
 # ------------------------------------------------------------------------------------------ build

@@ -18,6 +18,7 @@ import torch
 
 from sprintc.cli import target_name
 from sprintc.errors import CheckpointError, SprintcError
+from sprintc.spec import TARGETS
 from sprintc.targets_api import resolve_device
 
 
@@ -42,7 +43,7 @@ def add_sampling_options(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=64, help="images per model batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--target", type=target_name, choices=["spec", "eager", "inductor", "aot"], default="spec",
+    p.add_argument("--target", type=target_name, choices=["spec", *TARGETS], default="spec",
                    help="lower the model through this target (default: the spec's target:)")
     p.add_argument("--dtype", choices=["spec", "float32", "bfloat16", "float16"], default="spec",
                    help="compute dtype (default: the spec's target.dtype)")

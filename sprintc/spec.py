@@ -113,8 +113,11 @@ PassSpec = Annotated[Union[PartitionPass, RoutePass, FusePass, PathDropPass, PDG
 
 
 # ----------------------------------------------------------------------------------------- target
+TARGETS = ("eager", "inductor", "aot")  # the lowering targets (targets/), the one list the CLI and the API check against
+
+
 class TargetSpec(Strict):
-    name: Literal["eager", "inductor", "aot"] = "inductor"
+    name: Literal[TARGETS] = "inductor"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"

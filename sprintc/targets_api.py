@@ -29,9 +29,7 @@ import torch
 import torch.nn as nn
 
 from sprintc.errors import SprintcError
-from sprintc.spec import TargetSpec
-
-TARGETS = ("eager", "inductor", "aot")
+from sprintc.spec import TARGETS, TargetSpec
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
