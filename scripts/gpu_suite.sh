@@ -1070,6 +1070,15 @@ print(min(t,key=t.get) if t else 'flash')" 2>/dev/null || echo flash)
     TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_t$r piece "t1_${r}_$n" $([ $n -le 2 ] && echo 150 || echo 110) 0 python3 "$REPO/scripts/with_sdpa.py" $r bench $SPEC $DEV \
       --batch 128 --modes $TMODES --parts train,sample --graphs $([ $n -le 2 ] && echo routed,dense || echo routed) --json "$W/t1_${r}_$n.json"
   done
+elif [ "$PHASE" = t2 ]; then  # session T, one H100: target.region_blocks 1 (as shipped), 2 and 4: the routed training step
+  # and the sampling steps at 128, in turn, twice, one Inductor cache each (the first pass compiles cold)
+  gpu_info
+  versions
+  for r in 1 2 4 1 2 4; do
+    n=$(( ${n:-0} + 1 ))
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_rb$r piece "t2_${r}_$n" $([ $n -le 3 ] && echo 130 || echo 80) 0 $BENCH --batch 128 \
+      --modes $TMODES --parts train,sample --graphs routed --region-blocks $r --json "$W/t2_${r}_$n.json"
+  done
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

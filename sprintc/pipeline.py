@@ -57,6 +57,8 @@ class SprintModules(nn.Module):
         self.path_drop_p = 0.0
         self.routing = True  # False during full-token fine-tuning
         self.generator: torch.Generator | None = None
+        self.graph: fx.Graph | None = None  # the rewritten graph and the PDG graph
+        self.guidance_graph: fx.Graph | None = None
 
     def forward(self):
         return self.mask_token
@@ -230,6 +232,7 @@ def install(root: nn.Module, gm: fx.GraphModule, ctx: Context):
     sprint = ctx.sprint
     sprint.plan, sprint.path_drop_p = ctx.plan, ctx.path_drop_p
     sprint.graph_code = gm.code
+    sprint.graph, sprint.guidance_graph = gm.graph, ctx.guidance  # (what targets/inductor.py regroups)
     sprint.graph_fn = compile_forward(gm.graph, root)
     sprint.guidance_fn = compile_forward(ctx.guidance, root) if ctx.guidance is not None else None
     sprint.applied = list(ctx.applied)

@@ -263,11 +263,13 @@ def peak_flops(device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def _lower(net, spec, device):
+def _lower(net, spec, device, fsdp=False):
     """Compile the blocks in place (the spec's target). On the CPU the model trains in float32 whatever
-    target.dtype says."""
-    target = spec.target if device.type == "cuda" else spec.target.model_copy(update={"dtype": "float32"})
-    return lower(net, target, device=device)
+    target.dtype says. Under FSDP every block is a region of its own: its all-gather hooks run between blocks."""
+    update = {} if device.type == "cuda" else {"dtype": "float32"}
+    if fsdp:
+        update["region_blocks"] = 1
+    return lower(net, spec.target.model_copy(update=update), device=device)
 
 
 class Stop:
@@ -457,7 +459,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     flops = {r: 3 * forward_flops(ema, spec, r, device) for r in {st.routing for st in stages}} if peak else {}
 
     # ---- compile, then wrap, then the optimizer
-    net = _lower(net, spec, device)
+    net = _lower(net, spec, device, fsdp)
     if fsdp:
         _shard(net, world, device)
         _shard(ema, world, device)

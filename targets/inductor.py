@@ -29,6 +29,7 @@ import types
 from pathlib import Path
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
@@ -172,14 +173,84 @@ def _raise_limits():
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 16 * RECOMPILE_LIMIT)
 
 
+class BlockGroup(nn.Module):
+    """Consecutive blocks run as one compiled region (target.region_blocks). Not registered in the model (its blocks
+    stay where they are, in the state dict once); the model's graphs call it instead of the blocks."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(blocks)
+
+    def forward(self, x, *args, **kwargs):
+        for blk in self.members:
+            x = blk(x, *args, **kwargs)
+        return x
+
+
+def _chains(graph: fx.Graph, block_of: dict[str, nn.Module]) -> list[list[fx.Node]]:
+    """Runs of block calls where each block takes the previous one's output (its only use) and the same other inputs."""
+    runs = []
+    for n in graph.nodes:
+        if n.op != "call_module" or n.target not in block_of:
+            continue
+        prev = runs[-1][-1] if runs else None
+        if (prev is not None and n.args and n.args[0] is prev and len(prev.users) == 1
+                and n.args[1:] == prev.args[1:] and n.kwargs == prev.kwargs):
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
+
+
+def group_blocks(model: nn.Module, size: int) -> set[int]:
+    """Rewrite the model's installed graphs so that runs of consecutive blocks are called in groups of up to `size`
+    (BlockGroup, kept in the model's __dict__: deep copies carry them, the state dict does not). The ids of the
+    grouped blocks; none where the model has no installed graph."""
+    sprint = getattr(model, "sprint", None)
+    if size < 2 or getattr(sprint, "graph", None) is None:
+        return set()
+    from sprintc.graph import compile_forward
+
+    block_of = {f"{name}.{i}": blk for name, blocks in block_lists(model) for i, blk in enumerate(blocks)}
+    grouped, groups = set(), {}
+    for attr, graph_attr in (("graph_fn", "graph"), ("guidance_fn", "guidance_graph")):
+        graph = getattr(sprint, graph_attr)
+        if graph is None:
+            continue
+        new = fx.Graph()
+        new.output(new.graph_copy(graph, {}))
+        for run in _chains(new, block_of):
+            for k in range(0, len(run) - 1, size):
+                chunk = run[k : k + size]
+                if len(chunk) < 2:
+                    continue
+                key = tuple(n.target for n in chunk)
+                if key not in groups:
+                    groups[key] = f"_sprintc_group_{len(groups)}"
+                    model.__dict__[groups[key]] = BlockGroup([block_of[t] for t in key])
+                with new.inserting_before(chunk[0]):
+                    call = new.call_module(groups[key], chunk[0].args, chunk[0].kwargs)
+                chunk[-1].replace_all_uses_with(call)
+                for n in reversed(chunk):
+                    new.erase_node(n)
+                grouped.update(id(block_of[t]) for t in key)
+        setattr(sprint, attr, compile_forward(new, model))
+    return grouped
+
+
 def compile_regions(model: nn.Module, target: TargetSpec) -> list[str]:
     opts = _options(target)
     done, in_blocks = [], set()
+    grouped = group_blocks(model, target.region_blocks)
+    for name in [k for k in model.__dict__ if k.startswith("_sprintc_group_")]:
+        model.__dict__[name].compile(**opts)
+        done.append(name)
     for name, blocks in block_lists(model):
         for i, blk in enumerate(blocks):
-            blk.compile(**opts)
-            done.append(f"{name}.{i}")
             in_blocks.update(id(m) for m in blk.modules())
+            if id(blk) not in grouped:
+                blk.compile(**opts)
+                done.append(f"{name}.{i}")
     heads = head_types()
     for name, m in model.named_modules():
         if isinstance(m, heads) and id(m) not in in_blocks:
