@@ -1079,6 +1079,17 @@ elif [ "$PHASE" = t2 ]; then  # session T, one H100: target.region_blocks 1 (as 
     TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_rb$r piece "t2_${r}_$n" $([ $n -le 3 ] && echo 130 || echo 80) 0 $BENCH --batch 128 \
       --modes $TMODES --parts train,sample --graphs routed --region-blocks $r --json "$W/t2_${r}_$n.json"
   done
+elif [ "$PHASE" = t3 ]; then  # session T, one H100: the routing glue compiled with the fusion (as committed) against
+  # SPRINTC_GLUE_REGIONS=0 (eager glue), region_blocks 2 both: the routed step and the sampling steps at 128, in turn,
+  # twice, one Inductor cache each; then the compiled-against-eager CUDA tests
+  gpu_info
+  versions
+  for r in 1 0 1 0; do
+    n=$(( ${n:-0} + 1 ))
+    SPRINTC_GLUE_REGIONS=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_glue$r piece "t3_${r}_$n" $([ $n -le 2 ] && echo 130 || echo 80) 0 \
+      $BENCH --batch 128 --modes $TMODES --parts train,sample --graphs routed --json "$W/t3_${r}_$n.json"
+  done
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "qk_kernels_equals_eager or cuda_graph_training or gelu_epilogue" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

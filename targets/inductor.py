@@ -48,6 +48,14 @@ KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU
 PERSISTENT_ROWS = 2048
 
 
+def glue_regions() -> bool:
+    """SPRINTC_GLUE_REGIONS=0 (a developer's switch for A/B runs): leave the routing glue before the fusion eager."""
+    env = os.environ.get("SPRINTC_GLUE_REGIONS", "1")
+    if env not in ("0", "1"):
+        raise TargetError(f"SPRINTC_GLUE_REGIONS={env!r}: expected 0 or 1")
+    return env == "1"
+
+
 def persistent_rows() -> int:
     env = os.environ.get("SPRINTC_PERSISTENT_ROWS")
     if env is None:
@@ -202,24 +210,63 @@ def _chains(graph: fx.Graph, block_of: dict[str, nn.Module]) -> list[list[fx.Nod
     return runs
 
 
-def group_blocks(model: nn.Module, size: int) -> set[int]:
-    """Rewrite the model's installed graphs so that runs of consecutive blocks are called in groups of up to `size`
-    (BlockGroup, kept in the model's __dict__: deep copies carry them, the state dict does not). The ids of the
-    grouped blocks; none where the model has no installed graph."""
+def _glue_into(graph: fx.Graph, head: fx.Node) -> list[fx.Node]:
+    """The routing glue (scatter, mask-token fill, path drop) computed only for `head`'s inputs, in graph order."""
+    from sprintc import routing
+
+    glue_fns = (routing.scatter_tokens, routing.drop_path, routing.cat_mask_half)
+    region, grown = {head}, True
+    while grown:
+        grown = False
+        for n in {a for r in region for a in r.all_input_nodes} - region:
+            if n.op == "call_function" and n.target in glue_fns and all(u in region for u in n.users):
+                region.add(n)
+                grown = True
+    return [n for n in graph.nodes if n in region and n is not head]
+
+
+def _absorb_glue(graph: fx.Graph, model: nn.Module, head: fx.Node, name: str) -> bool:
+    """Replace `head` (a compiled head module, e.g. the fusion) and the glue feeding it with one call of a
+    GraphModule `name` kept in the model's __dict__, compiled as one region: no eager passes between regions."""
+    glue = _glue_into(graph, head)
+    if not glue:
+        return False
+    nodes = [*glue, head]
+    outside = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes if a not in nodes))
+    sub = fx.Graph()
+    env = {a: sub.placeholder(f"in_{i}") for i, a in enumerate(outside)}
+    for n in nodes:
+        env[n] = sub.node_copy(n, lambda a: env[a])
+    sub.output(env[head])
+    model.__dict__[name] = fx.GraphModule(model, sub)  # holds the head's module itself: the same weights
+    with graph.inserting_before(head):  # after every input of the region
+        call = graph.call_module(name, tuple(outside))
+    head.replace_all_uses_with(call)
+    for n in reversed(nodes):
+        graph.erase_node(n)
+    return True
+
+
+def regroup(model: nn.Module, size: int, glue: bool = True) -> set[int]:
+    """Rewrite the model's installed graphs into larger regions: runs of consecutive blocks called in groups of up to
+    `size` (BlockGroup), and with `glue` the routing glue before the fusion compiled with it. The regions are kept in
+    the model's __dict__ (deep copies carry them, the state dict does not). The ids of the grouped blocks; none where
+    the model has no installed graph."""
     sprint = getattr(model, "sprint", None)
-    if size < 2 or getattr(sprint, "graph", None) is None:
+    if (size < 2 and not glue) or getattr(sprint, "graph", None) is None:
         return set()
     from sprintc.graph import compile_forward
 
     block_of = {f"{name}.{i}": blk for name, blocks in block_lists(model) for i, blk in enumerate(blocks)}
-    grouped, groups = set(), {}
+    heads = head_types()
+    grouped, groups, glued = set(), {}, 0
     for attr, graph_attr in (("graph_fn", "graph"), ("guidance_fn", "guidance_graph")):
         graph = getattr(sprint, graph_attr)
         if graph is None:
             continue
         new = fx.Graph()
         new.output(new.graph_copy(graph, {}))
-        for run in _chains(new, block_of):
+        for run in _chains(new, block_of) if size > 1 else []:
             for k in range(0, len(run) - 1, size):
                 chunk = run[k : k + size]
                 if len(chunk) < 2:
@@ -234,6 +281,12 @@ def group_blocks(model: nn.Module, size: int) -> set[int]:
                 for n in reversed(chunk):
                     new.erase_node(n)
                 grouped.update(id(block_of[t]) for t in key)
+        for n in [n for n in new.nodes if n.op == "call_module" and glue]:
+            if n.target in block_of or n.target.startswith("_sprintc_"):
+                continue
+            if isinstance(model.get_submodule(n.target), heads) and _absorb_glue(new, model, n, f"_sprintc_glue_{glued}"):
+                glued += 1
+        new.lint()
         setattr(sprint, attr, compile_forward(new, model))
     return grouped
 
@@ -241,8 +294,8 @@ def group_blocks(model: nn.Module, size: int) -> set[int]:
 def compile_regions(model: nn.Module, target: TargetSpec) -> list[str]:
     opts = _options(target)
     done, in_blocks = [], set()
-    grouped = group_blocks(model, target.region_blocks)
-    for name in [k for k in model.__dict__ if k.startswith("_sprintc_group_")]:
+    grouped = regroup(model, target.region_blocks, glue_regions())
+    for name in [k for k in model.__dict__ if k.startswith(("_sprintc_group_", "_sprintc_glue_"))]:
         model.__dict__[name].compile(**opts)
         done.append(name)
     for name, blocks in block_lists(model):

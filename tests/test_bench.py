@@ -80,6 +80,7 @@ def test_tiny_version_keeps_the_passes():
     (["--steps", "0"], "--steps: 0 must be >= 1"),
     (["--inductor-config", "no_such_knob=1"], "no setting 'no_such_knob'"),
     (["--device", "tpu"], "device: 'tpu'"),
+    (["--region-blocks", "0"], "region_blocks"),
 ])
 def test_bad_input_exits_2_with_a_message(args, message, capsys):
     assert main(["bench", "specs/digits_sprint.yaml", *args]) == 2
@@ -115,11 +116,12 @@ def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     assert main(["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "1",
                  "--warmup", "0", "--batch", "2", "--parts", "train", "--multi-kernel", "--no-kernels",
-                 "--no-regional", "--mix-order-reduction", "--no-pdl", "--no-master-weights", "--json", str(out)]) == 0
+                 "--no-regional", "--mix-order-reduction", "--no-pdl", "--no-master-weights", "--region-blocks", "3",
+                 "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["meta"]["multi_kernel"] is True and d["meta"]["kernels"] is False
     assert d["meta"]["regional"] is False and d["meta"]["mix_order_reduction"] is True
-    assert d["meta"]["master_weights"] is False and d["meta"]["pdl"] is False
+    assert d["meta"]["master_weights"] is False and d["meta"]["pdl"] is False and d["meta"]["region_blocks"] == 3
     rows = {r["graph"]: r for r in d["train"]}
     assert rows["routed"]["ms"] > 0 and "error" not in rows["routed"]
     assert rows["dense"]["error"] == "ValueError: backend='inductor' raised: <- RuntimeError: block size too large"

@@ -102,6 +102,32 @@ def test_deep_copy_of_a_lowered_model_runs_its_own_weights():
 
 # --------------------------------------------------------------------------------------- inductor
 @pytest.mark.slow
+def test_block_groups_run_in_deep_copies_with_the_copys_weights_and_not_under_fsdp():
+    """The groups of target.region_blocks live beside the blocks, not in the state dict: a deep copy of the lowered
+    model (an EMA copy) groups its own blocks. train.py lowers every block alone under FSDP."""
+    from sprintc.train import _lower
+
+    model = lower(small(model__depth=6).model, {"name": "inductor", "dtype": "float32", "region_blocks": 2}, device="cpu")
+    groups = [k for k in vars(model) if k.startswith("_sprintc_group_")]
+    assert len(groups) == 2  # the 4 routed blocks in two pairs; the dense blocks alone
+    ema = copy.deepcopy(model).eval()
+    assert [list(vars(ema)[g].members) for g in groups] == [list(ema.blocks[1:3]), list(ema.blocks[3:5])]
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(0.5)
+    fresh = small(model__depth=6).model.eval()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.mul_(0.5)
+    x, t, y = inputs()
+    torch.testing.assert_close(ema(x, t, y), fresh(x, t, y), rtol=1e-4, atol=1e-5)
+    spec = small(model__depth=6, target__name="inductor").spec
+    sharded = _lower(compile_spec(spec).model, spec, torch.device("cpu"), fsdp=True)
+    assert not [k for k in vars(sharded) if k.startswith("_sprintc_group_")]
+    assert [r for r in lowering_of(sharded).regions if r.startswith("blocks.")] == [f"blocks.{i}" for i in range(6)]
+
+
+@pytest.mark.slow
 def test_inductor_whole_model_routed_training_step_equals_eager():
     """target.regional false compiles the forward as one graph, the routing glue (gather, scatter, mask-token fill,
     path drop) inside it: the routed step's output and every gradient, the mask token's included, are eager's."""
@@ -128,15 +154,24 @@ def test_inductor_whole_model_routed_training_step_equals_eager():
 
 
 @pytest.mark.slow
-def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_breaks_equals_eager():
+@pytest.mark.parametrize("region_blocks", [1, 2])
+def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_breaks_equals_eager(region_blocks):
+    """region_blocks 2 (the default): the two routed blocks run as one region, the dense ones alone."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
     counters.clear()
     built = small()
     ref = copy.deepcopy(built.model)
-    model = lower(built.model, {"name": "inductor", "dtype": "float32"}, device="cpu")
-    assert len(lowering_of(model).regions) == 4 + 4  # 4 blocks, x/t embedders, final layer, fusion
+    keys = list(built.model.state_dict())
+    model = lower(built.model, {"name": "inductor", "dtype": "float32", "region_blocks": region_blocks}, device="cpu")
+    regions = lowering_of(model).regions
+    # the routing glue and the fusion as one region in each of the two graphs (training, guidance)
+    assert {"_sprintc_glue_0", "_sprintc_glue_1", "x_embedder", "t_embedder", "final_layer"} <= set(regions)
+    blocks = [r for r in regions if r.startswith(("blocks.", "_sprintc_group_"))]
+    assert blocks == (["blocks.0", "blocks.1", "blocks.2", "blocks.3"] if region_blocks == 1
+                      else ["_sprintc_group_0", "blocks.0", "blocks.3"])
+    assert list(model.state_dict()) == keys  # the groups are not registered: each block's weights once
     model.train(), ref.train()
     x, t, y = inputs()
     ids = torch.tensor([[0, 3, 9, 14], [5, 6, 8, 15]])
@@ -153,16 +188,22 @@ def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_break
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
     for a, b in zip(grads, wgrads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
-    # identical blocks share one graph per input shape: 2 block graphs (16 and 4 tokens) + 4 head graphs
+    # identical regions share one graph per input shape: 2 block graphs (16 and 4 tokens) + 4 head graphs
     assert counters["stats"]["unique_graphs"] == 6
     assert not counters["graph_break"]
     warm = dict(counters["stats"])
     model.sprint.generator = torch.Generator().manual_seed(0)
     for _ in range(3):  # routed training: fresh token choice and path drop from the model's generator
         step(model)
-    model.sprint.routing = False  # full-token fine-tuning: the middle blocks see 16 tokens, a known shape
+    assert dict(counters["stats"]) == warm, "recompiled after warm-up in routed training"
+    # full-token fine-tuning: the middle blocks see 16 tokens, a known shape for one block; compiled once when the
+    # stage begins: the glue region without routing, and a pair of blocks at 16 tokens
+    model.sprint.routing = False
     step(model)
-    assert dict(counters["stats"]) == warm, "recompiled after warm-up in training"
+    assert counters["stats"]["unique_graphs"] == warm["unique_graphs"] + 1 + (region_blocks > 1)
+    warm = dict(counters["stats"])
+    step(model)
+    assert dict(counters["stats"]) == warm, "recompiled after warm-up in full-token training"
     model.eval(), ref.eval()
     with torch.no_grad():  # sampling: CFG (dense, 2B) and PDG (guidance graph) steps
         g_in = guidance_inputs(x, t, y)
@@ -246,9 +287,11 @@ def test_tune_and_multi_kernel_reach_every_compiled_region_with_the_modes_option
     assert options_of(multi_kernel=True, mode="reduce-overhead") == (None, {"triton.cudagraphs": True, **no_cache})
     assert options_of(multi_kernel=True, tune=True)[1] == {"coordinate_descent_tuning": True}
     assert options_of(multi_kernel=True, mode="max-autotune") == as_options("max-autotune")  # the mode tunes
-    for key in ("tune", "multi_kernel", "mix_order_reduction", "pdl"):
+    for key in ("tune", "multi_kernel", "mix_order_reduction", "pdl", "region_blocks"):
         with pytest.raises(TargetError, match=key):
             resolve_target({key: "very"})
+    with pytest.raises(TargetError, match="region_blocks"):
+        resolve_target({"region_blocks": 0})
 
 
 @pytest.mark.slow
