@@ -1090,6 +1090,12 @@ elif [ "$PHASE" = t3 ]; then  # session T, one H100: the routing glue compiled w
       $BENCH --batch 128 --modes $TMODES --parts train,sample --graphs routed --json "$W/t3_${r}_$n.json"
   done
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "qk_kernels_equals_eager or cuda_graph_training or gelu_epilogue" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = t4 ]; then  # session T, one H100: the routed step at 128 as shipped (regions of 2 blocks, the glue with
+  # the fusion), then the anchor at 128 in the same call; ends by ~360 s (what was left of the session's device time)
+  gpu_info
+  versions
+  piece t4_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/t4_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 355 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
