@@ -3,10 +3,12 @@
 Regional (target.regional, the default): every block is compiled in place with
 `block.compile(fullgraph=True, dynamic=False)`; the blocks share their code, so Dynamo compiles one graph
 per distinct input shape (encoder/decoder on N tokens, middle on M kept tokens) and every other block
-reuses it; `fullgraph=True` makes a graph break inside a block an error. The embedders, the final layer
-and the fusion are compiled the same way; the block graph's glue (gather, scatter, path drop) stays
-eager. Cold compile cost is that of a few blocks instead of the whole model, and Inductor's FX graph
-cache (on by default, TORCHINDUCTOR_CACHE_DIR) makes later processes skip code generation.
+reuses it; `fullgraph=True` makes a graph break inside a block an error. Where the model has a block graph,
+consecutive blocks run in groups of target.region_blocks (BlockGroup, shared the same way), so that Inductor fuses
+across their boundaries, and the routing glue before the fusion (scatter, mask-token fill, path drop) is compiled
+with the fusion. The embedders and the final layer are compiled like blocks; the gathers stay eager. Cold compile
+cost is that of a few regions instead of the whole model, and Inductor's FX graph cache (on by default,
+TORCHINDUCTOR_CACHE_DIR) makes later processes skip code generation.
 
 Whole model (regional: false): the model's forward (and forward_guidance) are compiled as one graph
 each, the glue fused into its neighbours, at the cost of compiling every block inline.
