@@ -249,6 +249,25 @@ def _absorb_glue(graph: fx.Graph, model: nn.Module, head: fx.Node, name: str) ->
     return True
 
 
+def _group_runs(graph: fx.Graph, model: nn.Module, block_of: dict[str, nn.Module], size: int, groups: dict):
+    """Replace each run of consecutive block calls by calls of BlockGroups of up to `size` blocks; `groups` maps a
+    tuple of block names to the group's name in the model's __dict__ (one group for the same blocks in two graphs)."""
+    for run in _chains(graph, block_of):
+        for k in range(0, len(run) - 1, size):
+            chunk = run[k : k + size]
+            if len(chunk) < 2:
+                continue
+            key = tuple(n.target for n in chunk)
+            if key not in groups:
+                groups[key] = f"_sprintc_group_{len(groups)}"
+                model.__dict__[groups[key]] = BlockGroup([block_of[t] for t in key])
+            with graph.inserting_before(chunk[0]):
+                call = graph.call_module(groups[key], chunk[0].args, chunk[0].kwargs)
+            chunk[-1].replace_all_uses_with(call)
+            for n in reversed(chunk):
+                graph.erase_node(n)
+
+
 def regroup(model: nn.Module, size: int, glue: bool = True) -> set[int]:
     """Rewrite the model's installed graphs into larger regions: runs of consecutive blocks called in groups of up to
     `size` (BlockGroup), and with `glue` the routing glue before the fusion compiled with it. The regions are kept in
@@ -260,37 +279,22 @@ def regroup(model: nn.Module, size: int, glue: bool = True) -> set[int]:
     from sprintc.graph import compile_forward
 
     block_of = {f"{name}.{i}": blk for name, blocks in block_lists(model) for i, blk in enumerate(blocks)}
-    heads = head_types()
-    grouped, groups, glued = set(), {}, 0
-    for attr, graph_attr in (("graph_fn", "graph"), ("guidance_fn", "guidance_graph")):
-        graph = getattr(sprint, graph_attr)
+    heads, groups, glued = head_types(), {}, 0
+    for attr, graph in (("graph_fn", sprint.graph), ("guidance_fn", sprint.guidance_graph)):
         if graph is None:
             continue
         new = fx.Graph()
         new.output(new.graph_copy(graph, {}))
-        for run in _chains(new, block_of) if size > 1 else []:
-            for k in range(0, len(run) - 1, size):
-                chunk = run[k : k + size]
-                if len(chunk) < 2:
-                    continue
-                key = tuple(n.target for n in chunk)
-                if key not in groups:
-                    groups[key] = f"_sprintc_group_{len(groups)}"
-                    model.__dict__[groups[key]] = BlockGroup([block_of[t] for t in key])
-                with new.inserting_before(chunk[0]):
-                    call = new.call_module(groups[key], chunk[0].args, chunk[0].kwargs)
-                chunk[-1].replace_all_uses_with(call)
-                for n in reversed(chunk):
-                    new.erase_node(n)
-                grouped.update(id(block_of[t]) for t in key)
-        for n in [n for n in new.nodes if n.op == "call_module" and glue]:
-            if n.target in block_of or n.target.startswith("_sprintc_"):
-                continue
-            if isinstance(model.get_submodule(n.target), heads) and _absorb_glue(new, model, n, f"_sprintc_glue_{glued}"):
+        if size > 1:
+            _group_runs(new, model, block_of, size, groups)
+        for n in list(new.nodes) if glue else []:
+            if (n.op == "call_module" and n.target not in block_of and not n.target.startswith("_sprintc_")
+                    and isinstance(model.get_submodule(n.target), heads)
+                    and _absorb_glue(new, model, n, f"_sprintc_glue_{glued}")):
                 glued += 1
         new.lint()
         setattr(sprint, attr, compile_forward(new, model))
-    return grouped
+    return {id(block_of[t]) for key in groups for t in key}
 
 
 def compile_regions(model: nn.Module, target: TargetSpec) -> list[str]:
