@@ -162,6 +162,20 @@ def test_resume_continues_exactly_across_a_stage_switch(tmp_path):
     assert [r["event"] for r in recs if "event" in r] == ["start", "stage", "stage", "end", "resume", "stage", "end"]
 
 
+@pytest.mark.slow
+def test_a_run_compiled_in_regions_of_blocks_trains_as_eager_across_a_stage_switch(tmp_path):
+    """The inductor target (blocks in pairs, the routing glue with the fusion) through `train`: a routed stage, then a
+    full-token one whose pairs compile at the new token count; the losses are the eager run's."""
+    runs = {}
+    for name in ("eager", "inductor"):
+        s = spec(stages=((3, 8, True), (2, 4, False)), checkpoint_every=10)
+        s["model"]["depth"] = 6  # 2 routed pairs
+        s["target"] = {"name": name, "dtype": "float32", "region_blocks": 2}
+        runs[name] = train(s, tmp_path / name, **quiet())["losses"]
+    assert len(runs["eager"]) == 5
+    torch.testing.assert_close(runs["inductor"], runs["eager"], rtol=1e-4, atol=1e-5)
+
+
 def recorder(net, calls, nan_at=None):
     """Wrap the model's forward to record what the runtime passes (and poison step `nan_at`)."""
     def forward(self, x, t, y=None, ids_keep=None, path_drop=None):
