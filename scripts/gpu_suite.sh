@@ -75,6 +75,9 @@
 #   128 / 64 / 32 against BASE, the anchor at 128), n2 (the CUDA tests, `sprintc train`, the sampling step, the anchor
 #   at 64), n3 (a profile of the step, whole model + multi-kernel, the anchor at 128), n4 (the CUDA tests and the step
 #   at the last commit), n5 (the step and the anchor at 64 in one call).
+# Session S's (s1-s5) and T's are described where they are defined below. Session T's (one H100): t1 (FlashAttention-2
+#   against cuDNN for the 256-token attention), t2 (target.region_blocks 1 / 2 / 4), t3 (the glue with the fusion against
+#   SPRINTC_GLUE_REGIONS=0; the compiled-against-eager CUDA tests), t4 (the routed step as shipped and the anchor at 128).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
