@@ -268,14 +268,14 @@ def _group_runs(graph: fx.Graph, model: nn.Module, block_of: dict[str, nn.Module
                 graph.erase_node(n)
 
 
-def regroup(model: nn.Module, size: int, glue: bool = True) -> set[int]:
+def regroup(model: nn.Module, size: int, glue: bool = True) -> list[str]:
     """Rewrite the model's installed graphs into larger regions: runs of consecutive blocks called in groups of up to
     `size` (BlockGroup), and with `glue` the routing glue before the fusion compiled with it. The regions are kept in
-    the model's __dict__ (deep copies carry them, the state dict does not). The ids of the grouped blocks; none where
-    the model has no installed graph."""
+    the model's __dict__ (deep copies carry them, the state dict does not); their names, none where the model has no
+    installed graph."""
     sprint = getattr(model, "sprint", None)
     if (size < 2 and not glue) or getattr(sprint, "graph", None) is None:
-        return set()
+        return []
     from sprintc.graph import compile_forward
 
     block_of = {f"{name}.{i}": blk for name, blocks in block_lists(model) for i, blk in enumerate(blocks)}
@@ -294,16 +294,19 @@ def regroup(model: nn.Module, size: int, glue: bool = True) -> set[int]:
                 glued += 1
         new.lint()
         setattr(sprint, attr, compile_forward(new, model))
-    return {id(block_of[t]) for key in groups for t in key}
+    return [*groups.values(), *(f"_sprintc_glue_{i}" for i in range(glued))]
 
 
 def compile_regions(model: nn.Module, target: TargetSpec) -> list[str]:
     opts = _options(target)
     done, in_blocks = [], set()
-    grouped = regroup(model, target.region_blocks, glue_regions())
-    for name in [k for k in model.__dict__ if k.startswith(("_sprintc_group_", "_sprintc_glue_"))]:
-        model.__dict__[name].compile(**opts)
+    grouped = set()
+    for name in regroup(model, target.region_blocks, glue_regions()):
+        region = model.__dict__[name]
+        region.compile(**opts)
         done.append(name)
+        if isinstance(region, BlockGroup):
+            grouped.update(id(b) for b in region.members)
     for name, blocks in block_lists(model):
         for i, blk in enumerate(blocks):
             in_blocks.update(id(m) for m in blk.modules())
