@@ -78,6 +78,7 @@
 # Session S's (s1-s5) and T's are described where they are defined below. Session T's (one H100): t1 (FlashAttention-2
 #   against cuDNN for the 256-token attention), t2 (target.region_blocks 1 / 2 / 4), t3 (the glue with the fusion against
 #   SPRINTC_GLUE_REGIONS=0; the compiled-against-eager CUDA tests), t4 (the routed step as shipped and the anchor at 128).
+# Session U's (one H100) are described where they are defined below.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1092,6 +1093,16 @@ elif [ "$PHASE" = t4 ]; then  # session T, one H100: the routed step at 128 as s
   versions
   piece t4_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/t4_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 355 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's cuBLAS against each cuBLASLt candidate
+  # (scripts/gpu_matmul_algos.py); the code as shipped at 128 (routed, dense, sampling), the routed step at 128 with
+  # TORCH_BLAS_PREFER_CUBLASLT=1 (Inductor's cache warm), the routed step at 64 and 32; the anchor at 64
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece matmul_algos 150 0 python3 "$REPO/scripts/gpu_matmul_algos.py" --json "$W/matmul_algos.json"
+  piece u1_b128 200 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --graphs routed,dense --json "$W/u1_b128.json"
+  TORCH_BLAS_PREFER_CUBLASLT=1 piece u1_b128_lt 80 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/u1_b128_lt.json"
+  piece u1_b64_32 160 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/u1_b64_32.json"
+  [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
