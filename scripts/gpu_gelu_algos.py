@@ -59,10 +59,9 @@ def main():
         row(rows=m, op="fwd", code="inductor linear + gelu", ms=ms(lambda: inductor_fwd(x, w1, b1)))
         row(rows=m, op="fwd", code="sprintc linear_gelu_aux (fastest)", ms=ms(lambda: cublaslt.linear_gelu_aux(x, w1, b1)))
         for i in range(cublaslt.CANDIDATES):
-            try:
-                t = ms(lambda: cublaslt._matmul(cublaslt.GELU_AUX_BIAS, x, w1, True, b1, h, candidate=i))
-            except IndexError:
-                break
+            if cublaslt._matmul(cublaslt.GELU_AUX_BIAS, x, w1.t(), b1, h, candidate=i) is None:
+                break  # (no candidate i)
+            t = ms(lambda: cublaslt._matmul(cublaslt.GELU_AUX_BIAS, x, w1.t(), b1, h, candidate=i))
             row(rows=m, op="fwd", code=f"GELU_AUX_BIAS candidate {i}", ms=t)
         row(rows=m, op="bwd", code="torch mm", ms=ms(lambda: torch.mm(g, w2)))
         row(rows=m, op="bwd", code="inductor mm + gelu_backward + sum", ms=ms(lambda: inductor_bwd(g, w2, h)))
@@ -70,10 +69,9 @@ def main():
         row(rows=m, op="bwd", code="sprintc matmul_dgelu + inductor sum", ms=ms(lambda: column_sum(cublaslt.matmul_dgelu(g, w2, h))))
         for epi, name, bias in ((cublaslt.DGELU, "DGELU", None), (DGELU_BGRAD, "DGELU_BGRAD", db)):
             for i in range(cublaslt.CANDIDATES if m == 8192 or epi == cublaslt.DGELU else 0):
-                try:
-                    t = ms(lambda: cublaslt._matmul(epi, g, w2, False, bias, h, candidate=i))
-                except IndexError:
+                if cublaslt._matmul(epi, g, w2, bias, h, candidate=i) is None:
                     break
+                t = ms(lambda: cublaslt._matmul(epi, g, w2, bias, h, candidate=i))
                 row(rows=m, op="bwd", code=f"{name} candidate {i}", ms=t)
     if args.json:
         json.dump(rows, open(args.json, "w"), indent=1)

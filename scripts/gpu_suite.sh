@@ -1103,6 +1103,22 @@ elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's
   TORCH_BLAS_PREFER_CUBLASLT=1 piece u1_b128_lt 80 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/u1_b128_lt.json"
   piece u1_b64_32 160 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/u1_b64_32.json"
   [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
+elif [ "$PHASE" = u2 ]; then  # session U, one H100: target.tuned_matmuls on (as committed) against --no-tuned-matmuls:
+  # the routed step and the sampling steps at 128, in turn, twice, one Inductor cache each; the routed step at 64, on
+  # then off; then the CUDA tests of the tuned matmuls and of the compiled-against-eager paths
+  gpu_info
+  versions
+  for r in on off on off; do
+    n=$(( ${n:-0} + 1 ))
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tm$r piece "u2_${r}_$n" $([ $n -le 2 ] && echo 130 || echo 80) 0 $BENCH --batch 128 \
+      --modes $TMODES --parts train,sample --graphs routed $([ $r = off ] && echo --no-tuned-matmuls) --json "$W/u2_${r}_$n.json"
+  done
+  for r in on off; do
+    TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tm$r piece "u2_b64_$r" 90 0 $BENCH --batch 64 --modes $TMODES --parts train \
+      --graphs routed $([ $r = off ] && echo --no-tuned-matmuls) --json "$W/u2_b64_$r.json"
+  done
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" "$REPO/tests/test_cublaslt.py" \
+    -k "tuned or qk_kernels_equals_eager or cuda_graph_training or gelu_epilogue or cublaslt" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions

@@ -27,7 +27,7 @@ _OP_N, _OP_T = 0, 1
 _CUDA_TYPE = {torch.float16: 2, torch.bfloat16: 14}
 _R_32F, _COMPUTE_32F = 0, 68
 _TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER, _AUX_POINTER, _AUX_LD = 3, 4, 7, 8, 11, 12
-GELU_AUX_BIAS, DGELU = 164, 192
+DEFAULT, BIAS, GELU_AUX_BIAS, DGELU = 1, 4, 164, 192
 _PREF_WORKSPACE, _PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D = 1, 5, 6, 7, 8
 WORKSPACE_BYTES = 32 << 20
 # calls on CUDA half tensors that cuBLASLt did not take (no library, no algorithm for the shape or alignment, a refused
@@ -104,19 +104,32 @@ def _alignment(t: torch.Tensor) -> int:
 CANDIDATES = 8  # algorithms asked of cuBLASLt's heuristic per shape; the fastest on the card is kept (_matmul)
 
 
+def operand(t: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """(op, rows, cols, ld) of the column-major cuBLASLt operand that gives t.T: a row-major t (r, c) is t.T in
+    column-major memory, and the .t() of one is t itself, transposed by the op. None for any other layout."""
+    r, c = t.shape
+    (sr, sc) = t.stride()
+    if sc == 1 and (sr == c or r == 1):
+        return _OP_N, c, r, c
+    if sr == 1 and (sc == r or c == 1):
+        return _OP_T, r, c, r
+    return None
+
+
 @functools.cache
-def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int, w_is_nk: bool, aligns: tuple):
-    """Descriptors and candidate algorithms of out (m, n) = epilogue(x (m, k) @ W), all row-major, W given as w (n, k)
-    when w_is_nk else (k, n). In cuBLASLt's column-major terms: out.T (n, m) = op(w) @ x.T. None where cuBLASLt has no
+def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int, b_op: tuple, a_op: tuple,
+          aligns: tuple):
+    """Descriptors and candidate algorithms of out (m, n) = epilogue(a (m, k) @ b (k, n)), out row-major and contiguous,
+    a and b given by operand(). In cuBLASLt's column-major terms: out.T (n, m) = b.T @ a.T. None where cuBLASLt has no
     algorithm for it."""
     t = _CUDA_TYPE[dtype]
     desc = _create("cublasLtMatmulDescCreate", _COMPUTE_32F, _R_32F)
-    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSA, ctypes.c_int(_OP_T if w_is_nk else _OP_N))
-    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSB, ctypes.c_int(_OP_N))
+    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSA, ctypes.c_int(b_op[0]))
+    _set("cublasLtMatmulDescSetAttribute", desc, _TRANSB, ctypes.c_int(a_op[0]))
     _set("cublasLtMatmulDescSetAttribute", desc, _EPILOGUE, ctypes.c_uint32(epilogue))
     _set("cublasLtMatmulDescSetAttribute", desc, _AUX_LD, ctypes.c_int64(n))
-    a = _create("cublasLtMatrixLayoutCreate", t, k, n, k) if w_is_nk else _create("cublasLtMatrixLayoutCreate", t, n, k, n)
-    b = _create("cublasLtMatrixLayoutCreate", t, k, m, k)
+    a = _create("cublasLtMatrixLayoutCreate", t, *b_op[1:])
+    b = _create("cublasLtMatrixLayoutCreate", t, *a_op[1:])
     d = _create("cublasLtMatrixLayoutCreate", t, n, m, n)
     pref = _create("cublasLtMatmulPreferenceCreate")
     _set("cublasLtMatmulPreferenceSetAttribute", pref, _PREF_WORKSPACE, ctypes.c_uint64(WORKSPACE_BYTES))
@@ -134,58 +147,75 @@ _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
 _chosen: dict = {}  # plan's key -> index of its fastest candidate, timed at the first call outside a CUDA graph capture
 
 
-def _launch(plan, device, x, w, out, candidate: int):
-    desc, a, b, d, found = plan
+def _launch(plan, device, a, b, out, candidate: int):
+    desc, la, lb, ld, found = plan
     h = found[candidate]
     space = torch.empty(max(h.workspace, 1), device=device, dtype=torch.uint8)
-    _check(_lib().cublasLtMatmul(_handle(device.index), desc, ctypes.byref(_ONE), w.data_ptr(), a, x.data_ptr(), b,
-                                 ctypes.byref(_ZERO), out.data_ptr(), d, out.data_ptr(), d, ctypes.byref(h.algo),
+    _check(_lib().cublasLtMatmul(_handle(device.index), desc, ctypes.byref(_ONE), b.data_ptr(), la, a.data_ptr(), lb,
+                                 ctypes.byref(_ZERO), out.data_ptr(), ld, out.data_ptr(), ld, ctypes.byref(h.algo),
                                  space.data_ptr(), h.workspace, torch.cuda.current_stream(device).cuda_stream),
            "cublasLtMatmul")
 
 
-def _fastest(plan, device, x, w, out):
-    """The candidate with the least time over 3 launches each (the heuristic's first pick is not always the fastest
-    with an epilogue; every launch writes the same values), skipping any that cuBLASLt refuses; None if all are."""
+def _ms(fn, reps: int = 10) -> float:
+    """Milliseconds per call of fn: one warm-up call, then the median of 3 groups of `reps`."""
+    fn()
+    times = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return sorted(times)[1]
+
+
+def _fastest(plan, device, a, b, out):
+    """The candidate with the least time (the heuristic's first pick is not always the fastest; every launch writes
+    the same values), skipping any that cuBLASLt refuses; None if all are."""
     times = {}
-    stream = torch.cuda.current_stream(device)
     for i in range(len(plan[4])):
         try:
-            _launch(plan, device, x, w, out, i)  # warm
+            _launch(plan, device, a, b, out, i)  # (a refusal is returned before anything runs)
         except CublasLtError:
             continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record(stream)
-        for _ in range(3):
-            _launch(plan, device, x, w, out, i)
-        end.record(stream)
-        end.synchronize()
-        times[i] = start.elapsed_time(end)
+        times[i] = _ms(lambda: _launch(plan, device, a, b, out, i), reps=3)
     return min(times, key=times.get) if times else None
 
 
-def _matmul(epilogue: int, x: torch.Tensor, w: torch.Tensor, w_is_nk: bool, bias, aux: torch.Tensor,
-            candidate: int | None = None):
-    """x @ w.T (w_is_nk) or x @ w through `epilogue` with its bias and aux (m, n) tensors; None where no plan fits.
-    `candidate` picks one of the heuristic's algorithms (a probe's choice); by default the fastest."""
-    m, k = x.shape
-    n = w.shape[0] if w_is_nk else w.shape[1]
-    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+def _key(epilogue: int, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor):
+    a_op, b_op = operand(a), operand(b)
+    if a_op is None or b_op is None:
+        return None
     o = _alignment(out)  # (C and D: the same tensor)
-    key = (x.device.index, x.dtype, epilogue, m, n, k, w_is_nk, (_alignment(w), _alignment(x), o, o))
-    plan = _plan(*key)
+    return (a.device.index, a.dtype, epilogue, a.shape[0], b.shape[1], a.shape[1], b_op, a_op,
+            (_alignment(b), _alignment(a), o, o))
+
+
+def _matmul(epilogue: int, a: torch.Tensor, b: torch.Tensor, bias, aux, candidate: int | None = None):
+    """epilogue(a @ b) with its bias (n,) and aux (m, n) tensors (None where the epilogue has none), for a and b
+    each row-major or the .t() of a row-major tensor; None where no plan fits. `candidate` picks one of the heuristic's
+    algorithms (a tuned choice); by default the fastest, timed at the first call."""
+    out = torch.empty(a.shape[0], b.shape[1], device=a.device, dtype=a.dtype)
+    key = _key(epilogue, a, b, out)
+    plan = None if key is None else _plan(*key)
     if plan is None:
         return None
     if bias is not None:  # (a bias pointer on an epilogue without one is an invalid value)
         _set("cublasLtMatmulDescSetAttribute", plan[0], _BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
-    _set("cublasLtMatmulDescSetAttribute", plan[0], _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+    if aux is not None:
+        _set("cublasLtMatmulDescSetAttribute", plan[0], _AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
     if candidate is None:
         if key not in _chosen and not torch.cuda.is_current_stream_capturing():
-            _chosen[key] = _fastest(plan, x.device, x, w, out)
+            _chosen[key] = _fastest(plan, a.device, a, b, out)
         candidate = _chosen.get(key, 0)  # (a shape first met inside a capture takes the heuristic's first pick)
         if candidate is None:
             return None
-    _launch(plan, x.device, x, w, out, candidate)
+    if candidate >= len(plan[4]):
+        return None
+    _launch(plan, a.device, a, b, out, candidate)
     return out
 
 
@@ -213,7 +243,7 @@ def linear_gelu_aux(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> tuple[
     if _on_cublaslt(x, w, b):
         x, w, b = x.contiguous(), w.contiguous(), _aligned(b.contiguous())
         h = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
-        a = _try(GELU_AUX_BIAS, x, w, True, b, h)
+        a = _try(GELU_AUX_BIAS, x, w.t(), b, h)
         if a is not None:
             return a, h
         fallbacks["linear_gelu_aux"] += 1
@@ -231,7 +261,7 @@ def matmul_dgelu(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor) -> torch.Ten
     """(g @ w) * gelu_tanh'(h) for g (M, C), w (C, N), h (M, N): the gradient of gelu_tanh(h) @ w.T at h."""
     if _on_cublaslt(g, w, h):
         g, w, h = g.contiguous(), w.contiguous(), _aligned(h.contiguous())
-        dh = _try(DGELU, g, w, False, None, h)
+        dh = _try(DGELU, g, w, None, h)
         if dh is not None:
             return dh
         fallbacks["matmul_dgelu"] += 1
@@ -261,3 +291,66 @@ class _GeluMlp(torch.autograd.Function):
 def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
     """fc2(gelu_tanh(fc1(x))) for x (M, K), the weights and biases in x's dtype; differentiable in all five."""
     return _GeluMlp.apply(x, w1, b1, w2, b2)
+
+
+# Tuned matmuls. Inductor calls torch's mm / addmm for every matmul it does not fuse, and cuBLAS picks their algorithm by
+# its heuristic, which at some of a DiT's shapes is up to 38% slower than another of cuBLASLt's candidates (the 256-token
+# out-projection at batch 128 on an H100: docs/PERFORMANCE.md, session U). At compile time, sprintc's post-grad pass
+# (targets/inductor.py) asks `tune_mm` about each one and, where a candidate beats torch's call by TUNE_MARGIN, puts
+# `tuned_mm` with that candidate's index in its place; the graph, with the index, goes to Inductor's cache.
+TUNE_MARGIN = 0.97  # a candidate must take at most this fraction of torch's time (a smaller gain is timing noise)
+_tuned: dict = {}  # (device, dtype, shapes, strides, bias) -> candidate index or None, per process
+
+
+@torch.library.custom_op("sprintc::tuned_mm", mutates_args=())
+def tuned_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, candidate: int) -> torch.Tensor:
+    """a @ b (+ bias (n,)) by cuBLASLt's heuristic candidate `candidate`; torch's mm / addmm wherever that candidate
+    does not apply (the CPU, another layout or alignment than at tuning, a refusal)."""
+    if _on_cublaslt(a, b, *([] if bias is None else [bias])):
+        out = _try(BIAS if bias is not None else DEFAULT, a, b, None if bias is None else _aligned(bias), None, candidate)
+        if out is not None:
+            return out
+        fallbacks["tuned_mm"] += 1
+    return torch.mm(a, b) if bias is None else torch.addmm(bias, a, b)
+
+
+@tuned_mm.register_fake
+def _(a, b, bias, candidate):
+    return a.new_empty(a.shape[0], b.shape[1])
+
+
+def _like(t: torch.Tensor) -> torch.Tensor:
+    """A real tensor of t's shape and layout (row-major or the .t() of a row-major one) with random values."""
+    r, c = t.shape
+    real = torch.randn(c, r, device=t.device, dtype=t.dtype).t() if operand(t)[0] == _OP_T else \
+        torch.randn(r, c, device=t.device, dtype=t.dtype)
+    return real * 0.1
+
+
+def tune_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> int | None:
+    """For a @ b (+ bias) with a and b as given (fake tensors at compile time: only shapes, layouts and the device
+    count): the index of the cuBLASLt candidate that beats torch's mm / addmm by TUNE_MARGIN on this GPU, timed on
+    random data; None where none does, or cuBLASLt does not take the product."""
+    if not (_on_cublaslt(a, b) and a.dim() == b.dim() == 2 and operand(a) and operand(b)):
+        return None
+    if torch.cuda.is_current_stream_capturing():  # (a compile inside a capture: no timing there)
+        return None
+    if bias is not None and (bias.dtype != a.dtype or tuple(bias.shape) != (b.shape[1],)):
+        return None
+    key = (a.device, a.dtype, tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), bias is not None)
+    if key not in _tuned:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        with unset_fake_temporarily(), torch.cuda.device(a.device):
+            ra, rb = _like(a), _like(b)
+            rbias = None if bias is None else torch.randn(b.shape[1], device=a.device, dtype=a.dtype)
+            epilogue = DEFAULT if bias is None else BIAS
+            plan = _plan(*_key(epilogue, ra, rb, torch.empty(1, device=a.device, dtype=a.dtype)))
+            base = _ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
+            times = {}
+            for i in range(len(plan[4]) if plan else 0):
+                if _try(epilogue, ra, rb, rbias, None, i) is not None:
+                    times[i] = _ms(lambda: _matmul(epilogue, ra, rb, rbias, None, i))
+            best = min(times, key=times.get) if times else None
+            _tuned[key] = best if best is not None and times[best] <= TUNE_MARGIN * base else None
+    return _tuned[key]

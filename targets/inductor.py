@@ -126,27 +126,62 @@ class KernelsInCacheKey(CustomGraphPass):
     so without it a graph compiled with older kernels would be read back from the cache after the kernels change
     (seen in session J)."""
 
-    def __init__(self, then: CustomGraphPass | None = None):
+    def __init__(self, then: CustomGraphPass | None = None, tuned_matmuls: bool = False):
         self.then = then
+        self.tuned_matmuls = tuned_matmuls
 
     def __call__(self, graph):
+        if self.tuned_matmuls:
+            from sprintc.cublaslt import tune_mm
+
+            replace_matmuls(graph, tune_mm)
         if self.then is not None:
             self.then(graph)
 
     def uuid(self):
-        # the developer's switches and the persistent-row limit too: they pick kernels and tiles when a graph is traced
+        # the developer's switches and the persistent-row limit too: they pick kernels and tiles when a graph is traced;
+        # with tuned matmuls the chosen candidates hold for one kind of GPU and cuBLASLt
         switches = [os.environ.get(name, "") for name in KERNEL_SWITCHES]
-        own = (get_hash_for_files((str(Path(sprintc.__file__).with_name("kernels.py")),)), *switches, PERSISTENT_ROWS)
+        files = [str(Path(sprintc.__file__).with_name(f)) for f in ("kernels.py", "cublaslt.py")]
+        own = (get_hash_for_files(tuple(files)), *switches, PERSISTENT_ROWS)
+        if self.tuned_matmuls:
+            from sprintc.cublaslt import TUNE_MARGIN
+
+            own += ("tuned_matmuls", TUNE_MARGIN, torch.version.cuda, *(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
         return own if self.then is None else (own, self.then.uuid())
 
 
-def _cache_key_pass() -> dict:
+def replace_matmuls(graph: fx.Graph, choose) -> int:
+    """Put sprintc::tuned_mm in place of each 2-D aten mm / addmm (1-D bias, no scaling) for which
+    choose(a, b, bias), given the nodes' example values, returns a cuBLASLt candidate's index; the number replaced."""
+    aten = torch.ops.aten
+    replaced = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default) or node.kwargs:
+            continue
+        bias, a, b = node.args if node.target is aten.addmm.default else (None, *node.args)
+        vals = [None if n is None else n.meta.get("val") for n in (a, b, bias)]
+        if any(v is None for v in vals[:2]) or (bias is not None and vals[2] is None):
+            continue
+        candidate = choose(*vals)
+        if candidate is None:
+            continue
+        with graph.inserting_before(node):
+            tuned = graph.call_function(torch.ops.sprintc.tuned_mm.default, (a, b, bias, candidate))
+        tuned.meta.update(node.meta)
+        node.replace_all_uses_with(tuned)
+        graph.erase_node(node)
+        replaced += 1
+    return replaced
+
+
+def _cache_key_pass(tuned_matmuls: bool = False) -> dict:
     """Inductor options that add KernelsInCacheKey, chained after a user's own post-grad pass. A pass that is a
     plain function already keeps Inductor from caching (it has no uuid): left alone."""
     user = inductor_config.post_grad_custom_post_pass
     if user is not None and not isinstance(user, CustomGraphPass):
         return {}
-    return {"post_grad_custom_post_pass": KernelsInCacheKey(user)}
+    return {"post_grad_custom_post_pass": KernelsInCacheKey(user, tuned_matmuls)}
 
 
 def _options(target: TargetSpec) -> dict:
@@ -154,7 +189,10 @@ def _options(target: TargetSpec) -> dict:
 
     opts = {"fullgraph": True, "dynamic": False}
     mode_opts = torch._inductor.list_mode_options(target.mode)
-    extra = _cache_key_pass() if target.kernels else {}
+    tuned = target.tuned_matmuls and torch.cuda.is_available()
+    if tuned:
+        import sprintc.cublaslt  # noqa: F401  (registers sprintc::tuned_mm, which graphs read from the cache call)
+    extra = _cache_key_pass(tuned) if target.kernels or tuned else {}
     if hasattr(inductor_config.triton, "mix_order_reduction"):
         # set either way: the default is on from torch 2.10, where it crashed our whole-model routed backward
         # (pytorch#178080) and gives wrong gradients for scale-shift tables (pytorch#193061, a silent error)

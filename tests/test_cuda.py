@@ -445,3 +445,72 @@ def test_a_run_with_master_weights_resumes_where_it_stopped(tmp_path):
     assert st["sprint.mask_token"]["step"] == 4 and st["blocks.0.attn.qkv.weight"]["step"] == 7
     for k in a.model:
         torch.testing.assert_close(b.model[k], a.model[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("a_transposed, b_transposed, bias, dtype", [
+    (False, True, True, torch.bfloat16), (False, False, False, torch.bfloat16), (True, False, False, torch.bfloat16),
+    (False, True, False, torch.float16)])
+def test_tuned_matmuls_give_torchs_product_at_every_candidate(a_transposed, b_transposed, bias, dtype):
+    """sprintc::tuned_mm at each of cuBLASLt's candidates, for the layouts of a linear's forward (x @ w.t() + b), input
+    gradient (g @ w) and weight gradient (g.t() @ x): the float32 product, with cuBLASLt taking the heuristic's first
+    pick; and tune_mm gives a candidate index or None, the same on a second ask."""
+    from sprintc import cublaslt
+
+    cublaslt.fallbacks.clear()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    m, k, n = 2048, 1152, 3456
+    a = torch.randn(k, m, device="cuda", generator=g).t() if a_transposed else torch.randn(m, k, device="cuda", generator=g)
+    b = torch.randn(n, k, device="cuda", generator=g).t() if b_transposed else torch.randn(k, n, device="cuda", generator=g)
+    c = torch.randn(n, device="cuda", generator=g) if bias else None
+    a, b = a.to(dtype) * 0.1, b.to(dtype) * 0.1
+    c = None if c is None else c.to(dtype)
+    want = a.float() @ b.float() + (0 if c is None else c.float())
+    for i in range(cublaslt.CANDIDATES):
+        got = cublaslt.tuned_mm(a, b, c, i)
+        assert got.dtype == dtype and got.shape == (m, n)
+        assert ((got.float() - want).norm() / want.norm()).item() < 1e-2, i
+        if i == 0:
+            assert not cublaslt.fallbacks  # (a later index past the heuristic's list falls back to torch)
+    chosen = cublaslt.tune_mm(a, b, c)
+    assert chosen is None or 0 <= chosen < cublaslt.CANDIDATES
+    assert cublaslt.tune_mm(a, b, c) == chosen
+
+
+def test_inductor_with_tuned_matmuls_trains_as_eager(monkeypatch):
+    """The inductor target with every matmul on a tuned cuBLASLt candidate (TUNE_MARGIN raised so that each product
+    with candidates takes one): sprintc::tuned_mm runs in the compiled routed training step, cuBLASLt takes every
+    call, and the fp16 loss and gradients are eager's under fp16 autocast."""
+    import copy
+
+    from sprintc import cublaslt
+    from sprintc.targets_api import lower
+    from test_targets import inputs, small
+
+    monkeypatch.setattr(cublaslt, "TUNE_MARGIN", 1e9)
+    monkeypatch.setattr(cublaslt, "_tuned", {})
+    cublaslt.fallbacks.clear()
+    torch._dynamo.reset()
+    built = small()
+    ref = copy.deepcopy(built.model).cuda()
+    model = lower(built.model, {"name": "inductor", "dtype": "float16", "tuned_matmuls": True}, device="cuda")
+    x, t, y = (a.cuda() for a in inputs(batch=4))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(4)]).cuda()
+    pd = torch.tensor([False, True, False, False]).cuda()
+
+    def step(m, autocast):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=autocast):
+            loss = m(x, t, y, ids_keep=ids, path_drop=pd).float().square().mean()
+        loss.backward()
+        return loss.item(), [p.grad.float() for p in m.parameters()]
+
+    with torch.profiler.profile() as prof:
+        loss, grads = step(model, False)  # the lowering casts itself
+    want, wgrads = step(ref, True)
+    assert any("tuned_mm" in e.key for e in prof.key_averages())
+    assert not cublaslt.fallbacks
+    assert abs(loss - want) <= 1e-2 * abs(want)
+    num = sum((a - b).norm() ** 2 for a, b in zip(grads, wgrads)) ** 0.5
+    den = sum(b.norm() ** 2 for b in wgrads) ** 0.5
+    assert num / den < 5e-2
