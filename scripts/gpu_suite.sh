@@ -1119,6 +1119,13 @@ elif [ "$PHASE" = u2 ]; then  # session U, one H100: target.tuned_matmuls on (as
   done
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" "$REPO/tests/test_cublaslt.py" \
     -k "tuned or qk_kernels_equals_eager or cuda_graph_training or gelu_epilogue or cublaslt" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = u3 ]; then  # session U, one H100: the CUDA tests of the tuned matmuls; the routed step at 128 as
+  # shipped (target.tuned_matmuls on), then the anchor at 128 in the same call; ends by ~480 s
+  gpu_info
+  versions
+  piece pytest_cuda 130 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "tuned" -p no:cacheprovider --rootdir "$REPO"
+  piece u3_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/u3_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 480 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = p6 ]; then  # session P, one H100: `sprintc train` on XL latents at 128 as shipped (losses against session N's)
   gpu_info
   versions
