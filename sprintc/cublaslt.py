@@ -1,4 +1,5 @@
-"""The GELU MLP's training step with fc1's bias and GELU in cuBLASLt's epilogues (CUDA, bf16 / fp16).
+"""cuBLASLt called directly (CUDA, bf16 / fp16): the GELU MLP's training step with fc1's bias and GELU in its epilogues,
+and tuned matmuls (`tuned_mm`, `tune_mm`, at the end of this file).
 
 Inductor runs the tanh GELU of `fc2(gelu(fc1(x)))` as passes of their own over the hidden activations (4x the width):
 one after fc1's matmul in the forward, one after fc2's input-gradient matmul in the backward. cuBLASLt can do both

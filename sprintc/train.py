@@ -265,10 +265,15 @@ def peak_flops(device) -> float | None:
 
 def _lower(net, spec, device, fsdp=False):
     """Compile the blocks in place (the spec's target). On the CPU the model trains in float32 whatever
-    target.dtype says. Under FSDP every block is a region of its own: its all-gather hooks run between blocks."""
+    target.dtype says. Under FSDP every block is a region of its own: its all-gather hooks run between blocks.
+    Where the step is not captured in a CUDA graph (FSDP, target.cuda_graphs false) the matmuls stay torch's: a tuned
+    one saves GPU time but costs host time at every call (docs/PERFORMANCE.md, session U), and there the host issues
+    every kernel."""
     update = {} if device.type == "cuda" else {"dtype": "float32"}
     if fsdp:
         update["region_blocks"] = 1
+    if fsdp or not spec.target.cuda_graphs:
+        update["tuned_matmuls"] = False
     return lower(net, spec.target.model_copy(update=update), device=device)
 
 

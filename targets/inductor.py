@@ -18,7 +18,9 @@ most 64 tokens (the routed blocks), run as sprintc's own Triton kernels (sprintc
 steps, where they were measured faster than Inductor's code and cuDNN's attention; Inductor traces into them like its
 own kernels, and a hash of their source is part of its cache keys. Also on CUDA: where no gradient is taken, the GELU
 MLP's fc1 bias and GELU run in cuBLASLt's epilogue, and in sprintc's compiles row reductions up to PERSISTENT_ROWS wide
-(XL's LayerNorms) are persistent.
+(XL's LayerNorms) are persistent, and (target.tuned_matmuls) each matmul Inductor leaves to torch's mm / addmm is
+timed at compile time against cuBLASLt's candidates and runs on the fastest where it beats torch's call
+(replace_matmuls, sprintc/cublaslt.py).
 
 Shapes are static (dynamic=False): a new batch size compiles a new variant once (no automatic dynamic
 shapes, which would give slower kernels); the recompile limit is raised so that training, fine-tuning

@@ -125,6 +125,7 @@ def test_block_groups_run_in_deep_copies_with_the_copys_weights_and_not_under_fs
     sharded = _lower(compile_spec(spec).model, spec, torch.device("cpu"), fsdp=True)
     assert not [k for k in vars(sharded) if k.startswith("_sprintc_group_")]
     assert [r for r in lowering_of(sharded).regions if r.startswith("blocks.")] == [f"blocks.{i}" for i in range(6)]
+    assert not lowering_of(sharded).target.tuned_matmuls  # the FSDP step is not captured: torch's matmuls
 
 
 @pytest.mark.slow
