@@ -5,7 +5,6 @@ fc2's input gradient times the GELU's derivative, and fc1's bias gradient. Media
     python3 scripts/gpu_gelu_algos.py [--json FILE]"""
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
@@ -16,19 +15,8 @@ D, HIDDEN = 1152, 4608
 DGELU_BGRAD = 208  # cublasLt.h: the GELU's derivative and the bias gradient (call 2: 0.45 ms at 8192 rows, every candidate)
 
 
-def ms(fn, groups=5, reps=10):
-    fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(groups):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        e.synchronize()
-        out.append(s.elapsed_time(e) / reps)
-    return round(statistics.median(out), 4)
+def ms(fn):
+    return round(cublaslt.time_ms(fn, reps=10, groups=5), 4)
 
 
 def main():

@@ -158,11 +158,12 @@ def _launch(plan, device, a, b, out, candidate: int):
            "cublasLtMatmul")
 
 
-def _ms(fn, reps: int = 10) -> float:
-    """Milliseconds per call of fn: one warm-up call, then the median of 3 groups of `reps`."""
+def time_ms(fn, reps: int = 10, groups: int = 3) -> float:
+    """Milliseconds per call of fn on the current CUDA stream: one warm-up call, then the median of `groups` groups of
+    `reps` calls."""
     fn()
     times = []
-    for _ in range(3):
+    for _ in range(groups):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(reps):
@@ -170,7 +171,7 @@ def _ms(fn, reps: int = 10) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / reps)
-    return sorted(times)[1]
+    return sorted(times)[groups // 2]
 
 
 def _fastest(plan, device, a, b, out):
@@ -182,7 +183,7 @@ def _fastest(plan, device, a, b, out):
             _launch(plan, device, a, b, out, i)  # (a refusal is returned before anything runs)
         except CublasLtError:
             continue
-        times[i] = _ms(lambda: _launch(plan, device, a, b, out, i), reps=3)
+        times[i] = time_ms(lambda: _launch(plan, device, a, b, out, i), reps=3)
     return min(times, key=times.get) if times else None
 
 
@@ -347,11 +348,11 @@ def tune_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> int 
             rbias = None if bias is None else torch.randn(b.shape[1], device=a.device, dtype=a.dtype)
             epilogue = DEFAULT if bias is None else BIAS
             plan = _plan(*_key(epilogue, ra, rb, torch.empty(1, device=a.device, dtype=a.dtype)))
-            base = _ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
+            base = time_ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
             times = {}
             for i in range(len(plan[4]) if plan else 0):
                 if _try(epilogue, ra, rb, rbias, None, i) is not None:
-                    times[i] = _ms(lambda: _matmul(epilogue, ra, rb, rbias, None, i))
+                    times[i] = time_ms(lambda: _matmul(epilogue, ra, rb, rbias, None, i))
             best = min(times, key=times.get) if times else None
             _tuned[key] = best if best is not None and times[best] <= TUNE_MARGIN * base else None
     return _tuned[key]

@@ -133,8 +133,8 @@ def test_marked_attention_on_the_cpu_computes_the_expression():
 
 
 def test_the_kernels_source_is_in_inductors_cache_keys(tmp_path, monkeypatch):
-    """Inductor's caches key a graph by its custom ops' names: the inductor target adds a hash of kernels.py, so a
-    graph compiled with other kernels is not read back."""
+    """Inductor's caches key a graph by its custom ops' names: the inductor target adds a hash of kernels.py and
+    cublaslt.py, so a graph compiled with other kernels or matmul ops is not read back."""
     from pathlib import Path
 
     import sprintc
@@ -146,10 +146,13 @@ def test_the_kernels_source_is_in_inductors_cache_keys(tmp_path, monkeypatch):
         return opts["post_grad_custom_post_pass"].uuid() if "post_grad_custom_post_pass" in opts else None
 
     shipped = key()
-    source = Path(sprintc.__file__).with_name("kernels.py").read_bytes()
-    for name, text in (("same", source), ("changed", source + b"\n# changed\n")):
+    here = Path(sprintc.__file__)
+    kernels, cublaslt = here.with_name("kernels.py").read_bytes(), here.with_name("cublaslt.py").read_bytes()
+    edit = b"\n# changed\n"
+    for name, k, c in (("same", kernels, cublaslt), ("changed", kernels + edit, cublaslt), ("lt", kernels, cublaslt + edit)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "kernels.py").write_bytes(text)
+        (tmp_path / name / "kernels.py").write_bytes(k)
+        (tmp_path / name / "cublaslt.py").write_bytes(c)
         monkeypatch.setattr(sprintc, "__file__", str(tmp_path / name / "__init__.py"))
         assert (key() == shipped) == (name == "same")
     assert key(kernels=False) is None
