@@ -296,8 +296,8 @@ def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tens
 
 
 # Tuned matmuls. Inductor calls torch's mm / addmm for every matmul it does not fuse, and cuBLAS picks their algorithm by
-# its heuristic, which at some of a DiT's shapes is up to 38% slower than another of cuBLASLt's candidates (the 256-token
-# out-projection at batch 128 on an H100: docs/PERFORMANCE.md, session U). At compile time, sprintc's post-grad pass
+# its heuristic, which at some of a DiT's shapes takes up to 1.6x the time of another of cuBLASLt's candidates (the
+# 256-token out-projection's forward at batch 128 on an H100: docs/PERFORMANCE.md, session U). At compile time, sprintc's post-grad pass
 # (targets/inductor.py) asks `tune_mm` about each one and, where a candidate beats torch's call by TUNE_MARGIN, puts
 # `tuned_mm` with that candidate's index in its place; the graph, with the index, goes to Inductor's cache.
 TUNE_MARGIN = 0.97  # a candidate must take at most this fraction of torch's time (a smaller gain is timing noise)
@@ -330,8 +330,8 @@ def _like(t: torch.Tensor) -> torch.Tensor:
 
 
 def tune_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> int | None:
-    """For a @ b (+ bias) with a and b as given (fake tensors at compile time: only shapes, layouts and the device
-    count): the index of the cuBLASLt candidate that beats torch's mm / addmm by TUNE_MARGIN on this GPU, timed on
+    """For a @ b (+ bias) with a and b as given (at compile time fake tensors, of which only the shapes, layouts, dtype
+    and device are used): the index of the cuBLASLt candidate that beats torch's mm / addmm by TUNE_MARGIN on this GPU, timed on
     random data; None where none does, or cuBLASLt does not take the product."""
     if not (_on_cublaslt(a, b) and a.dim() == b.dim() == 2 and operand(a) and operand(b)):
         return None

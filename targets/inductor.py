@@ -86,8 +86,9 @@ def widen_persistent_rows():
     def should_use_persistent_reduction(*args, **kwargs):
         if base(*args, **kwargs):
             return True
-        if not isinstance(inductor_config.post_grad_custom_post_pass, KernelsInCacheKey):
-            return False  # not a sprintc compile
+        own = inductor_config.post_grad_custom_post_pass
+        if not (isinstance(own, KernelsInCacheKey) and own.kernels):
+            return False  # not a sprintc compile with target.kernels
         rest = [a for a in args if not isinstance(a, InductorChoices)]
         features = kwargs.get("features", rest[0] if rest else None)
         cooperative = kwargs.get("cooperative_reduction", rest[1] if len(rest) > 1 else True)
@@ -123,14 +124,16 @@ def head_types() -> tuple[type, ...]:
 
 
 class KernelsInCacheKey(CustomGraphPass):
-    """A graph pass that puts a hash of sprintc/kernels.py into Inductor's cache keys and otherwise runs the post-grad
-    pass the user configured, if any. The AOTAutograd cache keys a graph by its custom ops' names, not their code,
-    so without it a graph compiled with older kernels would be read back from the cache after the kernels change
-    (seen in session J)."""
+    """sprintc's post-grad pass: with tuned_matmuls it puts tuned cuBLASLt matmuls in the graph (replace_matmuls), then
+    runs the post-grad pass the user configured, if any. Its uuid puts a hash of sprintc/kernels.py and cublaslt.py
+    into Inductor's cache keys: the AOTAutograd cache keys a graph by its custom ops' names, not their code, so without
+    it a graph compiled with older kernels would be read back from the cache after the kernels change (seen in session
+    J). `kernels` tells widen_persistent_rows that the compile is one of target.kernels."""
 
-    def __init__(self, then: CustomGraphPass | None = None, tuned_matmuls: bool = False):
+    def __init__(self, then: CustomGraphPass | None = None, tuned_matmuls: bool = False, kernels: bool = True):
         self.then = then
         self.tuned_matmuls = tuned_matmuls
+        self.kernels = kernels
 
     def __call__(self, graph):
         if self.tuned_matmuls:
@@ -145,11 +148,12 @@ class KernelsInCacheKey(CustomGraphPass):
         # with tuned matmuls the chosen candidates hold for one kind of GPU and cuBLASLt
         switches = [os.environ.get(name, "") for name in KERNEL_SWITCHES]
         files = [str(Path(sprintc.__file__).with_name(f)) for f in ("kernels.py", "cublaslt.py")]
-        own = (get_hash_for_files(tuple(files)), *switches, PERSISTENT_ROWS)
+        own = (get_hash_for_files(tuple(files)), *switches, PERSISTENT_ROWS, self.kernels)
         if self.tuned_matmuls:
             from sprintc.cublaslt import TUNE_MARGIN
 
-            own += ("tuned_matmuls", TUNE_MARGIN, torch.version.cuda, *(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())))
+            gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            own += ("tuned_matmuls", TUNE_MARGIN, torch.version.cuda, *gpus)
         return own if self.then is None else (own, self.then.uuid())
 
 
@@ -177,13 +181,13 @@ def replace_matmuls(graph: fx.Graph, choose) -> int:
     return replaced
 
 
-def _cache_key_pass(tuned_matmuls: bool = False) -> dict:
+def _cache_key_pass(tuned_matmuls: bool = False, kernels: bool = True) -> dict:
     """Inductor options that add KernelsInCacheKey, chained after a user's own post-grad pass. A pass that is a
     plain function already keeps Inductor from caching (it has no uuid): left alone."""
     user = inductor_config.post_grad_custom_post_pass
     if user is not None and not isinstance(user, CustomGraphPass):
         return {}
-    return {"post_grad_custom_post_pass": KernelsInCacheKey(user, tuned_matmuls)}
+    return {"post_grad_custom_post_pass": KernelsInCacheKey(user, tuned_matmuls, kernels)}
 
 
 def _options(target: TargetSpec) -> dict:
@@ -194,7 +198,7 @@ def _options(target: TargetSpec) -> dict:
     tuned = target.tuned_matmuls and torch.cuda.is_available()
     if tuned:
         import sprintc.cublaslt  # noqa: F401  (registers sprintc::tuned_mm, which graphs read from the cache call)
-    extra = _cache_key_pass(tuned) if target.kernels or tuned else {}
+    extra = _cache_key_pass(tuned, target.kernels) if target.kernels or tuned else {}
     if hasattr(inductor_config.triton, "mix_order_reduction"):
         # set either way: the default is on from torch 2.10, where it crashed our whole-model routed backward
         # (pytorch#178080) and gives wrong gradients for scale-shift tables (pytorch#193061, a silent error)
