@@ -332,7 +332,8 @@ def _like(t: torch.Tensor) -> torch.Tensor:
 def tune_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> int | None:
     """For a @ b (+ bias) with a and b as given (at compile time fake tensors, of which only the shapes, layouts, dtype
     and device are used): the index of the cuBLASLt candidate that beats torch's mm / addmm by TUNE_MARGIN on this GPU, timed on
-    random data; None where none does, or cuBLASLt does not take the product."""
+    random data; None where none does, cuBLASLt does not take the product, or the GPU has no room for the
+    random operands at that moment (the compile goes on with torch's call)."""
     if not (_on_cublaslt(a, b) and a.dim() == b.dim() == 2 and operand(a) and operand(b)):
         return None
     if torch.cuda.is_current_stream_capturing():  # (a compile inside a capture: no timing there)
@@ -344,15 +345,22 @@ def tune_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> int 
         from torch._subclasses.fake_tensor import unset_fake_temporarily
 
         with unset_fake_temporarily(), torch.cuda.device(a.device):
-            ra, rb = _like(a), _like(b)
-            rbias = None if bias is None else torch.randn(b.shape[1], device=a.device, dtype=a.dtype)
-            epilogue = DEFAULT if bias is None else BIAS
-            plan = _plan(*_key(epilogue, ra, rb, torch.empty(1, device=a.device, dtype=a.dtype)))
-            base = time_ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
-            times = {}
-            for i in range(len(plan[4]) if plan else 0):
-                if _try(epilogue, ra, rb, rbias, None, i) is not None:
-                    times[i] = time_ms(lambda: _matmul(epilogue, ra, rb, rbias, None, i))
-            best = min(times, key=times.get) if times else None
-            _tuned[key] = best if best is not None and times[best] <= TUNE_MARGIN * base else None
+            try:
+                _tuned[key] = _time_candidates(a, b, bias)
+            except (CublasLtError, torch.cuda.OutOfMemoryError):  # no cuBLASLt, or no room for the operands now
+                _tuned[key] = None
     return _tuned[key]
+
+
+def _time_candidates(a, b, bias) -> int | None:
+    ra, rb = _like(a), _like(b)
+    rbias = None if bias is None else torch.randn(b.shape[1], device=a.device, dtype=a.dtype)
+    epilogue = DEFAULT if bias is None else BIAS
+    plan = _plan(*_key(epilogue, ra, rb, torch.empty(1, device=a.device, dtype=a.dtype)))
+    base = time_ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
+    times = {}
+    for i in range(len(plan[4]) if plan else 0):
+        if _try(epilogue, ra, rb, rbias, None, i) is not None:
+            times[i] = time_ms(lambda: _matmul(epilogue, ra, rb, rbias, None, i))
+    best = min(times, key=times.get) if times else None
+    return best if best is not None and times[best] <= TUNE_MARGIN * base else None
