@@ -331,8 +331,8 @@ def _like(t: torch.Tensor) -> torch.Tensor:
 
 def tune_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> int | None:
     """For a @ b (+ bias) with a and b as given (at compile time fake tensors, of which only the shapes, layouts, dtype
-    and device are used): the index of the cuBLASLt candidate that beats torch's mm / addmm by TUNE_MARGIN on this GPU, timed on
-    random data; None where none does, cuBLASLt does not take the product, or the GPU has no room for the
+    and device are used): the index of the cuBLASLt candidate that beats torch's mm / addmm by TUNE_MARGIN on this
+    GPU, timed on random data. None where none does, cuBLASLt does not take the product, or the GPU has no room for the
     random operands at that moment (the compile goes on with torch's call)."""
     if not (_on_cublaslt(a, b) and a.dim() == b.dim() == 2 and operand(a) and operand(b)):
         return None
