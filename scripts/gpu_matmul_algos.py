@@ -50,7 +50,8 @@ def main():
         for tokens, blocks in ((64, 24), (256, 4)):
             m = batch * tokens
             for name, (k, n) in LINEARS.items():
-                x, w, gy, bias = torch.randn(m, k, **bf), torch.randn(n, k, **bf), torch.randn(m, n, **bf), torch.randn(n, **bf)
+                x, w = torch.randn(m, k, **bf), torch.randn(n, k, **bf)
+                gy, bias = torch.randn(m, n, **bf), torch.randn(n, **bf)
                 for prod, a, b, extra in (("fwd", x, w.t(), bias), ("dx", gy, w, None), ("dw", gy.t(), x, None)):
                     r = dict(batch=batch, tokens=tokens, linear=name, product=prod, m=a.shape[0], n=b.shape[1],
                              k=a.shape[1], tuned_already=(name, prod) in TUNED)
@@ -62,8 +63,9 @@ def main():
                     torch.backends.cuda.preferred_blas_library("cublas")
                     times = candidate_times(a, b, a @ b)
                     ok = [t for t in times if t is not None]
-                    r.update(candidates=len(times), lt_first=times[0] if times else None, lt_best=min(ok) if ok else None,
-                             lt_best_index=times.index(min(ok)) if ok else None)
+                    best = min(ok) if ok else None
+                    r.update(candidates=len(times), lt_first=times[0] if times else None, lt_best=best,
+                             lt_best_index=times.index(best) if ok else None)
                     base = r.get("torch_addmm", r["torch_mm"])
                     if ok and not r["tuned_already"]:
                         saved[batch] = saved.get(batch, 0.0) + blocks * max(0.0, base - r["lt_best"])

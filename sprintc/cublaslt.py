@@ -295,11 +295,12 @@ def gelu_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tens
     return _GeluMlp.apply(x, w1, b1, w2, b2)
 
 
-# Tuned matmuls. Inductor calls torch's mm / addmm for every matmul it does not fuse, and cuBLAS picks their algorithm by
-# its heuristic, which at some of a DiT's shapes takes up to 1.6x the time of another of cuBLASLt's candidates (the
-# 256-token out-projection's forward at batch 128 on an H100: docs/PERFORMANCE.md, session U). At compile time, sprintc's post-grad pass
-# (targets/inductor.py) asks `tune_mm` about each one and, where a candidate beats torch's call by TUNE_MARGIN, puts
-# `tuned_mm` with that candidate's index in its place; the graph, with the index, goes to Inductor's cache.
+# Tuned matmuls. Inductor calls torch's mm / addmm for every matmul it does not fuse, and cuBLAS picks their
+# algorithm by its heuristic, which at some of a DiT's shapes takes up to 1.6x the time of another of cuBLASLt's
+# candidates (the 256-token out-projection's forward at batch 128 on an H100: docs/PERFORMANCE.md, session U). At
+# compile time, sprintc's post-grad pass (targets/inductor.py) asks `tune_mm` about each one and, where a candidate
+# beats torch's call by TUNE_MARGIN, puts `tuned_mm` with that candidate's index in its place; the graph, with the
+# index, goes to Inductor's cache.
 TUNE_MARGIN = 0.97  # a candidate must take at most this fraction of torch's time (a smaller gain is timing noise)
 _tuned: dict = {}  # (device, dtype, shapes, strides, bias) -> candidate index or None, per process
 
@@ -309,7 +310,8 @@ def tuned_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None, candid
     """a @ b (+ bias (n,)) by cuBLASLt's heuristic candidate `candidate`; torch's mm / addmm wherever that candidate
     does not apply (the CPU, another layout or alignment than at tuning, a refusal)."""
     if _on_cublaslt(a, b, *([] if bias is None else [bias])):
-        out = _try(BIAS if bias is not None else DEFAULT, a, b, None if bias is None else _aligned(bias), None, candidate)
+        epilogue, bias = (DEFAULT, None) if bias is None else (BIAS, _aligned(bias))
+        out = _try(epilogue, a, b, bias, None, candidate)
         if out is not None:
             return out
         fallbacks["tuned_mm"] += 1
