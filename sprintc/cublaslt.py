@@ -174,16 +174,21 @@ def time_ms(fn, reps: int = 10, groups: int = 3) -> float:
     return sorted(times)[groups // 2]
 
 
-def _fastest(plan, device, a, b, out):
-    """The candidate with the least time (the heuristic's first pick is not always the fastest; every launch writes
-    the same values), skipping any that cuBLASLt refuses; None if all are."""
+def _candidate_times(launch, count: int, reps: int) -> dict[int, float]:
+    """ms per call of launch(i) for each candidate i < count, leaving out those cuBLASLt refuses (a refusal is returned
+    at the first call, before anything runs; every launch writes the same values)."""
     times = {}
-    for i in range(len(plan[4])):
+    for i in range(count):
         try:
-            _launch(plan, device, a, b, out, i)  # (a refusal is returned before anything runs)
+            times[i] = time_ms(lambda: launch(i), reps=reps)
         except CublasLtError:
-            continue
-        times[i] = time_ms(lambda: _launch(plan, device, a, b, out, i), reps=3)
+            pass
+    return times
+
+
+def _fastest(plan, device, a, b, out):
+    """The fastest candidate (the heuristic's first pick is not always the fastest); None if cuBLASLt refuses all."""
+    times = _candidate_times(lambda i: _launch(plan, device, a, b, out, i), len(plan[4]), reps=3)
     return min(times, key=times.get) if times else None
 
 
@@ -360,9 +365,6 @@ def _time_candidates(a, b, bias) -> int | None:
     epilogue = DEFAULT if bias is None else BIAS
     plan = _plan(*_key(epilogue, ra, rb, torch.empty(1, device=a.device, dtype=a.dtype)))
     base = time_ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
-    times = {}
-    for i in range(len(plan[4]) if plan else 0):
-        if _try(epilogue, ra, rb, rbias, None, i) is not None:
-            times[i] = time_ms(lambda: _matmul(epilogue, ra, rb, rbias, None, i))
+    times = _candidate_times(lambda i: _matmul(epilogue, ra, rb, rbias, None, i), len(plan[4]) if plan else 0, reps=10)
     best = min(times, key=times.get) if times else None
     return best if best is not None and times[best] <= TUNE_MARGIN * base else None
