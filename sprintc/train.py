@@ -263,16 +263,16 @@ def peak_flops(device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def _lower(net, spec, device, fsdp=False):
+def _lower(net, spec, device, fsdp=False, captured=False):
     """Compile the blocks in place (the spec's target). On the CPU the model trains in float32 whatever
     target.dtype says. Under FSDP every block is a region of its own: its all-gather hooks run between blocks.
-    Where the step is not captured in a CUDA graph (FSDP, target.cuda_graphs false) the matmuls stay torch's: a tuned
+    Where the step is not `captured` in a CUDA graph (FSDP, target.cuda_graphs false) the matmuls stay torch's: a tuned
     one saves GPU time but costs host time at every call (docs/PERFORMANCE.md, session U), and there the host issues
     every kernel."""
     update = {} if device.type == "cuda" else {"dtype": "float32"}
     if fsdp:
         update["region_blocks"] = 1
-    if fsdp or not spec.target.cuda_graphs:
+    if not captured:
         update["tuned_matmuls"] = False
     return lower(net, spec.target.model_copy(update=update), device=device)
 
@@ -464,11 +464,11 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     flops = {r: 3 * forward_flops(ema, spec, r, device) for r in {st.routing for st in stages}} if peak else {}
 
     # ---- compile, then wrap, then the optimizer
-    net = _lower(net, spec, device, fsdp)
+    graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
+    net = _lower(net, spec, device, fsdp, captured=graphs)
     if fsdp:
         _shard(net, world, device)
         _shard(ema, world, device)
-    graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
     # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
     master = tr.master_weights and device.type == "cuda" and spec.target.dtype == "bfloat16" and world == 1
     opt = adamw_for(net, tr, stages[0].lr, device, master=master, capturable=graphs)

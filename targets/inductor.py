@@ -39,6 +39,7 @@ from torch._inductor import config as inductor_config
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 import sprintc
+from sprintc import cublaslt  # (registers sprintc::tuned_mm, which graphs read back from Inductor's cache call)
 from sprintc.spec import TargetSpec
 from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
@@ -137,9 +138,7 @@ class KernelsInCacheKey(CustomGraphPass):
 
     def __call__(self, graph):
         if self.tuned_matmuls:
-            from sprintc.cublaslt import tune_mm
-
-            replace_matmuls(graph, tune_mm)
+            replace_matmuls(graph, cublaslt.tune_mm)
         if self.then is not None:
             self.then(graph)
 
@@ -150,10 +149,8 @@ class KernelsInCacheKey(CustomGraphPass):
         files = [str(Path(sprintc.__file__).with_name(f)) for f in ("kernels.py", "cublaslt.py")]
         own = (get_hash_for_files(tuple(files)), *switches, PERSISTENT_ROWS, self.kernels)
         if self.tuned_matmuls:
-            from sprintc.cublaslt import TUNE_MARGIN
-
             gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            own += ("tuned_matmuls", TUNE_MARGIN, torch.version.cuda, *gpus)
+            own += ("tuned_matmuls", cublaslt.TUNE_MARGIN, torch.version.cuda, *gpus)
         return own if self.then is None else (own, self.then.uuid())
 
 
@@ -196,8 +193,6 @@ def _options(target: TargetSpec) -> dict:
     opts = {"fullgraph": True, "dynamic": False}
     mode_opts = torch._inductor.list_mode_options(target.mode)
     tuned = target.tuned_matmuls and torch.cuda.is_available()
-    if tuned:
-        import sprintc.cublaslt  # noqa: F401  (registers sprintc::tuned_mm, which graphs read from the cache call)
     extra = _cache_key_pass(tuned, target.kernels) if target.kernels or tuned else {}
     if hasattr(inductor_config.triton, "mix_order_reduction"):
         # set either way: the default is on from torch 2.10, where it crashed our whole-model routed backward
