@@ -1093,23 +1093,6 @@ elif [ "$PHASE" = t4 ]; then  # session T, one H100: the routed step at 128 as s
   versions
   piece t4_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/t4_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 355 - ($(date +%s) - T0) )) 0 $(anchor 128)
-elif [ "$PHASE" = v2 ]; then  # session V, one H100: as v1, after call 1's illegal address (each setting alone in its
-  # own process, the second column group 16 or 32 wide or the head padded; the fastest also inside torch.compile);
-  # the CUDA tests and the step at 128 with that setting (if it compiled) against SDPA
-  gpu_info
-  versions
-  [ $TINY = 0 ] && piece tiled_attn 200 0 python3 "$REPO/scripts/gpu_tiled_attention.py" "$W/tiled_attention.json"
-  BEST=$(python3 -c "import json, sys; r = json.load(open(sys.argv[1]))[-1]; assert 'compiled_rel_err' in r; print('256,' + r['arm'])" "$W/tiled_attention.json" 2>/dev/null || echo none)
-  echo "tiled setting: $BEST" | tee "$W/tiled_setting.txt"
-  [ $TINY = 1 ] && BEST=256,64,64,4,4,32
-  SPRINTC_TILED_ATTENTION=$([ $BEST = none ] && echo 256,64,64,4,4,0 || echo $BEST) piece pytest_cuda 100 0 python3 -m pytest -v -o addopts="" \
-    "$REPO/tests/test_cuda.py" -k "tiled or (qk_kernels_equals_eager and False)" -p no:cacheprovider --rootdir "$REPO"
-  if [ $BEST != none ]; then
-    SPRINTC_TILED_ATTENTION=$BEST TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_ton piece v2_on 190 0 $BENCH --batch 128 --modes $TMODES \
-      --parts train,sample --graphs routed,dense --json "$W/v2_on.json"
-    SPRINTC_TILED_ATTENTION=0,64,64,4,4,0 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_toff piece v2_off $(( 590 - ($(date +%s) - T0) )) 0 \
-      $BENCH --batch 128 --modes $TMODES --parts train,sample --graphs routed,dense --json "$W/v2_off.json"
-  fi
 elif [ "$PHASE" = v1 ]; then  # session V, one H100: the tiled attention for 256 tokens alone against cuDNN, by setting
   # (scripts/gpu_tiled_attention.py); its CUDA tests; the step at 128 (routed and dense training, sampling) with the
   # setting fastest alone (forward + backward) against SPRINTC_TILED_ATTENTION=0,... (SDPA), one Inductor cache each

@@ -379,18 +379,18 @@ short_attention.register_autograd(_attention_backward, setup_context=_attention_
 # program of the forward holds BLOCK_M query rows and runs over the keys BLOCK_N at a time with an online softmax,
 # saving each row's log-sum-exp; the backward's first kernel writes dq (and rowsum(dO * O), which it needs anyway),
 # its second dk and dv, each program over all the rows of its key block, so there are no atomics. A head of 72 is read
-# as 64 + 16 or 64 + 32 columns (the rest zero) instead of padded to 128, as cuDNN's kernels pad it. TILED is what the
+# as 64 + 16 columns (the last 8 zero) instead of padded to 128, where cuDNN's kernels pad it. TILED is what the
 # inductor target uses: the longest sequence sent here (0: none; longer ones go to scaled_dot_product_attention),
-# BLOCK_M, BLOCK_N, the forward's and the backward's warps, and the least width of a head's second column group (16
-# or 32; 0 pads the head to a power of two instead).
-TILED = (256, 64, 64, 4, 4, 32)
+# BLOCK_M, BLOCK_N, the forward's and the backward's warps, and whether a head is split (1) or padded (0).
+TILED = (256, 64, 64, 4, 4, 1)
 TILED_MAX_TOKENS, TILED_MAX_WIDTH = 1024, 128  # the loops over a sequence are unrolled
 
 
 @triton.jit
 def _tile(t, r0, ROWS: tl.constexpr, s_n, col0: tl.constexpr, COLS: tl.constexpr, N: tl.constexpr, DH: tl.constexpr):
-    """Rows r0 .. r0 + ROWS x columns col0 .. col0 + COLS of one head (base pointer t), zero outside N x DH (a second
-    column group that the head lacks is all masked, and unused)."""
+    """Rows r0 .. r0 + ROWS x columns col0 .. col0 + COLS of one head (base pointer t), zero outside N x DH."""
+    if col0 >= DH:  # a head without a second column group
+        return tl.zeros((ROWS, COLS), t.dtype.element_ty)
     rows, cols = r0 + tl.arange(0, ROWS), col0 + tl.arange(0, COLS)
     return tl.load(t + rows[:, None] * s_n + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < DH), other=0.0)
 
@@ -501,12 +501,12 @@ def _tiled_dkdv_kernel(q, k, v, do, lse, delta, dk, dv, scale, s_b, s_n, N: tl.c
 
 
 def _tiled_columns(DH, split):
-    """A head's columns as two groups for tl.dot, powers of two of at least 16, the second at least `split` wide (the
-    kernels skip it where the first covers the head): 72 -> 64 + 16 (split 16), 64 + 32 (32) or 128 (0: padded)."""
+    """A head's columns as two groups for tl.dot, each a power of two of at least 16 (the kernels skip the second where
+    the first covers the head): 72 -> 64 + 16 (split) or 128 (padded)."""
     if not split or DH <= 16:
         return max(16, triton.next_power_of_2(DH)), 16
     da = 1 << (DH.bit_length() - 1)
-    return da, max(split, triton.next_power_of_2(DH - da))
+    return da, max(16, triton.next_power_of_2(DH - da))
 
 
 def _tiled_inputs(q, k, v):
@@ -592,10 +592,10 @@ def tiled_from_env():
         return
     env, v = found
     if (len(v) != 6 or not 0 <= v[0] <= TILED_MAX_TOKENS or any(b not in (16, 32, 64, 128) for b in v[1:3])
-            or min(v[3:5]) < 1 or v[5] not in (0, 16, 32)):
+            or min(v[3:5]) < 1 or v[5] not in (0, 1)):
         raise ValueError(f"SPRINTC_TILED_ATTENTION={env!r}: expected tokens (0-{TILED_MAX_TOKENS}), block_m and "
-                         "block_n (16, 32, 64 or 128), forward warps, backward warps, split (0, 16 or 32) "
-                         "(e.g. 256,64,64,4,4,32)")
+                         "block_n (16, 32, 64 or 128), forward warps, backward warps, split (0 or 1) "
+                         "(e.g. 256,64,64,4,4,1)")
     TILED = tuple(v)
 
 

@@ -156,8 +156,8 @@ def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
 @pytest.mark.parametrize("tokens, dtype", [(256, torch.bfloat16), (100, torch.bfloat16), (256, torch.float16)])
 def test_tiled_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
     """sprintc's attention for full sequences (XL's 256 tokens of 16 heads of 72, and a length that is not a multiple
-    of the tiles), bf16 or fp16, against SDPA in float32, for each TILED layout of the head (64 + 16 or 64 + 32 columns,
-    padded to 128); from q, k, v in token-major memory and from views of one qkv tensor."""
+    of the tiles), bf16 or fp16, against SDPA in float32, for each TILED layout of the head (64 + 16 columns, padded to
+    128); from q, k, v in token-major memory and from views of one qkv tensor."""
     pytest.importorskip("triton")
     import sprintc.kernels as K
 
@@ -166,7 +166,7 @@ def test_tiled_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
     qkv = torch.randn(B, tokens, 3, H, DH, device="cuda").to(dtype).requires_grad_()
     kept = K.TILED
     try:
-        for split in (0, 32, 16):
+        for split in (1, 0):
             K.TILED = kept[:5] + (split,)
             for q, k, v in (qkv.permute(2, 0, 3, 1, 4), [t.detach().transpose(1, 2).contiguous().transpose(1, 2)
                                                          .requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4)]):
