@@ -78,7 +78,7 @@
 # Session S's (s1-s5) and T's are described where they are defined below. Session T's (one H100): t1 (FlashAttention-2
 #   against cuDNN for the 256-token attention), t2 (target.region_blocks 1 / 2 / 4), t3 (the glue with the fusion against
 #   SPRINTC_GLUE_REGIONS=0; the compiled-against-eager CUDA tests), t4 (the routed step as shipped and the anchor at 128).
-# Session U's and V's (one H100) are described where they are defined below.
+# Session U's (one H100) are described where they are defined below.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1093,19 +1093,6 @@ elif [ "$PHASE" = t4 ]; then  # session T, one H100: the routed step at 128 as s
   versions
   piece t4_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/t4_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 355 - ($(date +%s) - T0) )) 0 $(anchor 128)
-elif [ "$PHASE" = v1 ]; then  # session V, one H100: the tiled attention for 256 tokens alone against cuDNN, by setting
-  # (scripts/gpu_tiled_attention.py); its CUDA tests; the step at 128 (routed and dense training, sampling) with the
-  # setting fastest alone (forward + backward) against SPRINTC_TILED_ATTENTION=0,... (SDPA), one Inductor cache each
-  gpu_info
-  versions
-  [ $TINY = 0 ] && piece tiled_attn 150 0 python3 "$REPO/scripts/gpu_tiled_attention.py" "$W/tiled_attention.json"
-  BEST=$(python3 -c "import json, sys; r = [a for a in json.load(open(sys.argv[1]))[1:] if a['fwd_bwd_ms']]; print('256,' + min(r, key=lambda a: a['fwd_bwd_ms'])['arm'])" "$W/tiled_attention.json" 2>/dev/null || echo 256,64,64,4,4,1)
-  echo "tiled setting: $BEST" | tee "$W/tiled_setting.txt"
-  piece pytest_cuda 110 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "tiled or (qk_kernels_equals_eager and False)" -p no:cacheprovider --rootdir "$REPO"
-  SPRINTC_TILED_ATTENTION=$BEST TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_ton piece v1_on 190 0 $BENCH --batch 128 --modes $TMODES \
-    --parts train,sample --graphs routed,dense --json "$W/v1_on.json"
-  SPRINTC_TILED_ATTENTION=0,64,64,4,4,1 TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_toff piece v1_off $(( 590 - ($(date +%s) - T0) )) 0 \
-    $BENCH --batch 128 --modes $TMODES --parts train,sample --graphs routed,dense --json "$W/v1_off.json"
 elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's cuBLAS against each cuBLASLt candidate
   # (scripts/gpu_matmul_algos.py); the code as shipped at 128 (routed, dense, sampling), the routed step at 128 with
   # TORCH_BLAS_PREFER_CUBLASLT=1 (Inductor's cache warm), the routed step at 64 and 32; the anchor at 64

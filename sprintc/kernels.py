@@ -374,201 +374,6 @@ def _attention_backward(ctx, do):
 short_attention.register_autograd(_attention_backward, setup_context=_attention_setup_context)
 
 
-
-# Attention over longer sequences (the dense blocks' and sampling's 256 tokens) in flash attention's tiling: each
-# program of the forward holds BLOCK_M query rows and runs over the keys BLOCK_N at a time with an online softmax,
-# saving each row's log-sum-exp; the backward's first kernel writes dq (and rowsum(dO * O), which it needs anyway),
-# its second dk and dv, each program over all the rows of its key block, so there are no atomics. A head of 72 is read
-# as 64 + 16 columns (the last 8 zero) instead of padded to 128, where cuDNN's kernels pad it. TILED is what the
-# inductor target uses: the longest sequence sent here (0: none; longer ones go to scaled_dot_product_attention),
-# BLOCK_M, BLOCK_N, the forward's and the backward's warps, and whether a head is split (1) or padded (0).
-TILED = (256, 64, 64, 4, 4, 1)
-TILED_MAX_TOKENS, TILED_MAX_WIDTH = 1024, 128  # the loops over a sequence are unrolled
-
-
-@triton.jit
-def _tile(t, r0, ROWS: tl.constexpr, s_n, col0: tl.constexpr, COLS: tl.constexpr, N: tl.constexpr, DH: tl.constexpr):
-    """Rows r0 .. r0 + ROWS x columns col0 .. col0 + COLS of one head (base pointer t), zero outside N x DH."""
-    if col0 >= DH:  # a head without a second column group
-        return tl.zeros((ROWS, COLS), t.dtype.element_ty)
-    rows, cols = r0 + tl.arange(0, ROWS), col0 + tl.arange(0, COLS)
-    return tl.load(t + rows[:, None] * s_n + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < DH), other=0.0)
-
-
-@triton.jit
-def _put(t, x, r0, ROWS: tl.constexpr, s_n, col0: tl.constexpr, COLS: tl.constexpr, N: tl.constexpr, DH: tl.constexpr):
-    if col0 < DH:
-        rows, cols = r0 + tl.arange(0, ROWS), col0 + tl.arange(0, COLS)
-        tl.store(t + rows[:, None] * s_n + cols[None, :], x.to(t.dtype.element_ty),
-                 mask=(rows[:, None] < N) & (cols[None, :] < DH))
-
-
-@triton.jit
-def _scores(qa, qb, ka, kb, TWO: tl.constexpr):
-    """q k^T in float32 over the head's one or two column groups."""
-    s = tl.dot(qa, tl.trans(ka))
-    if TWO:
-        s += tl.dot(qb, tl.trans(kb))
-    return s
-
-
-@triton.jit
-def _tiled_fwd_kernel(q, k, v, o, lse, scale, s_b, s_n, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                      BM: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
-    b, h, m0 = tl.program_id(0) // H, tl.program_id(0) % H, tl.program_id(1) * BM
-    at, tm, two = b * s_b + h * DH, b * (N * H * DH) + h * DH, DA < DH  # inputs' strides; o is token-major
-    qa, qb = _tile(q + at, m0, BM, s_n, 0, DA, N, DH), _tile(q + at, m0, BM, s_n, DA, DB, N, DH)
-    m = tl.full((BM,), float("-inf"), tl.float32)
-    l = tl.zeros((BM,), tl.float32)
-    acc_a, acc_b = tl.zeros((BM, DA), tl.float32), tl.zeros((BM, DB), tl.float32)
-    for n0 in tl.static_range(0, N, BN):
-        ka, kb = _tile(k + at, n0, BN, s_n, 0, DA, N, DH), _tile(k + at, n0, BN, s_n, DA, DB, N, DH)
-        s = _scores(qa, qb, ka, kb, two) * (scale * 1.4426950408889634)  # log2(e): exp2 below
-        if N % BN:
-            s = tl.where(n0 + tl.arange(0, BN)[None, :] < N, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        p = p.to(q.dtype.element_ty)
-        acc_a = acc_a * alpha[:, None] + tl.dot(p, _tile(v + at, n0, BN, s_n, 0, DA, N, DH))
-        if two:
-            acc_b = acc_b * alpha[:, None] + tl.dot(p, _tile(v + at, n0, BN, s_n, DA, DB, N, DH))
-        m = m_new
-    _put(o + tm, acc_a / l[:, None], m0, BM, H * DH, 0, DA, N, DH)
-    _put(o + tm, acc_b / l[:, None], m0, BM, H * DH, DA, DB, N, DH)
-    rows = m0 + tl.arange(0, BM)
-    tl.store(lse + tl.program_id(0) * N + rows, m + tl.log2(l), mask=rows < N)  # log2 units
-
-
-@triton.jit
-def _tiled_dq_kernel(q, k, v, o, do, lse, delta, dq, scale, s_b, s_n, N: tl.constexpr, H: tl.constexpr,
-                     DH: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
-    """dq of BM rows over all keys; also writes rowsum(dO * O) of those rows for the dk / dv kernel."""
-    b, h, m0 = tl.program_id(0) // H, tl.program_id(0) % H, tl.program_id(1) * BM
-    at, tm, two = b * s_b + h * DH, b * (N * H * DH) + h * DH, DA < DH  # o, do and dq are token-major
-    qa, qb = _tile(q + at, m0, BM, s_n, 0, DA, N, DH), _tile(q + at, m0, BM, s_n, DA, DB, N, DH)
-    da, db = _tile(do + tm, m0, BM, H * DH, 0, DA, N, DH), _tile(do + tm, m0, BM, H * DH, DA, DB, N, DH)
-    d = tl.sum(da.to(tl.float32) * _tile(o + tm, m0, BM, H * DH, 0, DA, N, DH).to(tl.float32), 1)
-    if two:
-        d += tl.sum(db.to(tl.float32) * _tile(o + tm, m0, BM, H * DH, DA, DB, N, DH).to(tl.float32), 1)
-    rows = m0 + tl.arange(0, BM)
-    tl.store(delta + tl.program_id(0) * N + rows, d, mask=rows < N)
-    row_lse = tl.load(lse + tl.program_id(0) * N + rows, mask=rows < N, other=0.0)
-    acc_a, acc_b = tl.zeros((BM, DA), tl.float32), tl.zeros((BM, DB), tl.float32)
-    for n0 in tl.static_range(0, N, BN):
-        ka, kb = _tile(k + at, n0, BN, s_n, 0, DA, N, DH), _tile(k + at, n0, BN, s_n, DA, DB, N, DH)
-        va, vb = _tile(v + at, n0, BN, s_n, 0, DA, N, DH), _tile(v + at, n0, BN, s_n, DA, DB, N, DH)
-        p = tl.exp2(_scores(qa, qb, ka, kb, two) * (scale * 1.4426950408889634) - row_lse[:, None])
-        if N % BN:
-            p = tl.where(n0 + tl.arange(0, BN)[None, :] < N, p, 0.0)
-        ds = (p * (_scores(da, db, va, vb, two) - d[:, None])).to(q.dtype.element_ty)
-        acc_a += tl.dot(ds, ka)
-        if two:
-            acc_b += tl.dot(ds, kb)
-    _put(dq + tm, acc_a * scale, m0, BM, H * DH, 0, DA, N, DH)
-    _put(dq + tm, acc_b * scale, m0, BM, H * DH, DA, DB, N, DH)
-
-
-@triton.jit
-def _tiled_dkdv_kernel(q, k, v, do, lse, delta, dk, dv, scale, s_b, s_n, N: tl.constexpr, H: tl.constexpr,
-                       DH: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr):
-    """dk and dv of BN keys over all query rows."""
-    b, h, n0 = tl.program_id(0) // H, tl.program_id(0) % H, tl.program_id(1) * BN
-    at, tm, two = b * s_b + h * DH, b * (N * H * DH) + h * DH, DA < DH
-    ka, kb = _tile(k + at, n0, BN, s_n, 0, DA, N, DH), _tile(k + at, n0, BN, s_n, DA, DB, N, DH)
-    va, vb = _tile(v + at, n0, BN, s_n, 0, DA, N, DH), _tile(v + at, n0, BN, s_n, DA, DB, N, DH)
-    dk_a, dk_b = tl.zeros((BN, DA), tl.float32), tl.zeros((BN, DB), tl.float32)
-    dv_a, dv_b = tl.zeros((BN, DA), tl.float32), tl.zeros((BN, DB), tl.float32)
-    for m0 in tl.static_range(0, N, BM):
-        qa, qb = _tile(q + at, m0, BM, s_n, 0, DA, N, DH), _tile(q + at, m0, BM, s_n, DA, DB, N, DH)
-        da, db = _tile(do + tm, m0, BM, H * DH, 0, DA, N, DH), _tile(do + tm, m0, BM, H * DH, DA, DB, N, DH)
-        rows = m0 + tl.arange(0, BM)
-        row_lse = tl.load(lse + tl.program_id(0) * N + rows, mask=rows < N, other=float("inf"))  # padded rows: p = 0
-        d = tl.load(delta + tl.program_id(0) * N + rows, mask=rows < N, other=0.0)
-        p = tl.exp2(_scores(qa, qb, ka, kb, two) * (scale * 1.4426950408889634) - row_lse[:, None])
-        pt = tl.trans(p.to(q.dtype.element_ty))
-        dst = tl.trans((p * (_scores(da, db, va, vb, two) - d[:, None])).to(q.dtype.element_ty))
-        dv_a += tl.dot(pt, da)
-        dk_a += tl.dot(dst, qa)
-        if two:
-            dv_b += tl.dot(pt, db)
-            dk_b += tl.dot(dst, qb)
-    _put(dk + tm, dk_a * scale, n0, BN, H * DH, 0, DA, N, DH)
-    _put(dk + tm, dk_b * scale, n0, BN, H * DH, DA, DB, N, DH)
-    _put(dv + tm, dv_a, n0, BN, H * DH, 0, DA, N, DH)
-    _put(dv + tm, dv_b, n0, BN, H * DH, DA, DB, N, DH)
-
-
-def _tiled_columns(DH, split):
-    """A head's columns as two groups for tl.dot, each a power of two of at least 16 (the kernels skip the second where
-    the first covers the head): 72 -> 64 + 16 (split) or 128 (padded)."""
-    if not split or DH <= 16:
-        return max(16, triton.next_power_of_2(DH)), 16
-    da = 1 << (DH.bit_length() - 1)
-    return da, max(16, triton.next_power_of_2(DH - da))
-
-
-def _tiled_inputs(q, k, v):
-    """q, k, v with one layout the kernels read through (batch, token) strides: as given where they share one with
-    each head's columns contiguous (token-major buffers, or views of one qkv projection), else token-major copies."""
-    B, H, N, DH = q.shape
-    if N > TILED_MAX_TOKENS or DH > TILED_MAX_WIDTH:
-        raise ValueError(f"tiled_attention: (B, H, N, Dh) = {tuple(q.shape)}; it holds N <= {TILED_MAX_TOKENS} "
-                         f"and Dh <= {TILED_MAX_WIDTH}")
-    if not (q.stride() == k.stride() == v.stride() and q.stride(1) == DH and q.stride(3) == 1):
-        q, k, v = (_as_token_major(t) for t in (q, k, v))
-    return q, k, v, B, H, N, DH
-
-
-def _tiled_launch():
-    _, bm, bn, fwd_warps, bwd_warps, split = TILED
-    return bm, bn, fwd_warps, bwd_warps, split
-
-
-@triton_op("sprintc::tiled_attention", mutates_args={})
-def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 1024, and each
-    row's log-sum-exp (float32, base 2) for the backward; the output in token-major memory."""
-    q, k, v, B, H, N, DH = _tiled_inputs(q, k, v)
-    bm, bn, warps, _, split = _tiled_launch()
-    da, db = _tiled_columns(DH, split)
-    o = _token_major(q, B, N, H, DH)
-    lse = torch.empty(B * H, N, dtype=torch.float32, device=q.device)
-    wrap_triton(_tiled_fwd_kernel)[(B * H, triton.cdiv(N, bm))](
-        q, k, v, o, lse, DH ** -0.5, q.stride(0), q.stride(2), N=N, H=H, DH=DH, BM=bm, BN=bn, DA=da, DB=db,
-        num_warps=warps)
-    return o, lse
-
-
-@triton_op("sprintc::tiled_attention_backward", mutates_args={})
-def tiled_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                             lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v, B, H, N, DH = _tiled_inputs(q, k, v)
-    do = _as_token_major(do)
-    bm, bn, _, warps, split = _tiled_launch()
-    da, db = _tiled_columns(DH, split)
-    dq, dk, dv = (_token_major(q, B, N, H, DH) for _ in range(3))
-    delta = torch.empty_like(lse)
-    args = dict(N=N, H=H, DH=DH, BM=bm, BN=bn, DA=da, DB=db, num_warps=warps)
-    wrap_triton(_tiled_dq_kernel)[(B * H, triton.cdiv(N, bm))](
-        q, k, v, o, do, lse, delta, dq, DH ** -0.5, q.stride(0), q.stride(2), **args)
-    wrap_triton(_tiled_dkdv_kernel)[(B * H, triton.cdiv(N, bn))](
-        q, k, v, do, lse, delta, dk, dv, DH ** -0.5, q.stride(0), q.stride(2), **args)
-    return dq, dk, dv
-
-
-def _tiled_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs, *output)
-
-
-def _tiled_backward(ctx, do, _dlse):
-    return tiled_attention_backward(do, *ctx.saved_tensors)
-
-
-tiled_attention.register_autograd(_tiled_backward, setup_context=_tiled_setup_context)
-
-
 def attention_from_env():
     """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; tokens 0 sends
     every attention to SDPA) sets SHORT_TOKENS and ATTENTION_WARPS; ValueError naming it where it is malformed."""
@@ -583,22 +388,6 @@ def attention_from_env():
     SHORT_TOKENS, ATTENTION_WARPS = v[0], (v[1], v[2])
 
 
-def tiled_from_env():
-    """SPRINTC_TILED_ATTENTION='tokens,block_m,block_n,fwd_warps,bwd_warps,split' (a developer's switch for A/B runs on
-    a GPU; tokens 0 leaves the full sequences to SDPA) sets TILED; ValueError naming it where it is malformed."""
-    global TILED
-    found = _ints_from_env("SPRINTC_TILED_ATTENTION")
-    if found is None:
-        return
-    env, v = found
-    if (len(v) != 6 or not 0 <= v[0] <= TILED_MAX_TOKENS or any(b not in (16, 32, 64, 128) for b in v[1:3])
-            or min(v[3:5]) < 1 or v[5] not in (0, 1)):
-        raise ValueError(f"SPRINTC_TILED_ATTENTION={env!r}: expected tokens (0-{TILED_MAX_TOKENS}), block_m and "
-                         "block_n (16, 32, 64 or 128), forward warps, backward warps, split (0 or 1) "
-                         "(e.g. 256,64,64,4,4,1)")
-    TILED = tuple(v)
-
-
 def gelu_epilogue_from_env() -> tuple[bool, bool]:
     """SPRINTC_GELU_EPILOGUE (a developer's switch for A/B runs on a GPU): unset or '1' puts the MLP's bias and GELU
     in cuBLASLt's epilogues in sampling and in training (sprintc/cublaslt.py), 'sample' in sampling only, '0' nowhere
@@ -610,15 +399,14 @@ def gelu_epilogue_from_env() -> tuple[bool, bool]:
 
 
 def use_kernels(model: torch.nn.Module) -> int:
-    """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, at tiled_attention
-    for those of up to TILED[0] tokens, and those with RMS
+    """Point every sprintc Attention at short_attention for sequences of up to SHORT_TOKENS tokens, and those with RMS
     q/k norms at qk_norm_rope (both used on CUDA tensors only), and every GELU MLP at cuBLASLt's GELU epilogues
     (sampling and training, sprintc/cublaslt.py); the number of attentions."""
     from sprintc.model import Attention, Mlp, RMSNorm
 
     found = [m for m in model.modules() if isinstance(m, Attention)]
     for m in found:
-        m.fused_qk, m.short_tokens, m.tiled_tokens = isinstance(m.q_norm, RMSNorm), SHORT_TOKENS, TILED[0]
+        m.fused_qk, m.short_tokens = isinstance(m.q_norm, RMSNorm), SHORT_TOKENS
     sample, train = gelu_epilogue_from_env()
     for m in model.modules():
         if isinstance(m, Mlp):

@@ -38,9 +38,8 @@ def qk_norm(kind, dim):
 
 class Attention(nn.Module):
     # set by the inductor target on CUDA (sprintc/kernels.py): q/k RMSNorm + RoPE as sprintc's kernel, and attention
-    # over sequences of at most short_tokens tokens (the routed blocks' kept tokens) and of at most tiled_tokens (the
-    # full sequences) as sprintc's kernels
-    fused_qk, short_tokens, tiled_tokens = False, 0, 0
+    # over sequences of at most short_tokens tokens (the routed blocks' kept tokens) as sprintc's kernel
+    fused_qk, short_tokens = False, 0
 
     def __init__(self, dim, heads, norm="none"):
         super().__init__()
@@ -68,11 +67,8 @@ class Attention(nn.Module):
             q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
         else:
             q, k, v = self.split_heads(qkv, rope)
-        kernel = q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 128
-        if kernel and N <= self.short_tokens:
+        if N <= self.short_tokens and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 128:
             x = torch.ops.sprintc.short_attention(q, k, v)
-        elif kernel and N <= self.tiled_tokens:
-            x = torch.ops.sprintc.tiled_attention(q, k, v)[0]
         else:
             x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))

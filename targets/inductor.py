@@ -46,8 +46,7 @@ from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 RECOMPILE_LIMIT = 64
 # the developer's switches, read when a graph is traced or its kernels are written (sprintc/kernels.py, and
 # SPRINTC_PERSISTENT_ROWS below): part of Inductor's cache key
-KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_TILED_ATTENTION", "SPRINTC_GELU_EPILOGUE",
-                   "SPRINTC_PERSISTENT_ROWS")
+KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE", "SPRINTC_PERSISTENT_ROWS")
 # Inductor holds a row reduction in registers (a persistent reduction: the row is read once) up to 1024 elements and
 # loops over wider rows, reading them twice; DiT-XL's LayerNorms are 1152 wide. In sprintc's compiles on CUDA rows up to
 # this width are persistent (docs/PERFORMANCE.md, session P). SPRINTC_PERSISTENT_ROWS=0: Inductor's own rule (A/B runs).
@@ -375,14 +374,12 @@ def compile_whole(model: nn.Module, target: TargetSpec) -> list[str]:
 def use_kernels(model: nn.Module) -> int:
     """sprintc's Triton kernels (sprintc/kernels.py) in the model's attentions; 0 where triton is missing."""
     try:
-        from sprintc.kernels import (attention_from_env, gelu_epilogue_from_env, tiled_from_env, tiles_from_env,
-                                     use_kernels)
+        from sprintc.kernels import attention_from_env, gelu_epilogue_from_env, tiles_from_env, use_kernels
     except ImportError:  # a torch build without triton: Inductor's code throughout
         return 0
     try:
         tiles_from_env()  # checked here: at trace time a bad value would end in a compiler traceback
         attention_from_env()
-        tiled_from_env()
         gelu_epilogue_from_env()
         persistent_rows()
     except ValueError as e:

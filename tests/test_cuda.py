@@ -153,63 +153,26 @@ def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
             assert (a.float() - b).norm() / b.norm() < 1e-2
 
 
-@pytest.mark.parametrize("tokens, dtype", [(256, torch.bfloat16), (100, torch.bfloat16), (256, torch.float16)])
-def test_tiled_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
-    """sprintc's attention for full sequences (XL's 256 tokens of 16 heads of 72, and a length that is not a multiple
-    of the tiles), bf16 or fp16, against SDPA in float32, for each TILED layout of the head (64 + 16 columns, padded to
-    128); from q, k, v in token-major memory and from views of one qkv tensor."""
-    pytest.importorskip("triton")
-    import sprintc.kernels as K
-
-    torch.manual_seed(0)
-    B, H, DH = 8, 16, 72
-    qkv = torch.randn(B, tokens, 3, H, DH, device="cuda").to(dtype).requires_grad_()
-    kept = K.TILED
-    try:
-        for split in (1, 0):
-            K.TILED = kept[:5] + (split,)
-            for q, k, v in (qkv.permute(2, 0, 3, 1, 4), [t.detach().transpose(1, 2).contiguous().transpose(1, 2)
-                                                         .requires_grad_() for t in qkv.permute(2, 0, 3, 1, 4)]):
-                leaves = [qkv] if q.requires_grad and not q.is_leaf else [q, k, v]
-                ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
-                out = K.tiled_attention(q, k, v)[0]
-                g = torch.randn_like(ref)
-                want = torch.autograd.grad(ref, leaves, g)
-                got = torch.autograd.grad(out, leaves, g.to(dtype))
-                for a, b in zip([out, *got], [ref, *want]):
-                    assert (a.float() - b).norm() / b.norm() < 1e-2, split
-    finally:
-        K.TILED = kept
-
-
-@pytest.mark.parametrize("dtype, qk_norm, short", [("float32", "rms", True), ("bfloat16", "rms", True),
-                                                   ("bfloat16", "none", True), ("bfloat16", "rms", False)])
-def test_inductor_with_qk_kernels_equals_eager(monkeypatch, dtype, qk_norm, short):
+@pytest.mark.parametrize("dtype, qk_norm", [("float32", "rms"), ("bfloat16", "rms"), ("bfloat16", "none")])
+def test_inductor_with_qk_kernels_equals_eager(dtype, qk_norm):
     """target.kernels: the compiled SiT blocks' q/k norm + RoPE and (in bf16) their attention over 16 and 4 tokens run
     as sprintc's kernels, without a graph break inside blocks (they compile with fullgraph): in a forward without
     gradients (sampling) and in the routed training step, the outputs, loss and gradients are eager's. Without q/k
-    norms (DiT) the attention kernel gets views of the qkv projection. With the short-sequence kernel off, every
-    attention runs in the tiled kernel."""
+    norms (DiT) the attention kernel gets views of the qkv projection."""
     pytest.importorskip("triton")
     import copy
 
     from torch._dynamo.utils import counters
 
-    import sprintc.kernels as K
     from sprintc.targets_api import lower
     from test_targets import inputs, small
 
-    for name in ("SHORT_TOKENS", "ATTENTION_WARPS"):  # restored after the test
-        monkeypatch.setattr(K, name, getattr(K, name))
-    if not short:
-        monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,4,4")
     torch._dynamo.reset()
     counters.clear()
     built = small(model__qk_norm=qk_norm)  # tiny SiT: RoPE, weights drawn so that nothing is zero
     ref = copy.deepcopy(built.model).cuda()
     model = lower(built.model, {"name": "inductor", "dtype": dtype, "kernels": True}, device="cuda")
-    assert all(b.attn.fused_qk == (qk_norm == "rms") and b.attn.short_tokens == (64 if short else 0)
-               and b.attn.tiled_tokens == K.TILED[0] for b in model.blocks)
+    assert all(b.attn.fused_qk == (qk_norm == "rms") and b.attn.short_tokens == 64 for b in model.blocks)
     assert all(b.mlp.gelu_train for b in model.blocks)  # bf16: its MLPs' training step through sprintc/cublaslt.py
     x, t, y = (a.cuda() for a in inputs(batch=4))
     g = torch.Generator().manual_seed(0)

@@ -109,57 +109,14 @@ def test_short_attention_matches_sdpa_forward_and_backward():
     interpreted(ATTENTION_CHECK, "attention ok")
 
 
-TILED_CHECK = textwrap.dedent("""
-    import torch
-    import torch.nn.functional as F
-    import sprintc.kernels as K
-
-    torch.manual_seed(0)
-    # XL's full sequence (256 x 72: a head of 64 + 16 columns, or padded), lengths and widths that are not multiples
-    # of the tiles, one token; float32 / float64 (the interpreter's tl.dot gets bf16 wrong)
-    shapes = ((1, 2, 256, 72, torch.float32), (2, 3, 13, 10, torch.float64), (1, 1, 100, 72, torch.float64),
-              (2, 1, 1, 16, torch.float64))
-    for split in (1, 0):
-        K.TILED = K.TILED[:5] + (split,)
-        for B, H, N, DH, dtype in shapes:
-            qkv = torch.randn(B, N, 3, H, DH, dtype=dtype, requires_grad=True)
-            head_major = [torch.randn(B, H, N, DH, dtype=dtype, requires_grad=True) for _ in range(3)]
-            for layout, (q, k, v) in (("views of qkv", qkv.permute(2, 0, 3, 1, 4)), ("head-major", head_major)):
-                leaves = (qkv,) if layout == "views of qkv" else tuple(head_major)
-                ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
-                out, lse = K.tiled_attention(q, k, v)
-                assert out.dtype == dtype and out.shape == ref.shape, (layout, out.dtype, out.shape)
-                assert out.transpose(1, 2).is_contiguous(), out.stride()  # token-major
-                assert (out - ref).abs().max() < 1e-5, (split, N, layout, (out - ref).abs().max())
-                g = torch.randn(B, N, H, DH, dtype=dtype).transpose(1, 2)
-                want = torch.autograd.grad(ref, leaves, g.double())
-                got = torch.autograd.grad(out, leaves, g)
-                for a, b in zip(got, want):
-                    assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), (split, N, layout, (a - b).abs().max())
-    try:
-        K.tiled_attention(*torch.randn(3, 1, 1, 1025, 8).unbind(0))
-    except ValueError as e:
-        assert "N <= 1024" in str(e), e
-    else:
-        raise AssertionError("1025 tokens accepted")
-    print("tiled ok")
-""")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernels")
-def test_tiled_attention_matches_sdpa_forward_and_backward():
-    interpreted(TILED_CHECK, "tiled ok")
-
-
 def test_use_kernels_marks_every_attention_for_short_sequences_and_the_rms_ones_for_qk():
-    from sprintc.kernels import SHORT_TOKENS, TILED, use_kernels
+    from sprintc.kernels import SHORT_TOKENS, use_kernels
 
     sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
     dit = DiT(load_spec("dit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
     assert use_kernels(sit) == 2 and all(b.attn.fused_qk for b in sit.blocks)
     assert use_kernels(dit) == 2 and not any(b.attn.fused_qk for b in dit.blocks)  # DiT has no q/k norm
-    assert all(b.attn.short_tokens == SHORT_TOKENS and b.attn.tiled_tokens == TILED[0] for m in (sit, dit)
-               for b in m.blocks)
+    assert all(b.attn.short_tokens == SHORT_TOKENS for m in (sit, dit) for b in m.blocks)
 
 
 def test_marked_attention_on_the_cpu_computes_the_expression():
@@ -298,23 +255,6 @@ def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,8")  # every attention to SDPA
     assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
     assert K.ATTENTION_WARPS == (2, 8)
-
-
-@pytest.mark.parametrize("value", ["256,64,64,4,4", "2048,64,64,4,4,1", "256,48,64,4,4,1", "256,64,64,0,4,1",
-                                   "256,64,64,4,4,2", "x"])
-def test_a_malformed_tiled_attention_switch_is_a_clear_error(monkeypatch, value):
-    import sprintc.kernels as K
-    from sprintc.targets.inductor import use_kernels
-    from sprintc.targets_api import TargetError
-
-    monkeypatch.setattr(K, "TILED", K.TILED)  # restored after the test
-    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
-    monkeypatch.setenv("SPRINTC_TILED_ATTENTION", value)
-    with pytest.raises(TargetError, match=r"SPRINTC_TILED_ATTENTION=.*expected tokens"):
-        use_kernels(sit)
-    monkeypatch.setenv("SPRINTC_TILED_ATTENTION", "0,128,64,8,4,0")  # full sequences to SDPA
-    assert use_kernels(sit) == 2 and all(b.attn.tiled_tokens == 0 for b in sit.blocks)
-    assert K.TILED == (0, 128, 64, 8, 4, 0)
 
 
 def test_widening_persistent_rows_patches_inductor_once_and_only_for_sprintcs_compiles():
