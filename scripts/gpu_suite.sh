@@ -78,7 +78,8 @@
 # Session S's (s1-s5) and T's are described where they are defined below. Session T's (one H100): t1 (FlashAttention-2
 #   against cuDNN for the 256-token attention), t2 (target.region_blocks 1 / 2 / 4), t3 (the glue with the fusion against
 #   SPRINTC_GLUE_REGIONS=0; the compiled-against-eager CUDA tests), t4 (the routed step as shipped and the anchor at 128).
-# Session U's (one H100) are described where they are defined below.
+# Session U's and V's (one H100) are described where they are defined below. Session V's v1 and v2 (the tiled attention,
+#   not kept) ran on a checkout of 61d02f2 and c8f9740.
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1093,6 +1094,15 @@ elif [ "$PHASE" = t4 ]; then  # session T, one H100: the routed step at 128 as s
   versions
   piece t4_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/t4_b128.json"
   [ $TINY = 0 ] && piece anchor_b128 $(( 355 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = v3 ]; then  # session V, one H100: the code as shipped (session U's): `sprintc train` on XL latents at
+  # 128 (the full-token stage after the routed one, regions of two blocks, the glue region, tuned matmuls in the captured
+  # step); then the CUDA test files with the time left (-v: what passed before a timeout)
+  gpu_info
+  versions
+  train_setup 128
+  train_each 200 shipped:xl_ddp
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" --durations=20 "$REPO/tests/test_cuda.py" \
+    "$REPO/tests/test_cublaslt.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's cuBLAS against each cuBLASLt candidate
   # (scripts/gpu_matmul_algos.py); the code as shipped at 128 (routed, dense, sampling), the routed step at 128 with
   # TORCH_BLAS_PREFER_CUBLASLT=1 (Inductor's cache warm), the routed step at 64 and 32; the anchor at 64
