@@ -1103,6 +1103,15 @@ elif [ "$PHASE" = v3 ]; then  # session V, one H100: the code as shipped (sessio
   train_each 200 shipped:xl_ddp
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" --durations=20 "$REPO/tests/test_cuda.py" \
     "$REPO/tests/test_cublaslt.py" "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = v4 ]; then  # session V, one H100: target.tune (Inductor's coordinate-descent tuning of its kernels)
+  # on the code as shipped: the routed step at 128 as shipped, then with --tune (cold: its compile time), then at 64
+  # with --tune and as shipped with the time left; one Inductor cache per arm
+  gpu_info
+  versions
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_plain piece v4_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/v4_b128.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tune piece v4_b128_tune 300 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --tune --json "$W/v4_b128_tune.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tune piece v4_b64_tune $(( 500 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --tune --json "$W/v4_b64_tune.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_plain piece v4_b64 $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/v4_b64.json"
 elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's cuBLAS against each cuBLASLt candidate
   # (scripts/gpu_matmul_algos.py); the code as shipped at 128 (routed, dense, sampling), the routed step at 128 with
   # TORCH_BLAS_PREFER_CUBLASLT=1 (Inductor's cache warm), the routed step at 64 and 32; the anchor at 64
