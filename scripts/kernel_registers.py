@@ -39,7 +39,8 @@ def compiled(fn, signature, constants, aligned, warps, arch):
 
 
 def resources(kernel, arch):
-    """Registers and spill stores (bytes) per thread by ptxas, and the count of each global load / store width."""
+    """Registers and spill stores (bytes) per thread by ptxas, the float64 instructions in the PTX, and the count of each
+    global load / store width."""
     ptx = kernel.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -52,6 +53,7 @@ def resources(kernel, arch):
         info = done.stderr
     return {"registers": int(re.search(r"Used (\d+) registers", info).group(1)),
             "spill_bytes": int(re.search(r"(\d+) bytes spill stores", info).group(1)),
+            "f64_instructions": len(re.findall(r"\.f64\b", ptx)),
             "accesses": dict(collections.Counter(m.group(0) for m in re.finditer(r"\b(ld|st)\.global(\.[a-z0-9]+)*", ptx)))}
 
 
@@ -82,12 +84,12 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
 def attention(heads=16, head_width=72, tokens=64, arch=90, warps=None):
     """{name: resources} of short_attention's forward and backward kernels at `tokens` (ATTENTION_WARPS by default)."""
     _, _, _, _, bn, bd = K._attention_shapes(torch.empty(0, heads, tokens, head_width, device="meta"))
-    const = dict(N=tokens, H=heads, DH=head_width, BN=bn, BD=bd)
+    const = dict(N=tokens, H=heads, DH=head_width, BN=bn, BD=bd, SCALE=head_width ** -0.5)
     fwd_warps, bwd_warps = warps or K.ATTENTION_WARPS
     out = {}
     for which, fn, names, w in (("forward", K._attention_fwd_kernel, "q k v o", fwd_warps),
                                 ("backward", K._attention_bwd_kernel, "q k v o do dq dk dv", bwd_warps)):
-        sig = {**{n: "*bf16" for n in names.split()}, "scale": "fp32"}
+        sig = {n: "*bf16" for n in names.split()}  # the softmax scale is a constant (SCALE)
         out[f"attention {which} {tokens} tok x {w} warps"] = resources(
             compiled(fn, sig, const, [n for n in sig if sig[n].startswith("*")], w, arch), arch)
     return out
@@ -101,7 +103,8 @@ def main():
     p.add_argument("--tokens", type=int, default=256)
     args = p.parse_args()
     for name, r in kernels(args.heads, args.head_width, args.tokens, args.arch).items():
-        print(f"{name:28s} registers {r['registers']:4d}  spill stores {r['spill_bytes']:4d} B  {r['accesses']}")
+        print(f"{name:28s} registers {r['registers']:4d}  spill stores {r['spill_bytes']:4d} B  "
+              f"f64 instructions {r['f64_instructions']}  {r['accesses']}")
 
 
 if __name__ == "__main__":

@@ -269,7 +269,9 @@ qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 
 # Attention over short sequences (the routed blocks' kept tokens: 64 at 75% drop): one program per (batch, head)
 # holding the whole sequence, so S = q k^T and the softmax stay in registers, and the backward needs no saved
-# log-sum-exp, no atomics and no second pass. A head's width is padded to a power of two (72 -> 128). Measured on an
+# log-sum-exp, no atomics and no second pass. The softmax scale is a constant (SCALE): Inductor, which launches these
+# kernels in compiled steps, passes a Python float argument as float64, and the softmax computed in float64 until
+# session V. A head's width is padded to a power of two (72 -> 128). Measured on an
 # H100 (session L) and not kept: reading a head as 64 + 16 columns (no faster; NaN at 4 warps), and persistent
 # programs with pipelined loads (faster alone, slower in the training step). SHORT_TOKENS is the longest sequence the
 # inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and the
@@ -289,38 +291,38 @@ def _head(N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, 
 
 
 @triton.jit
-def _softmax_rows(q, k, scale, N: tl.constexpr, BN: tl.constexpr):
-    """softmax(q k^T * scale) by rows in float32, padded keys left out."""
-    s = tl.dot(q, tl.trans(k)).to(tl.float32) * (scale * 1.4426950408889634)  # log2(e): exp2 below
+def _softmax_rows(q, k, SCALE: tl.constexpr, N: tl.constexpr, BN: tl.constexpr):
+    """softmax(q k^T * SCALE) by rows in float32, padded keys left out."""
+    s = tl.dot(q, tl.trans(k)).to(tl.float32) * (SCALE * 1.4426950408889634)  # log2(e): exp2 below
     s = tl.where(tl.arange(0, BN)[None, :] < N, s, float("-inf"))
     p = tl.exp2(s - tl.max(s, 1)[:, None])
     return p / tl.sum(p, 1)[:, None]
 
 
 @triton.jit
-def _attention_fwd_kernel(q, k, v, o, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
+def _attention_fwd_kernel(q, k, v, o, SCALE: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
                           BN: tl.constexpr, BD: tl.constexpr):
     at, m = _head(N, H, DH, BN, BD)
     qt = tl.load(q + at, mask=m, other=0.0)
     kt = tl.load(k + at, mask=m, other=0.0)
     vt = tl.load(v + at, mask=m, other=0.0)
-    p = _softmax_rows(qt, kt, scale, N, BN)
+    p = _softmax_rows(qt, kt, SCALE, N, BN)
     tl.store(o + at, tl.dot(p.to(vt.dtype), vt).to(o.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, scale, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                          BN: tl.constexpr, BD: tl.constexpr):
+def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, SCALE: tl.constexpr, N: tl.constexpr, H: tl.constexpr,
+                          DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     at, m = _head(N, H, DH, BN, BD)
     qt = tl.load(q + at, mask=m, other=0.0)
     kt = tl.load(k + at, mask=m, other=0.0)
     vt = tl.load(v + at, mask=m, other=0.0)
     dot = tl.load(do + at, mask=m, other=0.0)
     dt = qt.dtype
-    p = _softmax_rows(qt, kt, scale, N, BN)  # recomputed, as flash attention does, from the whole rows
+    p = _softmax_rows(qt, kt, SCALE, N, BN)  # recomputed, as flash attention does, from the whole rows
     delta = tl.sum(dot.to(tl.float32) * tl.load(o + at, mask=m, other=0.0).to(tl.float32), 1)
     tl.store(dv + at, tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
-    ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * scale).to(dt)
+    ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * SCALE).to(dt)
     tl.store(dq + at, tl.dot(ds, kt).to(dt), mask=m)
     tl.store(dk + at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
 
@@ -347,7 +349,7 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     B, H, N, DH, bn, bd = _attention_shapes(q)
     q, k, v = (_as_token_major(t) for t in (q, k, v))
     o = _token_major(q, B, N, H, DH)
-    wrap_triton(_attention_fwd_kernel)[(B * H,)](q, k, v, o, DH ** -0.5, N=N, H=H, DH=DH, BN=bn, BD=bd,
+    wrap_triton(_attention_fwd_kernel)[(B * H,)](q, k, v, o, SCALE=DH ** -0.5, N=N, H=H, DH=DH, BN=bn, BD=bd,
                                                  num_warps=ATTENTION_WARPS[0])
     return o
 
@@ -358,7 +360,7 @@ def short_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     B, H, N, DH, bn, bd = _attention_shapes(q)
     q, k, v, o, do = (_as_token_major(t) for t in (q, k, v, o, do))
     dq, dk, dv = (torch.empty_like(q) for _ in range(3))
-    wrap_triton(_attention_bwd_kernel)[(B * H,)](q, k, v, o, do, dq, dk, dv, DH ** -0.5, N=N, H=H, DH=DH,
+    wrap_triton(_attention_bwd_kernel)[(B * H,)](q, k, v, o, do, dq, dk, dv, SCALE=DH ** -0.5, N=N, H=H, DH=DH,
                                                  BN=bn, BD=bd, num_warps=ATTENTION_WARPS[1])
     return dq, dk, dv
 

@@ -214,6 +214,25 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
     for name, r in found.items():  # the attention's backward holds five whole-sequence tiles: 165 registers (Triton 3.8)
         assert r["spill_bytes"] == 0 and r["registers"] <= (192 if name.startswith("attention") else 128), (name, r)
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
+        assert r["f64_instructions"] == 0, (name, r)
+
+
+def test_no_kernel_inside_compiled_graphs_takes_a_float_argument():
+    """Inductor launches the kernels of sprintc's triton_ops itself and types a Python float argument as fp64
+    (torch/_inductor/codegen/triton_utils.py), which turns the math it touches into float64: short_attention's softmax
+    did so in every compiled step until session V (about 1,000 f64 instructions per kernel, measured in the PTX). Floats
+    go in as constants (tl.constexpr) or 0-d tensors instead."""
+    import inspect
+
+    import sprintc.kernels as K
+
+    launched = [K._fwd_kernel, K._bwd_kernel, K._attention_fwd_kernel, K._attention_bwd_kernel]  # by wrap_triton
+    source = inspect.getsource(K)
+    assert source.count("wrap_triton(") == len(launched)  # no other kernel is launched through Inductor
+    for kernel in launched:
+        params = inspect.signature(kernel.fn).parameters.values()
+        runtime = [p.name for p in params if p.annotation is inspect.Parameter.empty or "constexpr" not in str(p.annotation)]
+        assert not {"scale", "eps"} & set(runtime), (kernel.fn.__name__, runtime)
 
 
 @pytest.mark.parametrize("switch, value, message",
