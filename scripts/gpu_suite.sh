@@ -1112,6 +1112,20 @@ elif [ "$PHASE" = v4 ]; then  # session V, one H100: target.tune (Inductor's coo
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tune piece v4_b128_tune 300 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --tune --json "$W/v4_b128_tune.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tune piece v4_b64_tune $(( 500 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --tune --json "$W/v4_b64_tune.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_plain piece v4_b64 $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/v4_b64.json"
+elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/gpu_prepare.sh): short_attention's softmax
+  # scale as a constant (float32 softmax in compiled steps) against BASE's float argument (float64 under Inductor): the
+  # routed step at 128 and 64, base / new alternating, one Inductor cache per wheel; the compiled-against-eager CUDA tests
+  gpu_info
+  versions
+  base_wheel
+  for r in 1 2; do
+    ab_bench base "v5_base_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/v5_base_$r.json"
+    ab_bench new "v5_new_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/v5_new_$r.json"
+  done
+  ab_bench base v5_base_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/v5_base_b64.json"
+  ab_bench new v5_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/v5_new_b64.json"
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "short_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's cuBLAS against each cuBLASLt candidate
   # (scripts/gpu_matmul_algos.py); the code as shipped at 128 (routed, dense, sampling), the routed step at 128 with
   # TORCH_BLAS_PREFER_CUBLASLT=1 (Inductor's cache warm), the routed step at 64 and 32; the anchor at 64
