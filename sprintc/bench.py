@@ -666,10 +666,19 @@ class Bench:
 
 
 def _describe(e: BaseException) -> str:
-    """One line for a failed row: the exception and, where it wraps one (Dynamo's BackendCompilerFailed), the cause."""
+    """One line for a failed row: the exception and, where it wraps others (Dynamo's BackendCompilerFailed, Inductor's
+    errors from its compile workers), the innermost cause. A cause whose message only introduces a traceback (a compile
+    worker's "An exception occurred in a subprocess:") is named by the traceback's last line, which says what failed."""
+    inner, seen = e, {id(e)}
+    while (found := getattr(inner, "inner_exception", None) or inner.__cause__) is not None and id(found) not in seen:
+        inner = found
+        seen.add(id(found))
     text = f"{type(e).__name__}: {first_line(e)}"
-    inner = getattr(e, "inner_exception", None) or e.__cause__
-    return text + (f" <- {type(inner).__name__}: {first_line(inner)}" if inner is not None else "")
+    if inner is e:
+        return text
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    why = lines[-1][:300] if len(lines) > 1 and lines[0].endswith(":") else first_line(inner)
+    return f"{text} <- {type(inner).__name__}: {why}"
 
 
 def _sig(v, digits=4):

@@ -99,17 +99,39 @@ def test_unknown_spec_exits_2(capsys):
     assert main(["bench", "specs/no_such_spec.yaml", "--device", "cpu"]) == 2
 
 
-def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch):
+class SubprocException(Exception):  # as Inductor's compile workers report a failure: a traceback after one line
+    pass
+
+
+def inductor_worker_failure():
+    worker = SubprocException("An exception occurred in a subprocess:\n\nName=triton\nTraceback (most recent call "
+                              "last):\n  File \"compiler.py\", line 80, in make_ir\n"
+                              "AssertionError: the loop redefines acc as fp64\n")
+    try:
+        raise worker
+    except SubprocException as cause:
+        raise RuntimeError("SubprocException: An exception occurred in a subprocess:") from cause
+
+
+def wrapped_failure():  # a compiler failure that wraps its cause, as Dynamo's BackendCompilerFailed does
+    try:
+        raise RuntimeError("block size too large")
+    except RuntimeError as cause:
+        raise ValueError("backend='inductor' raised:\n\nmore text") from cause
+
+
+@pytest.mark.parametrize("failure, why", [
+    (wrapped_failure, "ValueError: backend='inductor' raised: <- RuntimeError: block size too large"),
+    (inductor_worker_failure, "RuntimeError: SubprocException: An exception occurred in a subprocess: "
+                              "<- SubprocException: AssertionError: the loop redefines acc as fp64")])
+def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch, failure, why):
     import sprintc.bench as bench
 
     real = bench._loss_fn
 
-    def dense_fails(model, *batch):  # a compiler failure that wraps its cause, as Dynamo's BackendCompilerFailed does
+    def dense_fails(model, *batch):
         if not getattr(model.sprint, "routing", True):
-            try:
-                raise RuntimeError("block size too large")
-            except RuntimeError as cause:
-                raise ValueError("backend='inductor' raised:\n\nmore text") from cause
+            failure()
         return real(model, *batch)
 
     monkeypatch.setattr(bench, "_loss_fn", dense_fails)
@@ -124,4 +146,4 @@ def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch):
     assert d["meta"]["master_weights"] is False and d["meta"]["pdl"] is False and d["meta"]["region_blocks"] == 3
     rows = {r["graph"]: r for r in d["train"]}
     assert rows["routed"]["ms"] > 0 and "error" not in rows["routed"]
-    assert rows["dense"]["error"] == "ValueError: backend='inductor' raised: <- RuntimeError: block size too large"
+    assert rows["dense"]["error"] == why
