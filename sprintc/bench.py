@@ -677,7 +677,7 @@ def _describe(e: BaseException) -> str:
     if inner is e:
         return text
     lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
-    why = lines[-1][:300] if len(lines) > 1 and lines[0].endswith(":") else first_line(inner)
+    why = first_line(lines[-1] if len(lines) > 1 and lines[0].endswith(":") else inner)
     return f"{text} <- {type(inner).__name__}: {why}"
 
 

@@ -21,7 +21,8 @@ class DataError(SprintcError):
     """A data folder or file that is missing, empty, corrupt or does not match the spec."""
 
 
-def first_line(e: BaseException, limit: int = 300) -> str:
-    """The first non-blank line of an exception's message (none at all: ""), for one-line error reports."""
+def first_line(e: BaseException | str, limit: int = 300) -> str:
+    """The first non-blank line of an exception's message or of a text (none at all: ""), clipped to `limit`
+    characters, for one-line error reports."""
     line = next((s.strip() for s in str(e).splitlines() if s.strip()), "")
     return line if len(line) <= limit else line[: limit - 3] + "..."
