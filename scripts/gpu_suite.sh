@@ -1112,6 +1112,15 @@ elif [ "$PHASE" = v4 ]; then  # session V, one H100: target.tune (Inductor's coo
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tune piece v4_b128_tune 300 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --tune --json "$W/v4_b128_tune.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tune piece v4_b64_tune $(( 500 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --tune --json "$W/v4_b64_tune.json"
   TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_plain piece v4_b64 $(( 560 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/v4_b64.json"
+elif [ "$PHASE" = w2 ]; then  # session W, one H100: the routed step as shipped (float32 softmax) profiled at 128 and 64,
+  # the sources of Inductor's kernels it ran, then the anchor at 128 for a same-call ratio
+  gpu_info
+  versions
+  export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_w2
+  piece w2_b128 150 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/w2_b128.json"
+  piece w2_b64 120 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/w2_b64.json"
+  (cd /tmp/inductor_w2 && grep -rl --include='*.py' "triton.jit" . | tar czf "$W/inductor_kernels.tgz" -T -) 2>/dev/null
+  [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/gpu_prepare.sh): short_attention's softmax
   # scale as a constant (float32 softmax in compiled steps) against BASE's float argument (float64 under Inductor): the
   # routed step at 128 and 64, base / new alternating, one Inductor cache per wheel; the compiled-against-eager CUDA tests

@@ -406,7 +406,7 @@ class Bench:
         avg = prof.key_averages()
         text = f"{self.tag}{name}: {n} steps\n"
         if self.device.type == "cuda":
-            text += "-- by device time\n" + avg.table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=90)
+            text += "-- by device time\n" + avg.table(sort_by="self_cuda_time_total", row_limit=250, max_name_column_width=120)
         text += "\n-- by host time\n" + avg.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90)
         (self.profile / f"profile_{self.tag}{name}.txt").write_text(text + "\n")
 
