@@ -1121,6 +1121,20 @@ elif [ "$PHASE" = w2 ]; then  # session W, one H100: the routed step as shipped 
   piece w2_b64 120 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --profile "$W/prof" --json "$W/w2_b64.json"
   (cd /tmp/inductor_w2 && grep -rl --include='*.py' "triton.jit" . | tar czf "$W/inductor_kernels.tgz" -T -) 2>/dev/null
   [ $TINY = 0 ] && piece anchor_b128 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 128)
+elif [ "$PHASE" = w3 ]; then  # session W, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the kernels'
+  # outputs allocated by torch.empty (no copies of a merged empty_strided buffer) against BASE: the routed step at 128
+  # and 64, base / new alternating, one Inductor cache per wheel; then the CUDA tests of the kernels
+  gpu_info
+  versions
+  base_wheel
+  for r in 1 2; do
+    ab_bench base "w3_base_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w3_base_$r.json"
+    ab_bench new "w3_new_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w3_new_$r.json"
+  done
+  ab_bench base w3_base_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w3_base_b64.json"
+  ab_bench new w3_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w3_new_b64.json"
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "without_copies or short_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/gpu_prepare.sh): short_attention's softmax
   # scale as a constant (float32 softmax in compiled steps) against BASE's float argument (float64 under Inductor): the
   # routed step at 128 and 64, base / new alternating, one Inductor cache per wheel; the compiled-against-eager CUDA tests

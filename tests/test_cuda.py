@@ -205,6 +205,33 @@ def test_inductor_with_qk_kernels_equals_eager(dtype, qk_norm):
     assert not counters["graph_break"]
 
 
+def test_the_kernels_write_their_outputs_without_copies():
+    """Inductor runs sprintc's kernels on the buffers they write: no output is cloned before a kernel writes it (a
+    clone of an uninitialised buffer is a whole pass over the tensor). torch 2.11 merged identical empty_strided
+    allocations of one graph into one buffer and then copied it once per kernel; sprintc allocates with torch.empty."""
+    pytest.importorskip("triton")
+    from torch._dynamo.utils import ReinplaceCounters, counters
+
+    from sprintc.targets_api import lower
+    from test_targets import inputs, small
+
+    torch._dynamo.reset()
+    counters.clear()
+    ReinplaceCounters.clear()
+    model = lower(small().model, {"name": "inductor", "dtype": "bfloat16", "kernels": True}, device="cuda")
+    assert all(b.attn.fused_qk and b.attn.short_tokens == 64 for b in model.blocks)
+    x, t, y = (a.cuda() for a in inputs(batch=4))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randperm(16, generator=g)[:4] for _ in range(4)]).cuda()
+    model.train()
+    model(x, t, y, ids_keep=ids).float().square().mean().backward()
+    model.eval()
+    with torch.no_grad():
+        model(x, t, y)
+    assert counters["stats"]["unique_graphs"] > 0  # the regions were compiled (the counters below are Inductor's)
+    assert ReinplaceCounters.get_total_missed() == 0, dict(ReinplaceCounters._values)
+
+
 @pytest.mark.parametrize("epilogue", ["1", "sample", "0"])
 def test_sampling_with_the_gelu_epilogue_equals_eager(monkeypatch, epilogue):
     """Where no gradient is taken, the inductor target runs the MLP's fc1 bias and GELU in cuBLASLt's epilogue
