@@ -1135,6 +1135,21 @@ elif [ "$PHASE" = w3 ]; then  # session W, one H100 (BASE=<the commit before> sc
   ab_bench new w3_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w3_new_b64.json"
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "without_copies or short_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = w4 ]; then  # session W, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the routed blocks'
+  # attention as one op reading v from qkv and writing dv into dqkv (qkv_attention) against BASE (qk_norm_rope, then
+  # short_attention, v and dv copied): the routed step at 128 and 64, alternating, one Inductor cache per wheel; the
+  # CUDA tests of the kernels
+  gpu_info
+  versions
+  base_wheel
+  for r in 1 2; do
+    ab_bench base "w4_base_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w4_base_$r.json"
+    ab_bench new "w4_new_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w4_new_$r.json"
+  done
+  ab_bench base w4_base_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w4_base_b64.json"
+  ab_bench new w4_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w4_new_b64.json"
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/gpu_prepare.sh): short_attention's softmax
   # scale as a constant (float32 softmax in compiled steps) against BASE's float argument (float64 under Inductor): the
   # routed step at 128 and 64, base / new alternating, one Inductor cache per wheel; the compiled-against-eager CUDA tests

@@ -63,14 +63,16 @@ class Attention(nn.Module):
         # Inductor's code for this expression (docs/PERFORMANCE.md, session J); elsewhere the plain form
         B, N, D = x.shape
         qkv = self.qkv(x)
+        short = (N <= self.short_tokens and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
+                 and D // self.heads <= 128)
+        if self.fused_qk and qkv.is_cuda and short:  # v read where qkv holds it (no copy of v and of its gradient)
+            x = torch.ops.sprintc.qkv_attention(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)[0]
+            return self.proj(x.transpose(1, 2).reshape(B, N, D))
         if self.fused_qk and qkv.is_cuda:
             q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
         else:
             q, k, v = self.split_heads(qkv, rope)
-        if N <= self.short_tokens and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] <= 128:
-            x = torch.ops.sprintc.short_attention(q, k, v)
-        else:
-            x = F.scaled_dot_product_attention(q, k, v)
+        x = torch.ops.sprintc.short_attention(q, k, v) if short else F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 

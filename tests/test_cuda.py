@@ -130,6 +130,31 @@ def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
         assert (a.float() - b.float()).norm() / b.float().norm() < 1e-2
 
 
+@pytest.mark.parametrize("rope_kind", ["routed", "none"])
+def test_qkv_attention_at_the_xl_head_shape_matches_the_expression(rope_kind):
+    """The routed blocks' attention (q/k norm + RoPE, then attention over v read from qkv, dv written into dqkv),
+    compiled for the GPU at XL's 16 heads of 72 and 64 kept tokens, bf16, against the model's expression in float32."""
+    pytest.importorskip("triton")
+    from sprintc.kernels import qkv_attention
+
+    torch.manual_seed(0)
+    B, N, H, DH = 16, 64, 16, 72
+    attn = Attention(H * DH, H, "rms").cuda()
+    for w in (attn.q_norm.weight, attn.k_norm.weight):
+        w.data.uniform_(0.5, 1.5)
+    rope = rope_angles((16, 16), DH).cuda()[torch.stack([torch.randperm(256)[:N] for _ in range(B)]).cuda()]
+    rope = rope if rope_kind == "routed" else None
+    qkv = torch.randn(B, N, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
+    ref = torch.nn.functional.scaled_dot_product_attention(*attn.split_heads(qkv.float(), rope))
+    out = qkv_attention(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)[0]
+    g = torch.randn_like(ref)
+    wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)
+    want = torch.autograd.grad(ref, wrt, g)
+    got = torch.autograd.grad(out, wrt, g.bfloat16())
+    for a, b in zip([out, *got], [ref, *want]):
+        assert (a.float() - b).norm() / b.norm() < 1e-2
+
+
 @pytest.mark.parametrize("tokens, dtype", [(64, torch.bfloat16), (13, torch.bfloat16), (64, torch.float16)])
 def test_short_attention_at_the_xl_head_shape_matches_sdpa(tokens, dtype):
     """sprintc's attention for the routed blocks (64 kept tokens of XL's 16 heads of 72), bf16 or fp16 (the dtypes the

@@ -109,6 +109,41 @@ def test_short_attention_matches_sdpa_forward_and_backward():
     interpreted(ATTENTION_CHECK, "attention ok")
 
 
+QKV_CHECK = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from sprintc.kernels import qkv_attention
+    from sprintc.model import Attention, rope_angles
+
+    torch.manual_seed(0)
+    # the routed blocks' op: q/k RMSNorm + RoPE, then attention over v read in place; against the model's expression
+    for B, N, H, DH, dtype in ((3, 13, 3, 10, torch.float64), (1, 64, 2, 72, torch.float32), (2, 5, 1, 16, torch.float64)):
+        attn = Attention(H * DH, H, "rms").to(dtype)
+        for w in (attn.q_norm.weight, attn.k_norm.weight):
+            w.data.uniform_(0.5, 1.5)
+        table = rope_angles((N, 1), DH).to(dtype)
+        for kind in ("shared", "routed", "none"):
+            rope = {"shared": table, "routed": table[torch.stack([torch.randperm(N) for _ in range(B)])], "none": None}[kind]
+            qkv = torch.randn(B, N, 3 * H * DH, dtype=dtype, requires_grad=True)
+            ref = F.scaled_dot_product_attention(*attn.split_heads(qkv, rope))
+            out = qkv_attention(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)[0]
+            assert out.shape == ref.shape and out.transpose(1, 2).is_contiguous(), (kind, out.shape, out.stride())
+            assert (out - ref).abs().max() < 1e-5, (kind, (out - ref).abs().max())
+            g = torch.randn(B, N, H, DH, dtype=dtype).transpose(1, 2)  # the layout the projection's backward gives
+            wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)
+            want = torch.autograd.grad(ref, wrt, g)
+            got = torch.autograd.grad(out, wrt, g)
+            for name, a, b in zip(("qkv", "wq", "wk"), got, want):
+                assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max()), (kind, name, (a - b).abs().max())
+    print("qkv attention ok")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU tests/test_cuda.py runs the compiled kernels")
+def test_qkv_attention_matches_the_expression_forward_and_backward():
+    interpreted(QKV_CHECK, "qkv attention ok")
+
+
 def test_use_kernels_marks_every_attention_for_short_sequences_and_the_rms_ones_for_qk():
     from sprintc.kernels import SHORT_TOKENS, use_kernels
 
@@ -210,7 +245,7 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
     except RuntimeError as e:  # Triton's knobs raise when they find no ptxas at all
         pytest.skip(f"this triton has no ptxas: {e}")
     found = tool.kernels(heads, width)
-    assert len(found) == 4  # q/k forward and backward, short attention's forward and backward
+    assert len(found) == 8  # q/k forward and backward, short attention's forward and backward, each in two layouts
     for name, r in found.items():  # the attention's backward holds five whole-sequence tiles: 165 registers (Triton 3.8)
         assert r["spill_bytes"] == 0 and r["registers"] <= (192 if name.startswith("attention") else 128), (name, r)
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
