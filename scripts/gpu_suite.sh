@@ -1150,6 +1150,13 @@ elif [ "$PHASE" = w4 ]; then  # session W, one H100 (BASE=<the commit before> sc
   ab_bench new w4_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w4_new_b64.json"
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = w5 ]; then  # session W, one H100: the code as shipped beside the anchor, batch 128 then 64, in sequence
+  gpu_info
+  versions
+  piece w5_b128 120 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w5_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 230 0 $(anchor 128)
+  piece w5_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w5_b64.json"
+  [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
 elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/gpu_prepare.sh): short_attention's softmax
   # scale as a constant (float32 softmax in compiled steps) against BASE's float argument (float64 under Inductor): the
   # routed step at 128 and 64, base / new alternating, one Inductor cache per wheel; the compiled-against-eager CUDA tests
