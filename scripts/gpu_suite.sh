@@ -1157,6 +1157,12 @@ elif [ "$PHASE" = w5 ]; then  # session W, one H100: the code as shipped beside 
   [ $TINY = 0 ] && piece anchor_b128 230 0 $(anchor 128)
   piece w5_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w5_b64.json"
   [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
+elif [ "$PHASE" = w6 ]; then  # session W, one H100: the anchor's training rows at 128 (stopped in its sampling), then the
+  # routed step at 128 as shipped and with target.tune, one cache each, in sequence on the same card
+  gpu_info
+  [ $TINY = 0 ] && piece anchor_b128 180 0 $(anchor 128)
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_shipped piece w6_b128 100 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w6_b128.json"
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_tune piece w6_b128_tune $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --tune --json "$W/w6_b128_tune.json"
 elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/gpu_prepare.sh): short_attention's softmax
   # scale as a constant (float32 softmax in compiled steps) against BASE's float argument (float64 under Inductor): the
   # routed step at 128 and 64, base / new alternating, one Inductor cache per wheel; the compiled-against-eager CUDA tests
