@@ -11,7 +11,9 @@ per SM), summing the weights' gradients in registers.
 
 `short_attention(q, k, v)` is scaled_dot_product_attention for sequences of at most 64 tokens (the routed blocks'
 kept tokens at 75% drop), forward and backward, one program per (batch, head) holding the whole sequence; its output
-is token-major, so the projection's reshape is a view.
+is token-major, so the projection's reshape is a view. `qkv_attention(qkv, wq, wk, rope, eps)` is the two in a row as
+the routed blocks run them: the q/k kernel for q and k only, then the attention reading v where qkv holds it; its
+backward writes dv into the qkv projection's gradient, so neither v nor dv is copied.
 
 The inductor target uses them in training and sampling steps on CUDA, where they were measured faster than
 Inductor's code for the expression and than cuDNN's attention at 64 tokens (docs/PERFORMANCE.md, sessions J and L).
