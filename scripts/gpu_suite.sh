@@ -195,6 +195,18 @@ ab_bench() {  # ab_bench base|new NAME TIMEOUT ARGS...: `$BENCH ARGS` as piece N
   PYTHONPATH=$([ "$wheel" = base ] && echo /tmp/site_base:/tmp/site || echo /tmp/site) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$wheel \
     piece "$name" "$t" 0 $BENCH "$@"
 }
+ab_routed() {  # ab_routed PREFIX: the routed CUDA-graph step with the wheel of BASE and this one, alternating: at 128
+  # twice (the first pass compiling cold), then at 64 once each; pieces PREFIX_base_1, PREFIX_new_1, ..., PREFIX_new_b64
+  local r wheel
+  for r in 1 2; do
+    for wheel in base new; do
+      ab_bench $wheel "${1}_${wheel}_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/${1}_${wheel}_$r.json"
+    done
+  done
+  for wheel in base new; do
+    ab_bench $wheel "${1}_${wheel}_b64" 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/${1}_${wheel}_b64.json"
+  done
+}
 bench_variant() {  # bench_variant NAME 'YAML': $W/NAME.yaml, the bench's spec with YAML on top
   printf 'extends: %s\nname: %s\n%s\n' "$SPEC" "$1" "$2" > "$W/$1.yaml"
 }
@@ -1127,12 +1139,7 @@ elif [ "$PHASE" = w3 ]; then  # session W, one H100 (BASE=<the commit before> sc
   gpu_info
   versions
   base_wheel
-  for r in 1 2; do
-    ab_bench base "w3_base_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w3_base_$r.json"
-    ab_bench new "w3_new_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w3_new_$r.json"
-  done
-  ab_bench base w3_base_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w3_base_b64.json"
-  ab_bench new w3_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w3_new_b64.json"
+  ab_routed w3
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "without_copies or short_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = w4 ]; then  # session W, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the routed blocks'
@@ -1142,12 +1149,7 @@ elif [ "$PHASE" = w4 ]; then  # session W, one H100 (BASE=<the commit before> sc
   gpu_info
   versions
   base_wheel
-  for r in 1 2; do
-    ab_bench base "w4_base_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w4_base_$r.json"
-    ab_bench new "w4_new_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/w4_new_$r.json"
-  done
-  ab_bench base w4_base_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w4_base_b64.json"
-  ab_bench new w4_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/w4_new_b64.json"
+  ab_routed w4
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = w5 ]; then  # session W, one H100: the code as shipped beside the anchor, batch 128 then 64, in sequence
@@ -1169,12 +1171,7 @@ elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/
   gpu_info
   versions
   base_wheel
-  for r in 1 2; do
-    ab_bench base "v5_base_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/v5_base_$r.json"
-    ab_bench new "v5_new_$r" $([ $r = 1 ] && echo 110 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/v5_new_$r.json"
-  done
-  ab_bench base v5_base_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/v5_base_b64.json"
-  ab_bench new v5_new_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/v5_new_b64.json"
+  ab_routed v5
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "short_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's cuBLAS against each cuBLASLt candidate

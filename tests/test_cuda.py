@@ -103,6 +103,20 @@ def test_a_steps_loss_is_read_without_waiting_for_the_work_queued_after_it():
     torch.cuda.synchronize()
 
 
+def xl_attention(B, N, kept):
+    """XL's attention (16 heads of 72, RMS q/k norms with weights away from 1) and RoPE's table for N tokens, or for
+    `kept` of them drawn per sample (the routed blocks' table)."""
+    H, DH = 16, 72
+    attn = Attention(H * DH, H, "rms").cuda()
+    for w in (attn.q_norm.weight, attn.k_norm.weight):
+        w.data.uniform_(0.5, 1.5)
+    side = int(N ** 0.5)
+    rope = rope_angles((side, side), DH).cuda()
+    if kept:
+        rope = rope[torch.stack([torch.randperm(N)[:kept] for _ in range(B)]).cuda()]
+    return attn, rope, H, DH
+
+
 @pytest.mark.parametrize("routed", [False, True])
 def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
     """sprintc/kernels.py compiled for the GPU, XL's 16 heads of 72, bf16 as under autocast."""
@@ -110,13 +124,8 @@ def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
     from sprintc.kernels import qk_norm_rope
 
     torch.manual_seed(0)
-    B, N, H, DH = 8, 64, 16, 72
-    attn = Attention(H * DH, H, "rms").cuda()
-    for w in (attn.q_norm.weight, attn.k_norm.weight):
-        w.data.uniform_(0.5, 1.5)
-    rope = rope_angles((8, 8), DH).cuda()
-    if routed:
-        rope = rope[torch.stack([torch.randperm(N)[:N // 4] for _ in range(B)]).cuda()]
+    B, N = 8, 64
+    attn, rope, H, DH = xl_attention(B, N, N // 4 if routed else 0)
     M = rope.shape[-2]
     qkv = torch.randn(B, M, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
 
@@ -138,11 +147,8 @@ def test_qkv_attention_at_the_xl_head_shape_matches_the_expression(rope_kind):
     from sprintc.kernels import qkv_attention
 
     torch.manual_seed(0)
-    B, N, H, DH = 16, 64, 16, 72
-    attn = Attention(H * DH, H, "rms").cuda()
-    for w in (attn.q_norm.weight, attn.k_norm.weight):
-        w.data.uniform_(0.5, 1.5)
-    rope = rope_angles((16, 16), DH).cuda()[torch.stack([torch.randperm(256)[:N] for _ in range(B)]).cuda()]
+    B, N = 16, 64
+    attn, rope, H, DH = xl_attention(B, 256, N)
     rope = rope if rope_kind == "routed" else None
     qkv = torch.randn(B, N, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
     ref = torch.nn.functional.scaled_dot_product_attention(*attn.split_heads(qkv.float(), rope))
