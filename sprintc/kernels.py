@@ -436,9 +436,10 @@ short_attention.register_autograd(_attention_backward, setup_context=_attention_
 # reading v where the qkv projection left it; the backward writes dv into the qkv projection's gradient and the q/k
 # kernel its q and k columns. Against qk_norm_rope then short_attention this skips copying v in the forward and dv in
 # the backward (4 D of traffic per token, and D fewer saved). q and k are outputs so that the backward can read them.
-def _qkv_view(qkv, which, B, N, H, DH):
-    """q, k or v (which 0, 1, 2) of the contiguous qkv as a (B, H, N, DH) view."""
-    return qkv.view(B, N, 3, H, DH)[:, :, which].transpose(1, 2)
+def _v_view(qkv, q):
+    """v of the contiguous qkv as a (B, H, N, Dh) view, shaped as q."""
+    B, H, N, DH = q.shape
+    return qkv.view(B, N, 3, H, DH)[:, :, 2].transpose(1, 2)
 
 
 @triton_op("sprintc::qkv_attention", mutates_args={})
@@ -446,9 +447,8 @@ def qkv_attention(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: O
                   eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(o, q, k): short_attention(q, k, v) of qk_norm_rope(qkv, wq, wk, rope, eps)'s q, k, v, without copying v."""
     qkv = qkv.contiguous()
-    B, N, H, DH, *_ = _shapes(qkv, wq, rope)
     q, k = _qk_forward(qkv, wq, wk, rope, eps, with_v=False)
-    return _attention_forward(q, k, _qkv_view(qkv, 2, B, N, H, DH)), q, k
+    return _attention_forward(q, k, _v_view(qkv, q)), q, k
 
 
 @triton_op("sprintc::qkv_attention_backward", mutates_args={})
@@ -456,9 +456,9 @@ def qkv_attention_backward(do: torch.Tensor, qkv: torch.Tensor, q: torch.Tensor,
                            wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
                            eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
-    B, N, H, DH, *_ = _shapes(qkv, wq, rope)
     dqkv = torch.empty_like(qkv)
-    dq, dk = _attention_backward_into(do, q, k, _qkv_view(qkv, 2, B, N, H, DH), o, dqkv, 2 * H * DH, 3 * H * DH)
+    D = qkv.shape[-1] // 3
+    dq, dk = _attention_backward_into(do, q, k, _v_view(qkv, q), o, dqkv, 2 * D, 3 * D)
     return dqkv, *_qk_backward(dq, dk, None, qkv, dqkv, wq, wk, rope, eps)
 
 
