@@ -207,6 +207,15 @@ ab_routed() {  # ab_routed PREFIX: the routed CUDA-graph step with the wheel of 
     ab_bench $wheel "${1}_${wheel}_b64" 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/${1}_${wheel}_b64.json"
   done
 }
+ab_phase() {  # ab_phase PREFIX TESTS: an A/B phase (BASE=REV scripts/gpu_prepare.sh): ab_routed PREFIX, then the CUDA
+  # tests selected by the pytest expression TESTS with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_routed "$1"
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "$2" -p no:cacheprovider --rootdir "$REPO"
+}
 bench_variant() {  # bench_variant NAME 'YAML': $W/NAME.yaml, the bench's spec with YAML on top
   printf 'extends: %s\nname: %s\n%s\n' "$SPEC" "$1" "$2" > "$W/$1.yaml"
 }
@@ -1136,22 +1145,12 @@ elif [ "$PHASE" = w2 ]; then  # session W, one H100: the routed step as shipped 
 elif [ "$PHASE" = w3 ]; then  # session W, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the kernels'
   # outputs allocated by torch.empty (no copies of a merged empty_strided buffer) against BASE: the routed step at 128
   # and 64, base / new alternating, one Inductor cache per wheel; then the CUDA tests of the kernels
-  gpu_info
-  versions
-  base_wheel
-  ab_routed w3
-  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "without_copies or short_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  ab_phase w3 "without_copies or short_attention or qk_kernels_equals_eager or cuda_graph_training"
 elif [ "$PHASE" = w4 ]; then  # session W, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the routed blocks'
   # attention as one op reading v from qkv and writing dv into dqkv (qkv_attention) against BASE (qk_norm_rope, then
   # short_attention, v and dv copied): the routed step at 128 and 64, alternating, one Inductor cache per wheel; the
   # CUDA tests of the kernels
-  gpu_info
-  versions
-  base_wheel
-  ab_routed w4
-  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  ab_phase w4 "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training"
 elif [ "$PHASE" = w5 ]; then  # session W, one H100: the code as shipped beside the anchor, batch 128 then 64, in sequence
   gpu_info
   versions
@@ -1168,12 +1167,7 @@ elif [ "$PHASE" = w6 ]; then  # session W, one H100: the anchor's training rows 
 elif [ "$PHASE" = v5 ]; then  # after session V, one H100 (BASE=d1a6da4 scripts/gpu_prepare.sh): short_attention's softmax
   # scale as a constant (float32 softmax in compiled steps) against BASE's float argument (float64 under Inductor): the
   # routed step at 128 and 64, base / new alternating, one Inductor cache per wheel; the compiled-against-eager CUDA tests
-  gpu_info
-  versions
-  base_wheel
-  ab_routed v5
-  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "short_attention or qk_kernels_equals_eager or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  ab_phase v5 "short_attention or qk_kernels_equals_eager or cuda_graph_training"
 elif [ "$PHASE" = u1 ]; then  # session U, one H100: XL's matmuls alone, torch's cuBLAS against each cuBLASLt candidate
   # (scripts/gpu_matmul_algos.py); the code as shipped at 128 (routed, dense, sampling), the routed step at 128 with
   # TORCH_BLAS_PREFER_CUBLASLT=1 (Inductor's cache warm), the routed step at 64 and 32; the anchor at 64
