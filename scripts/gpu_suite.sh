@@ -1151,25 +1151,6 @@ elif [ "$PHASE" = w4 ]; then  # session W, one H100 (BASE=<the commit before> sc
   # short_attention, v and dv copied): the routed step at 128 and 64, alternating, one Inductor cache per wheel; the
   # CUDA tests of the kernels
   ab_phase w4 "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training"
-elif [ "$PHASE" = x1 ]; then  # session X, one H100 (BASE=40bc4ad scripts/gpu_prepare.sh): qkv_attention's forward as one
-  # kernel (q/k norm and RoPE in the attention's prologue, nothing but the output written) and its backward's attention
-  # recomputing q and k: the kernels alone at four warp pairs (scripts/gpu_qkv_attention.py), the fastest kept for the
-  # step; the CUDA tests of the kernels; the routed step at 128 and 64 against BASE, one Inductor cache per wheel
-  gpu_info
-  versions
-  piece qkv_micro 100 0 python3 "$REPO/scripts/gpu_qkv_attention.py" --json "$W/qkv_micro.json"
-  best=$(python3 -c "
-import json
-rows = [r for r in json.load(open('$W/qkv_micro.json')) if r['code'] == 'qkv_attention' and r['fwd_bwd_ms']]
-print(min(rows, key=lambda r: r['fwd_bwd_ms'])['warps'])" 2>/dev/null || echo 8,8)
-  echo "qkv_attention warps for the step: $best" | tee "$W/qkv_best.txt"
-  piece pytest_cuda 170 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
-  base_wheel
-  ab_bench base x1_base_1 110 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/x1_base_1.json"
-  SPRINTC_SHORT_ATTENTION=64,4,4,$best ab_bench new x1_new_1 110 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/x1_new_1.json"
-  ab_bench base x1_base_b64 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/x1_base_b64.json"
-  SPRINTC_SHORT_ATTENTION=64,4,4,$best ab_bench new x1_new_b64 $(( 590 - ($(date +%s) - T0) )) --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/x1_new_b64.json"
 elif [ "$PHASE" = w5 ]; then  # session W, one H100: the code as shipped beside the anchor, batch 128 then 64, in sequence
   gpu_info
   versions

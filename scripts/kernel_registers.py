@@ -67,14 +67,15 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
     da, db = K._split(DH)
     sig = {"qkv": "*bf16", "wq": "*fp32", "wk": "*fp32", "rope": "*fp32", "q_out": "*bf16", "k_out": "*bf16",
            "v_out": "*bf16", "n_tok": "i32", "s_rb": "i32", "s_rn": "i32"}
-    fwd = compiled(K._fwd_kernel, sig, {**common, "T": t, "DA": da, "DB": db},
-                   [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
-    out[f"forward {t} tok x {warps} warps"] = resources(fwd, arch)
+    for with_v in (True, False):  # qk_norm_rope's (v copied); qkv_attention's (q and k only)
+        fwd = compiled(K._fwd_kernel, sig, {**common, "T": t, "DA": da, "DB": db, "WITH_V": with_v},
+                       [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
+        out[f"forward {t} tok x {warps} warps{'' if with_v else ', q k'}"] = resources(fwd, arch)
     t, warps, _ = K._tiles("bwd")
     sig = {**{n: "*bf16" for n in ("dq", "dk", "dv", "qkv", "dqkv")}, "wq": "*fp32", "wk": "*fp32", "rope": "*fp32",
            "dw_part": "*fp32", "n_tok": "i32", "n_tiles": "i32", "s_rb": "i32", "s_rn": "i32"}
     strides = dict(S0=N * H * DH, S1=DH, S2=H * DH)  # token-major gradients, as attention's backward gives them
-    for with_v in (True, False):  # qk_norm_rope's (v's gradient copied); qkv_attention's (q and k only)
+    for with_v in (True, False):
         bwd = compiled(K._bwd_kernel, sig, {**common, **strides, "T": t, "BLOCK_D": triton.next_power_of_2(DH),
                                             "WITH_V": with_v},
                        [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
@@ -83,29 +84,22 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
     return out
 
 
-def attention(heads=16, head_width=72, tokens=64, arch=90, warps=None, qkv_warps=None):
+def attention(heads=16, head_width=72, tokens=64, arch=90, warps=None):
     """{name: resources} of short_attention's forward and backward kernels at `tokens` (ATTENTION_WARPS by default),
-    on token-major q, k, v and on views of the qkv projection's output, and of qkv_attention's (q/k norm and RoPE
-    inside; QKV_ATTENTION_WARPS by default)."""
+    on token-major q, k, v and as qkv_attention runs them (v read from, dv written into, the qkv layout)."""
     _, _, _, _, bn, bd = K._attention_shapes(torch.empty(0, heads, tokens, head_width, device="meta"))
     const = dict(N=tokens, H=heads, DH=head_width, BN=bn, BD=bd, SCALE=head_width ** -0.5)
     fwd_warps, bwd_warps = warps or K.ATTENTION_WARPS
     row = heads * head_width
     out = {}
-    for layout, rows in (("", dict(QR=row, KR=row, VR=row)), (", qkv views", dict(QR=3 * row, KR=3 * row, VR=3 * row))):
+    for layout, rows in (("", dict(QR=row, KR=row, VR=row, DV_AT=0, DVR=row)),
+                         (", v in qkv", dict(QR=row, KR=row, VR=3 * row, DV_AT=2 * row, DVR=3 * row))):
         for which, fn, names, w in (("forward", K._attention_fwd_kernel, "q k v o", fwd_warps),
                                     ("backward", K._attention_bwd_kernel, "q k v o do dq dk dv", bwd_warps)):
             sig = {n: "*bf16" for n in names.split()}  # the softmax scale is a constant (SCALE)
+            used = {n: rows[n] for n in rows if n in fn.arg_names}
             out[f"attention {which} {tokens} tok x {w} warps{layout}"] = resources(
-                compiled(fn, sig, {**const, **rows}, list(sig), w, arch), arch)
-    fused = {**const, "EPS": 1e-6, "HAS_ROPE": True}
-    fwd_warps, bwd_warps = qkv_warps or K.QKV_ATTENTION_WARPS
-    for which, fn, names, w in (("forward", K._qkv_attention_fwd_kernel, "qkv o", fwd_warps),
-                                ("backward", K._qkv_attention_bwd_kernel, "qkv o do dq dk dqkv", bwd_warps)):
-        sig = {**{n: "*bf16" for n in names.split()}, "wq": "*fp32", "wk": "*fp32", "rope": "*fp32", "s_rb": "i32",
-               "s_rn": "i32"}
-        out[f"qkv attention {which} {tokens} tok x {w} warps"] = resources(
-            compiled(fn, sig, fused, list(sig), w, arch), arch)
+                compiled(fn, sig, {**const, **used}, [n for n in sig if sig[n].startswith("*")], w, arch), arch)
     return out
 
 

@@ -92,10 +92,11 @@ def _norm_rope(x, rstd, w, rope, b, n, tok, n_tok, s_rb, s_rn, d, dmask, DH: tl.
 @triton.jit
 def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_tok, s_rb, s_rn,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
-                BLOCK_H: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_ROPE: tl.constexpr):
-    # program axis 1 picks q, k or v (v is copied): one branch per program
+                BLOCK_H: tl.constexpr, DA: tl.constexpr, DB: tl.constexpr, HAS_ROPE: tl.constexpr,
+                WITH_V: tl.constexpr):
+    # program axis 1 picks q, k or v (v is copied, WITH_V): one branch per program
     which = tl.program_id(1)
-    w, out = _pick(which, wq, wk, q_out, k_out, v_out, True)
+    w, out = _pick(which, wq, wk, q_out, k_out, v_out, WITH_V)
     dt = q_out.dtype.element_ty
     tok, h, b, n, rows = _rows(tl.program_id(0), n_tok, N, H, T, BLOCK_H)
     src = qkv + tok * (3 * H * DH) + which * (H * DH) + h * DH
@@ -217,19 +218,24 @@ def _split(DH):
     return da, (triton.next_power_of_2(DH - da) if DH > da else 0)
 
 
+def _qk_forward(qkv, wq, wk, rope, eps, with_v):
+    """q, k (and with_v a copy of v) of the contiguous qkv, token-major."""
+    B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
+    q, k = (_token_major(qkv, B, N, H, DH) for _ in range(2))
+    v = _token_major(qkv, B, N, H, DH) if with_v else qkv  # without v the kernel never names its argument
+    tokens, warps = _tiles("fwd")
+    da, db = _split(DH)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 3 if with_v else 2)](
+        qkv, wq, wk, table, q, k, v, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
+        BLOCK_H=triton.next_power_of_2(H), DA=da, DB=db, HAS_ROPE=rope is not None, WITH_V=with_v, num_warps=warps)
+    return (q, k, v) if with_v else (q, k)
+
+
 @triton_op("sprintc::qk_norm_rope", mutates_args={})
 def qk_norm_rope(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    qkv = qkv.contiguous()
-    B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     # v is copied (a custom op's output may not be a view of its input), in the same kernel
-    q, k, v = (_token_major(qkv, B, N, H, DH) for _ in range(3))
-    tokens, warps = _tiles("fwd")
-    da, db = _split(DH)
-    wrap_triton(_fwd_kernel)[(triton.cdiv(B * N, tokens), 3)](
-        qkv, wq, wk, table, q, k, v, B * N, s_rb, s_rn, EPS=eps, N=N, H=H, DH=DH, T=tokens,
-        BLOCK_H=triton.next_power_of_2(H), DA=da, DB=db, HAS_ROPE=rope is not None, num_warps=warps)
-    return q, k, v
+    return _qk_forward(qkv.contiguous(), wq, wk, rope, eps, with_v=True)
 
 
 def _programs(device, tiles, per_sm):
@@ -296,7 +302,6 @@ qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
 # inductor target sends here (longer ones go to scaled_dot_product_attention); ATTENTION_WARPS the forward's and the
 # backward's warps.
 SHORT_TOKENS, ATTENTION_WARPS = 64, (4, 4)
-QKV_ATTENTION_WARPS = (8, 8)  # qkv_attention's (forward, backward): its q/k prologue spills at 4 (kernel_registers.py)
 SHORT_MAX_TOKENS, SHORT_MAX_WIDTH = 64, 128  # what the kernel holds (at 128 tokens it failed on an H100, session L)
 
 
@@ -334,28 +339,21 @@ def _attention_fwd_kernel(q, k, v, o, SCALE: tl.constexpr, N: tl.constexpr, H: t
 @triton.jit
 def _attention_bwd_kernel(q, k, v, o, do, dq, dk, dv, SCALE: tl.constexpr, N: tl.constexpr, H: tl.constexpr,
                           DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, QR: tl.constexpr, KR: tl.constexpr,
-                          VR: tl.constexpr):
-    # q, k, v rows QR, KR, VR apart; o, do, dq, dk and dv token-major
+                          VR: tl.constexpr, DV_AT: tl.constexpr, DVR: tl.constexpr):
+    # q, k, v rows QR, KR, VR apart; dv written DV_AT elements into its tensor, rows DVR apart (the v columns of the
+    # qkv projection's gradient: no copy of dv); o, do, dq and dk token-major
     at, m = _head(N, H, DH, BN, BD, H * DH)
     qt = tl.load(q + _head(N, H, DH, BN, BD, QR)[0], mask=m, other=0.0)
     kt = tl.load(k + _head(N, H, DH, BN, BD, KR)[0], mask=m, other=0.0)
     vt = tl.load(v + _head(N, H, DH, BN, BD, VR)[0], mask=m, other=0.0)
-    _attention_grads(qt, kt, vt, o, do, dq, dk, dv, at, at, at, m, SCALE, N, BN)
-
-
-@triton.jit
-def _attention_grads(qt, kt, vt, o, do, dq, dk, dv, at, dq_at, dv_at, m, SCALE: tl.constexpr, N: tl.constexpr,
-                     BN: tl.constexpr):
-    """The attention's backward from a head's q, k and v: dv stored at dv + dv_at, dq and dk at dq_at of theirs; o and
-    do read at `at`."""
     dot = tl.load(do + at, mask=m, other=0.0)
     dt = qt.dtype
     p = _softmax_rows(qt, kt, SCALE, N, BN)  # recomputed, as flash attention does, from the whole rows
     delta = tl.sum(dot.to(tl.float32) * tl.load(o + at, mask=m, other=0.0).to(tl.float32), 1)
-    tl.store(dv + dv_at, tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
+    tl.store(dv + DV_AT + _head(N, H, DH, BN, BD, DVR)[0], tl.dot(tl.trans(p.to(dt)), dot).to(dt), mask=m)
     ds = (p * (tl.dot(dot, tl.trans(vt)).to(tl.float32) - delta[:, None]) * SCALE).to(dt)
-    tl.store(dq + dq_at, tl.dot(ds, kt).to(dt), mask=m)
-    tl.store(dk + dq_at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
+    tl.store(dq + at, tl.dot(ds, kt).to(dt), mask=m)
+    tl.store(dk + at, tl.dot(tl.trans(ds), qt).to(dt), mask=m)
 
 
 def _attention_shapes(q):
@@ -385,11 +383,7 @@ def _attention_input(t):
     return t, H * DH
 
 
-@triton_op("sprintc::short_attention", mutates_args={})
-def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 64; the output
-    in token-major memory, so that its transpose(1, 2) to (B, N, H*Dh) is a view. Views of a qkv projection's output
-    are read where they lie."""
+def _attention_forward(q, k, v):
     B, H, N, DH, bn, bd = _attention_shapes(q)
     (q, qr), (k, kr), (v, vr) = (_attention_input(t) for t in (q, k, v))
     o = _token_major(q, B, N, H, DH)
@@ -398,15 +392,32 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     return o
 
 
-@triton_op("sprintc::short_attention_backward", mutates_args={})
-def short_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _attention_backward_into(do, q, k, v, o, dv, dv_at, dv_row):
+    """dq and dk (token-major); dv written into `dv` from element dv_at on, rows dv_row apart."""
     B, H, N, DH, bn, bd = _attention_shapes(q)
     (q, qr), (k, kr), (v, vr) = (_attention_input(t) for t in (q, k, v))
     o, do = _as_token_major(o), _as_token_major(do)
-    dq, dk, dv = (_token_major(q, B, N, H, DH) for _ in range(3))
+    dq, dk = (_token_major(q, B, N, H, DH) for _ in range(2))
     wrap_triton(_attention_bwd_kernel)[(B * H,)](q, k, v, o, do, dq, dk, dv, SCALE=DH ** -0.5, N=N, H=H, DH=DH,
-                                                 BN=bn, BD=bd, QR=qr, KR=kr, VR=vr, num_warps=ATTENTION_WARPS[1])
+                                                 BN=bn, BD=bd, QR=qr, KR=kr, VR=vr, DV_AT=dv_at, DVR=dv_row,
+                                                 num_warps=ATTENTION_WARPS[1])
+    return dq, dk
+
+
+@triton_op("sprintc::short_attention", mutates_args={})
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """scaled_dot_product_attention(q, k, v) (no mask, no dropout) for (B, H, N, Dh) inputs with N <= 64; the output
+    in token-major memory, so that its transpose(1, 2) to (B, N, H*Dh) is a view. Views of a qkv projection's output
+    are read where they lie."""
+    return _attention_forward(q, k, v)
+
+
+@triton_op("sprintc::short_attention_backward", mutates_args={})
+def short_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             o: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, N, DH = q.shape
+    dv = _token_major(q, B, N, H, DH)
+    dq, dk = _attention_backward_into(do, q, k, v, o, dv, 0, H * DH)
     return dq, dk, dv
 
 
@@ -421,121 +432,62 @@ def _attention_backward(ctx, do):
 short_attention.register_autograd(_attention_backward, setup_context=_attention_setup_context)
 
 
-# The routed blocks' attention with q/k RMSNorm + RoPE: a program per (batch, head) reads its q, k and v where the
-# qkv projection left them, normalises and rotates q and k in registers and attends, writing only the output. The
-# backward recomputes q and k the same way, writes dv into the projection's gradient and the gradients of the
-# normalised q and k, which the q/k kernel takes through RoPE and the norm into the projection's gradient. Session O
-# put all of the backward in one kernel: 228 registers, one program per SM, slower than separate kernels; here the
-# attention's backward keeps its own registers (scripts/kernel_registers.py).
-@triton.jit
-def _rotate_rows(y, BN: tl.constexpr, BD: tl.constexpr):
-    return tl.reshape(_rotate(tl.reshape(y, [BN, 1, BD]), BN, 1, BD), [BN, BD])
-
-
-@triton.jit
-def _normed(qkv, w, rope, at, m, s_rb, s_rn, EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr,
-            DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, HAS_ROPE: tl.constexpr):
-    """The head of q or k at offsets `at` of qkv (mask m) RMS-normalised and rotated, rounded as the model rounds it."""
-    dt = qkv.dtype.element_ty
-    x = tl.load(qkv + at, mask=m, other=0.0).to(tl.float32)
-    n = tl.arange(0, BN)[:, None]
-    d = tl.arange(0, BD)[None, :]
-    y = x * tl.rsqrt(tl.sum(x * x, 1)[:, None] / DH + EPS) * tl.load(w + d, mask=d < DH, other=0.0).to(tl.float32)
-    if HAS_ROPE:
-        y = y.to(dt).to(tl.float32)
-        cos, sin = _cos_sin(rope, tl.program_id(0) // H, n, n, N, s_rb, s_rn, d, d < DH, DH, dt)
-        y = y * cos + _rotate_rows(y, BN, BD) * sin
-    return y.to(dt)
-
-
-@triton.jit
-def _qkv_attention_fwd_kernel(qkv, wq, wk, rope, o, s_rb, s_rn, EPS: tl.constexpr, SCALE: tl.constexpr,
-                              N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-                              HAS_ROPE: tl.constexpr):
-    at, m = _head(N, H, DH, BN, BD, 3 * H * DH)  # q's columns of qkv; k's are H * DH on, v's 2 * H * DH
-    qt = _normed(qkv, wq, rope, at, m, s_rb, s_rn, EPS, N, H, DH, BN, BD, HAS_ROPE)
-    kt = _normed(qkv + H * DH, wk, rope, at, m, s_rb, s_rn, EPS, N, H, DH, BN, BD, HAS_ROPE)
-    vt = tl.load(qkv + 2 * H * DH + at, mask=m, other=0.0)
-    p = _softmax_rows(qt, kt, SCALE, N, BN)
-    tl.store(o + _head(N, H, DH, BN, BD, H * DH)[0], tl.dot(p.to(vt.dtype), vt).to(vt.dtype), mask=m)
-
-
-@triton.jit
-def _qkv_attention_bwd_kernel(qkv, wq, wk, rope, o, do, dq, dk, dqkv, s_rb, s_rn, EPS: tl.constexpr,
-                              SCALE: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr,
-                              BN: tl.constexpr, BD: tl.constexpr, HAS_ROPE: tl.constexpr):
-    # o, do and the normalised q's and k's gradients dq, dk token-major; dv into dqkv's v columns
-    at, m = _head(N, H, DH, BN, BD, 3 * H * DH)
-    qt = _normed(qkv, wq, rope, at, m, s_rb, s_rn, EPS, N, H, DH, BN, BD, HAS_ROPE)
-    kt = _normed(qkv + H * DH, wk, rope, at, m, s_rb, s_rn, EPS, N, H, DH, BN, BD, HAS_ROPE)
-    vt = tl.load(qkv + 2 * H * DH + at, mask=m, other=0.0)
-    ot = _head(N, H, DH, BN, BD, H * DH)[0]
-    _attention_grads(qt, kt, vt, o, do, dq, dk, dqkv, ot, ot, 2 * H * DH + at, m, SCALE, N, BN)
-
-
-def _qkv_shapes(qkv, wq, rope):
-    """_shapes' B, N, H, DH, RoPE strides and table, and the attention's row and column blocks."""
-    B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
-    *_, bn, bd = _attention_shapes(qkv.view(B, N, 3, H, DH)[:, :, 2].transpose(1, 2))
-    return B, N, H, DH, s_rb, s_rn, table, bn, bd
+# The routed blocks' attention with q/k RMSNorm + RoPE: qk_norm_rope's kernel for q and k, then short_attention's
+# reading v where the qkv projection left it; the backward writes dv into the qkv projection's gradient and the q/k
+# kernel its q and k columns. Against qk_norm_rope then short_attention this skips copying v in the forward and dv in
+# the backward (4 D of traffic per token, and D fewer saved). q and k are outputs so that the backward can read them.
+def _v_view(qkv, q):
+    """v of the contiguous qkv as a (B, H, N, Dh) view, shaped as q."""
+    B, H, N, DH = q.shape
+    return qkv.view(B, N, 3, H, DH)[:, :, 2].transpose(1, 2)
 
 
 @triton_op("sprintc::qkv_attention", mutates_args={})
 def qkv_attention(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
-                  eps: float) -> torch.Tensor:
-    """short_attention(q, k, v) of qk_norm_rope(qkv, wq, wk, rope, eps)'s q, k and v (token-major)."""
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, q, k): short_attention(q, k, v) of qk_norm_rope(qkv, wq, wk, rope, eps)'s q, k, v, without copying v."""
     qkv = qkv.contiguous()
-    B, N, H, DH, s_rb, s_rn, table, bn, bd = _qkv_shapes(qkv, wq, rope)
-    o = _token_major(qkv, B, N, H, DH)
-    wrap_triton(_qkv_attention_fwd_kernel)[(B * H,)](
-        qkv, wq, wk, table, o, s_rb, s_rn, EPS=eps, SCALE=DH ** -0.5, N=N, H=H, DH=DH, BN=bn, BD=bd,
-        HAS_ROPE=rope is not None, num_warps=QKV_ATTENTION_WARPS[0])
-    return o
+    q, k = _qk_forward(qkv, wq, wk, rope, eps, with_v=False)
+    return _attention_forward(q, k, _v_view(qkv, q)), q, k
 
 
 @triton_op("sprintc::qkv_attention_backward", mutates_args={})
-def qkv_attention_backward(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor,
-                           rope: Optional[torch.Tensor], eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv_attention_backward(do: torch.Tensor, qkv: torch.Tensor, q: torch.Tensor, k: torch.Tensor, o: torch.Tensor,
+                           wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
-    B, N, H, DH, s_rb, s_rn, table, bn, bd = _qkv_shapes(qkv, wq, rope)
-    o, do = _as_token_major(o), _as_token_major(do)
     dqkv = torch.empty_like(qkv)
-    dq, dk = (_token_major(qkv, B, N, H, DH) for _ in range(2))
-    wrap_triton(_qkv_attention_bwd_kernel)[(B * H,)](
-        qkv, wq, wk, table, o, do, dq, dk, dqkv, s_rb, s_rn, EPS=eps, SCALE=DH ** -0.5, N=N, H=H, DH=DH,
-        BN=bn, BD=bd, HAS_ROPE=rope is not None, num_warps=QKV_ATTENTION_WARPS[1])
+    D = qkv.shape[-1] // 3
+    dq, dk = _attention_backward_into(do, q, k, _v_view(qkv, q), o, dqkv, 2 * D, 3 * D)
     return dqkv, *_qk_backward(dq, dk, None, qkv, dqkv, wq, wk, rope, eps)
 
 
 def _qkv_setup_context(ctx, inputs, output):
     qkv, wq, wk, rope, eps = inputs
-    ctx.save_for_backward(qkv, output, wq, wk, rope)
+    ctx.save_for_backward(qkv, output[1], output[2], output[0], wq, wk, rope)
     ctx.eps = eps
 
 
-def _qkv_backward(ctx, do):
-    qkv, o, wq, wk, rope = ctx.saved_tensors
-    return *qkv_attention_backward(do, qkv, o, wq, wk, rope, ctx.eps), None, None
+def _qkv_backward(ctx, do, _dq, _dk):  # q and k are outputs for the backward's sake only: their gradients are unused
+    qkv, q, k, o, wq, wk, rope = ctx.saved_tensors
+    return *qkv_attention_backward(do, qkv, q, k, o, wq, wk, rope, ctx.eps), None, None
 
 
 qkv_attention.register_autograd(_qkv_backward, setup_context=_qkv_setup_context)
 
 
 def attention_from_env():
-    """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps[,qkv_fwd_warps,qkv_bwd_warps]' (a developer's switch for A/B
-    runs on a GPU; tokens 0 sends every attention to SDPA) sets SHORT_TOKENS, ATTENTION_WARPS and QKV_ATTENTION_WARPS;
-    ValueError naming it where it is malformed."""
-    global SHORT_TOKENS, ATTENTION_WARPS, QKV_ATTENTION_WARPS
+    """SPRINTC_SHORT_ATTENTION='tokens,fwd_warps,bwd_warps' (a developer's switch for A/B runs on a GPU; tokens 0 sends
+    every attention to SDPA) sets SHORT_TOKENS and ATTENTION_WARPS; ValueError naming it where it is malformed."""
+    global SHORT_TOKENS, ATTENTION_WARPS
     found = _ints_from_env("SPRINTC_SHORT_ATTENTION")
     if found is None:
         return
     env, v = found
-    if len(v) not in (3, 5) or not 0 <= v[0] <= SHORT_MAX_TOKENS or min(v[1:]) < 1:
+    if len(v) != 3 or not 0 <= v[0] <= SHORT_MAX_TOKENS or min(v[1:]) < 1:
         raise ValueError(f"SPRINTC_SHORT_ATTENTION={env!r}: expected tokens (0-{SHORT_MAX_TOKENS}), forward warps, "
-                         "backward warps and optionally qkv_attention's forward and backward warps (e.g. 64,4,4,8,8)")
+                         "backward warps (e.g. 64,4,4)")
     SHORT_TOKENS, ATTENTION_WARPS = v[0], (v[1], v[2])
-    if len(v) == 5:
-        QKV_ATTENTION_WARPS = (v[3], v[4])
 
 
 def gelu_epilogue_from_env() -> tuple[bool, bool]:

@@ -66,7 +66,7 @@ class Attention(nn.Module):
         short = (N <= self.short_tokens and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
                  and D // self.heads <= 128)
         if self.fused_qk and short:  # v read where qkv holds it (no copy of v and of its gradient)
-            x = torch.ops.sprintc.qkv_attention(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)
+            x = torch.ops.sprintc.qkv_attention(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)[0]
             return self.proj(x.transpose(1, 2).reshape(B, N, D))
         if self.fused_qk and qkv.is_cuda:
             q, k, v = torch.ops.sprintc.qk_norm_rope(qkv, self.q_norm.weight, self.k_norm.weight, rope, self.q_norm.eps)

@@ -152,7 +152,7 @@ def test_qkv_attention_at_the_xl_head_shape_matches_the_expression(rope_kind):
     rope = rope if rope_kind == "routed" else None
     qkv = torch.randn(B, N, 3 * H * DH, device="cuda").bfloat16().requires_grad_()
     ref = torch.nn.functional.scaled_dot_product_attention(*attn.split_heads(qkv.float(), rope))
-    out = qkv_attention(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
+    out = qkv_attention(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)[0]
     g = torch.randn_like(ref)
     wrt = (qkv, attn.q_norm.weight, attn.k_norm.weight)
     want = torch.autograd.grad(ref, wrt, g)

@@ -126,7 +126,7 @@ QKV_CHECK = textwrap.dedent("""
             rope = {"shared": table, "routed": table[torch.stack([torch.randperm(N) for _ in range(B)])], "none": None}[kind]
             qkv = torch.randn(B, N, 3 * H * DH, dtype=dtype, requires_grad=True)
             ref = F.scaled_dot_product_attention(*attn.split_heads(qkv, rope))
-            out = qkv_attention(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)
+            out = qkv_attention(qkv, attn.q_norm.weight, attn.k_norm.weight, rope, attn.q_norm.eps)[0]
             assert out.shape == ref.shape and out.transpose(1, 2).is_contiguous(), (kind, out.shape, out.stride())
             assert (out - ref).abs().max() < 1e-5, (kind, (out - ref).abs().max())
             g = torch.randn(B, N, H, DH, dtype=dtype).transpose(1, 2)  # the layout the projection's backward gives
@@ -245,11 +245,9 @@ def test_the_kernels_compile_for_hopper_without_spills_or_2_byte_loads(heads, wi
     except RuntimeError as e:  # Triton's knobs raise when they find no ptxas at all
         pytest.skip(f"this triton has no ptxas: {e}")
     found = tool.kernels(heads, width)
-    # q/k forward, backward with and without v; short attention's forward and backward in two layouts; qkv_attention's
-    assert len(found) == 9
+    assert len(found) == 8  # q/k forward and backward, short attention's forward and backward, each in two layouts
     for name, r in found.items():  # the attention's backward holds five whole-sequence tiles: 165 registers (Triton 3.8)
-        wide = name.startswith(("attention", "qkv attention"))
-        assert r["spill_bytes"] == 0 and r["registers"] <= (192 if wide else 128), (name, r)
+        assert r["spill_bytes"] == 0 and r["registers"] <= (192 if name.startswith("attention") else 128), (name, r)
         assert "ld.global.b16" not in r["accesses"] and "st.global.b16" not in r["accesses"], (name, r)
         assert r["f64_instructions"] == 0, (name, r)
 
@@ -263,8 +261,7 @@ def test_no_kernel_inside_compiled_graphs_takes_a_float_argument():
 
     import sprintc.kernels as K
 
-    launched = [K._fwd_kernel, K._bwd_kernel, K._attention_fwd_kernel, K._attention_bwd_kernel,  # by wrap_triton
-                K._qkv_attention_fwd_kernel, K._qkv_attention_bwd_kernel]
+    launched = [K._fwd_kernel, K._bwd_kernel, K._attention_fwd_kernel, K._attention_bwd_kernel]  # by wrap_triton
     source = inspect.getsource(K)
     assert source.count("wrap_triton(") == len(launched)  # no other kernel is launched through Inductor
     for kernel in launched:
@@ -298,13 +295,13 @@ def test_a_malformed_kernel_switch_is_a_clear_error(monkeypatch, switch, value, 
     assert not any(m.gelu_epilogue or m.gelu_train for m in mlps)
 
 
-@pytest.mark.parametrize("value", ["64,4", "65,4,4", "64,4,0", "64,4,4,1", "a,4,4", "64,4,4,8,0"])
+@pytest.mark.parametrize("value", ["64,4", "65,4,4", "64,4,0", "64,4,4,1", "a,4,4"])
 def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     import sprintc.kernels as K
     from sprintc.targets.inductor import use_kernels
     from sprintc.targets_api import TargetError
 
-    for name in ("SHORT_TOKENS", "ATTENTION_WARPS", "QKV_ATTENTION_WARPS"):  # restored after the test
+    for name in ("SHORT_TOKENS", "ATTENTION_WARPS"):  # restored after the test
         monkeypatch.setattr(K, name, getattr(K, name))
     sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", value)
@@ -313,9 +310,6 @@ def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "0,2,8")  # every attention to SDPA
     assert use_kernels(sit) == 2 and all(b.attn.short_tokens == 0 for b in sit.blocks)
     assert K.ATTENTION_WARPS == (2, 8)
-    monkeypatch.setenv("SPRINTC_SHORT_ATTENTION", "64,4,4,8,4")  # and qkv_attention's warps
-    use_kernels(sit)
-    assert K.ATTENTION_WARPS == (4, 4) and K.QKV_ATTENTION_WARPS == (8, 4)
 
 
 def test_widening_persistent_rows_patches_inductor_once_and_only_for_sprintcs_compiles():
