@@ -1151,6 +1151,19 @@ elif [ "$PHASE" = w4 ]; then  # session W, one H100 (BASE=<the commit before> sc
   # short_attention, v and dv copied): the routed step at 128 and 64, alternating, one Inductor cache per wheel; the
   # CUDA tests of the kernels
   ab_phase w4 "qkv or without_copies or qk_kernels or short_attention or cuda_graph_training"
+elif [ "$PHASE" = x2 ]; then  # session X, one H100: reductions with Inductor's DEFAULT hint looped in sprintc's compiles
+  # (SPRINTC_LOOPED_SUMS=1, as committed) against Inductor's own choice (0, persistent at 64 tokens): the routed step at
+  # 128 (profiled) then 64, alternating, one Inductor cache each; the CUDA tests of the heuristics and the compiled step
+  gpu_info
+  versions
+  for b in 128 64; do
+    for r in 0 1; do
+      SPRINTC_LOOPED_SUMS=$r TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_sums$r piece "x2_${r}_b$b" $([ $b = 128 ] && echo 120 || echo 90) 0 \
+        $BENCH --batch $b --modes $TMODES --parts train --graphs routed --profile "$W/prof" --tag "sums${r}_" --json "$W/x2_${r}_b$b.json"
+    done
+  done
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "loop or persistent or inductor_with_qk_kernels or cuda_graph_training or without_copies" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = w5 ]; then  # session W, one H100: the code as shipped beside the anchor, batch 128 then 64, in sequence
   gpu_info
   versions

@@ -46,7 +46,8 @@ from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 RECOMPILE_LIMIT = 64
 # the developer's switches, read when a graph is traced or its kernels are written (sprintc/kernels.py, and
 # SPRINTC_PERSISTENT_ROWS below): part of Inductor's cache key
-KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE", "SPRINTC_PERSISTENT_ROWS")
+KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE", "SPRINTC_PERSISTENT_ROWS",
+                   "SPRINTC_LOOPED_SUMS")
 # Inductor holds a row reduction in registers (a persistent reduction: the row is read once) up to 1024 elements and
 # loops over wider rows, reading them twice; DiT-XL's LayerNorms are 1152 wide. In sprintc's compiles on CUDA rows up to
 # this width are persistent (docs/PERFORMANCE.md, session P). SPRINTC_PERSISTENT_ROWS=0: Inductor's own rule (A/B runs).
@@ -70,9 +71,22 @@ def persistent_rows() -> int:
     return int(env)
 
 
+def looped_sums() -> bool:
+    """SPRINTC_LOOPED_SUMS=0 (a developer's switch for A/B runs): Inductor's own choice for the reductions with its
+    DEFAULT hint, such as the sums over a block's tokens per sample and channel (the modulation's and the gates'
+    gradients), instead of looped ones."""
+    env = os.environ.get("SPRINTC_LOOPED_SUMS", "1")
+    if env not in ("0", "1"):
+        raise TargetError(f"SPRINTC_LOOPED_SUMS={env!r}: expected 0 or 1")
+    return env == "1"
+
+
 def widen_persistent_rows():
     """Patch Inductor's heuristic (once, in its class) so that in sprintc's compiles (those that carry the
-    KernelsInCacheKey pass) row reductions of up to persistent_rows() elements are persistent. A subclass passed as
+    KernelsInCacheKey pass) row reductions of up to persistent_rows() elements are persistent, and (looped_sums())
+    reductions Inductor gives its DEFAULT hint loop: the sums over a routed block's 64 tokens, 1152 elements apart, ran
+    persistent at about 1.1 TB/s on an H100 where the looped ones over the dense blocks' 256 tokens reached 1.8 (session
+    W's profile; session X measured the switch). A subclass passed as
     `inductor_choices_class` did not work: Inductor builds its heuristics object once per thread, at first use, so the
     subclass applied only where a sprintc compile came first (session P)."""
     from torch._inductor.choices import InductorChoices
@@ -85,13 +99,15 @@ def widen_persistent_rows():
         return
 
     def should_use_persistent_reduction(*args, **kwargs):
-        if base(*args, **kwargs):
-            return True
+        persistent = base(*args, **kwargs)
         own = inductor_config.post_grad_custom_post_pass
         if not (isinstance(own, KernelsInCacheKey) and own.kernels):
-            return False  # not a sprintc compile with target.kernels
+            return persistent  # not a sprintc compile with target.kernels
         rest = [a for a in args if not isinstance(a, InductorChoices)]
         features = kwargs.get("features", rest[0] if rest else None)
+        if persistent:  # multi-kernel times both kinds itself
+            return inductor_config.triton.multi_kernel or not (
+                features is not None and looped_sums() and features.get_reduction_hint() == ReductionHint.DEFAULT)
         cooperative = kwargs.get("cooperative_reduction", rest[1] if len(rest) > 1 else True)
         strict = getattr(features, "strict_sum_rblock", lambda: None)()
         if features is None or cooperative or strict is not None or not inductor_config.triton.persistent_reductions:
@@ -382,6 +398,7 @@ def use_kernels(model: nn.Module) -> int:
         attention_from_env()
         gelu_epilogue_from_env()
         persistent_rows()
+        looped_sums()
     except ValueError as e:
         raise TargetError(str(e)) from None
     return use_kernels(model)

@@ -352,6 +352,37 @@ def test_layer_norms_of_xls_width_are_persistent_reductions(monkeypatch, rows, p
     assert ("@triton_heuristics.persistent_reduction" in "\n".join(code)) == persistent
 
 
+@pytest.mark.parametrize("looped", ["1", "0"])
+def test_sums_over_a_routed_blocks_tokens_loop(monkeypatch, looped):
+    """The modulation's gradients sum a routed block's 64 tokens per sample and channel, 1152 elements apart: in
+    sprintc's compiles a looped reduction (Inductor's own choice, persistent, with SPRINTC_LOOPED_SUMS=0); a LayerNorm's
+    rows stay persistent either way; both give eager's sums."""
+    from torch._inductor.utils import run_and_get_code
+
+    from sprintc.spec import TargetSpec
+    from sprintc.targets.inductor import _options, widen_persistent_rows
+
+    monkeypatch.setenv("SPRINTC_LOOPED_SUMS", looped)
+    torch._dynamo.reset()
+    widen_persistent_rows()
+
+    def sums(dy, x):
+        xhat = torch.nn.functional.layer_norm(x.float(), x.shape[-1:], eps=1e-6)
+        return torch.cat([dy.float().sum(1), (dy.float() * xhat).sum(1)], -1).bfloat16()
+
+    def norm(x):
+        return torch.nn.functional.layer_norm(x.float(), x.shape[-1:], eps=1e-6).bfloat16()
+
+    dy, x = (torch.randn(16, 64, 1152, device="cuda").bfloat16() for _ in range(2))
+    options = _options(TargetSpec())
+    out, code = run_and_get_code(torch.compile(sums, **options), dy, x)
+    want = sums(dy, x).float()
+    assert (out.float() - want).norm() / want.norm() < 1e-2
+    assert ("@triton_heuristics.reduction" in "\n".join(code)) == (looped == "1")
+    _, code = run_and_get_code(torch.compile(norm, **options), x)
+    assert "@triton_heuristics.persistent_reduction" in "\n".join(code)
+
+
 class _TableBlock(torch.nn.Module):
     """Two adaLN-modulated norms whose shift / scale / gate are chunks of one learned table plus a time embedding
     shared by the batch (as diffusers' PixArt / Wan blocks): Inductor's mix-order reductions (torch 2.10-2.14)

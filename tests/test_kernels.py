@@ -312,6 +312,16 @@ def test_a_malformed_attention_switch_is_a_clear_error(monkeypatch, value):
     assert K.ATTENTION_WARPS == (2, 8)
 
 
+def test_a_malformed_looped_sums_switch_is_a_clear_error(monkeypatch):
+    from sprintc.targets.inductor import use_kernels
+    from sprintc.targets_api import TargetError
+
+    sit = DiT(load_spec("sit_xl").model.model_copy(update={"width": 64, "depth": 2, "heads": 4}))
+    monkeypatch.setenv("SPRINTC_LOOPED_SUMS", "yes")
+    with pytest.raises(TargetError, match=r"SPRINTC_LOOPED_SUMS='yes': expected 0 or 1"):
+        use_kernels(sit)
+
+
 def test_widening_persistent_rows_patches_inductor_once_and_only_for_sprintcs_compiles():
     """The patched heuristic wraps Inductor's own once (lowering many models does not stack wrappers), and a compile
     without sprintc's cache-key pass gets Inductor's answer."""
