@@ -80,6 +80,10 @@
 #   SPRINTC_GLUE_REGIONS=0; the compiled-against-eager CUDA tests), t4 (the routed step as shipped and the anchor at 128).
 # Session U's and V's (one H100) are described where they are defined below. Session V's v1 and v2 (the tiled attention,
 #   not kept) ran on a checkout of 61d02f2 and c8f9740.
+# Session X's (one H100): x1 (q/k norm + RoPE in the routed attention's forward kernel, its backward's attention
+#   recomputing q and k: the kernels alone, scripts/gpu_qkv_attention.py, the CUDA tests, the step against BASE; runs on a
+#   checkout of a9f7a73, reverted in 6421481), x2 (SPRINTC_LOOPED_SUMS 0 against 1: the step at 128 and 64, profiled; the
+#   CUDA tests); w5 again on 3fc26d0 (the code as shipped beside the anchor).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
