@@ -83,7 +83,7 @@
 # Session X's (one H100): x1 (q/k norm + RoPE in the routed attention's forward kernel, its backward's attention
 #   recomputing q and k: the kernels alone, scripts/gpu_qkv_attention.py, the CUDA tests, the step against BASE; runs on a
 #   checkout of a9f7a73, reverted in 6421481), x2 (SPRINTC_LOOPED_SUMS 0 against 1: the step at 128 and 64, profiled; the
-#   CUDA tests); w5 again on 3fc26d0 (the code as shipped beside the anchor).
+#   CUDA tests); w5 again on 3fc26d0 (the code as shipped beside the anchor); x3 (the rest of the compiled CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1168,6 +1168,15 @@ elif [ "$PHASE" = x2 ]; then  # session X, one H100: reductions with Inductor's 
   done
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "loop or persistent or inductor_with_qk_kernels or cuda_graph_training or without_copies" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = x3 ]; then  # session X, one H100 (what was left of its device time): the compiled-against-eager CUDA
+  # tests that x2 did not run, with the token sums looped: the scale-shift table's gradients (sums over tokens), sampling
+  # with the GELU epilogue as shipped, training with tuned matmuls, the compiled attention
+  versions
+  piece pytest_cuda 215 0 python3 -m pytest -v -o addopts="" -p no:cacheprovider --rootdir "$REPO" \
+    "$REPO/tests/test_cuda.py::test_inductor_gradients_of_a_scale_shift_table_are_eagers" \
+    "$REPO/tests/test_cuda.py::test_sampling_with_the_gelu_epilogue_equals_eager[1]" \
+    "$REPO/tests/test_cuda.py::test_compiled_attention_bf16_close_to_float32" \
+    "$REPO/tests/test_cuda.py::test_inductor_with_tuned_matmuls_trains_as_eager"
 elif [ "$PHASE" = w5 ]; then  # session W, one H100: the code as shipped beside the anchor, batch 128 then 64, in sequence
   gpu_info
   versions
