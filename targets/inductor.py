@@ -45,7 +45,7 @@ from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
 RECOMPILE_LIMIT = 64
 # the developer's switches, read when a graph is traced or its kernels are written (sprintc/kernels.py, and
-# SPRINTC_PERSISTENT_ROWS below): part of Inductor's cache key
+# SPRINTC_PERSISTENT_ROWS and SPRINTC_LOOPED_SUMS below): part of Inductor's cache key
 KERNEL_SWITCHES = ("SPRINTC_QK_BLOCKS", "SPRINTC_SHORT_ATTENTION", "SPRINTC_GELU_EPILOGUE", "SPRINTC_PERSISTENT_ROWS",
                    "SPRINTC_LOOPED_SUMS")
 # Inductor holds a row reduction in registers (a persistent reduction: the row is read once) up to 1024 elements and
@@ -106,7 +106,7 @@ def widen_persistent_rows():
         rest = [a for a in args if not isinstance(a, InductorChoices)]
         features = kwargs.get("features", rest[0] if rest else None)
         if persistent:  # multi-kernel times both kinds itself
-            return inductor_config.triton.multi_kernel or not (
+            return bool(inductor_config.triton.multi_kernel) or not (
                 features is not None and looped_sums() and features.get_reduction_hint() == ReductionHint.DEFAULT)
         cooperative = kwargs.get("cooperative_reduction", rest[1] if len(rest) > 1 else True)
         strict = getattr(features, "strict_sum_rblock", lambda: None)()
