@@ -81,7 +81,7 @@ def looped_sums() -> bool:
     return env == "1"
 
 
-def widen_persistent_rows():
+def patch_persistent_reductions():
     """Patch Inductor's heuristic (once, in its class) so that in sprintc's compiles (those that carry the
     KernelsInCacheKey pass) row reductions of up to persistent_rows() elements are persistent, and (looped_sums())
     reductions Inductor gives its DEFAULT hint loop: the sums over a routed block's 64 tokens, 1152 elements apart, ran
@@ -145,7 +145,7 @@ class KernelsInCacheKey(CustomGraphPass):
     runs the post-grad pass the user configured, if any. Its uuid puts a hash of sprintc/kernels.py and cublaslt.py
     into Inductor's cache keys: the AOTAutograd cache keys a graph by its custom ops' names, not their code, so without
     it a graph compiled with older kernels would be read back from the cache after the kernels change (seen in session
-    J). `kernels` tells widen_persistent_rows that the compile is one of target.kernels."""
+    J). `kernels` tells patch_persistent_reductions that the compile is one of target.kernels."""
 
     def __init__(self, then: CustomGraphPass | None = None, tuned_matmuls: bool = False, kernels: bool = True):
         self.then = then
@@ -408,7 +408,7 @@ def lower(model: nn.Module, target: TargetSpec, device: torch.device, dtype: tor
     _raise_limits()
     if device.type == "cuda" and target.kernels:
         use_kernels(model)
-        widen_persistent_rows()
+        patch_persistent_reductions()
     regions = compile_regions(model, target) if target.regional else compile_whole(model, target)
     wrap_forwards(model, Lowering(target, device, dtype, regions=regions))
     return model

@@ -335,11 +335,11 @@ def test_layer_norms_of_xls_width_are_persistent_reductions(monkeypatch, rows, p
 
     from sprintc.model import modulate
     from sprintc.spec import TargetSpec
-    from sprintc.targets.inductor import _options, widen_persistent_rows
+    from sprintc.targets.inductor import _options, patch_persistent_reductions
 
     monkeypatch.setenv("SPRINTC_PERSISTENT_ROWS", rows)
     torch._dynamo.reset()
-    widen_persistent_rows()
+    patch_persistent_reductions()
 
     def f(x, shift, scale):
         return modulate(torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6), shift, scale).to(torch.bfloat16)
@@ -360,11 +360,11 @@ def test_sums_over_a_routed_blocks_tokens_loop(monkeypatch, looped):
     from torch._inductor.utils import run_and_get_code
 
     from sprintc.spec import TargetSpec
-    from sprintc.targets.inductor import _options, widen_persistent_rows
+    from sprintc.targets.inductor import _options, patch_persistent_reductions
 
     monkeypatch.setenv("SPRINTC_LOOPED_SUMS", looped)
     torch._dynamo.reset()
-    widen_persistent_rows()
+    patch_persistent_reductions()
 
     def sums(dy, x):
         xhat = torch.nn.functional.layer_norm(x.float(), x.shape[-1:], eps=1e-6)

@@ -322,16 +322,16 @@ def test_a_malformed_looped_sums_switch_is_a_clear_error(monkeypatch):
         use_kernels(sit)
 
 
-def test_widening_persistent_rows_patches_inductor_once_and_only_for_sprintcs_compiles():
+def test_the_persistent_reduction_patch_wraps_inductor_once_and_only_for_sprintcs_compiles():
     """The patched heuristic wraps Inductor's own once (lowering many models does not stack wrappers), and a compile
     without sprintc's cache-key pass gets Inductor's answer."""
     from torch._inductor.choices import InductorChoices
 
-    from sprintc.targets.inductor import widen_persistent_rows
+    from sprintc.targets.inductor import patch_persistent_reductions
 
-    widen_persistent_rows()
+    patch_persistent_reductions()
     first = InductorChoices.__dict__["should_use_persistent_reduction"]
-    widen_persistent_rows()
+    patch_persistent_reductions()
     assert InductorChoices.__dict__["should_use_persistent_reduction"] is first
     assert (first.__func__ if isinstance(first, staticmethod) else first).sprintc
 
