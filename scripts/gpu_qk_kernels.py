@@ -1,7 +1,8 @@
 """Times sprintc's q/k RMSNorm + RoPE kernels (sprintc/kernels.py) alone against Inductor's code for the model's
 expression, at the XL shapes of a training step at batch 128: a dense block (256 tokens) and a routed one (64 of
 them, RoPE rows gathered per sample). Forward, and forward + backward, each in a CUDA graph; several tile
-configurations of the kernels (SPRINTC_QK_BLOCKS). On the device: python3 scripts/gpu_qk_kernels.py [--json F]
+configurations of the kernels (SPRINTC_QK_BLOCKS); and the backward alone for q and k only, as the routed blocks run it
+(qkv_attention: v's gradient is the attention's), bwd_qk_ms. On the device: python3 scripts/gpu_qk_kernels.py [--json F]
 """
 import argparse
 import json
@@ -9,13 +10,14 @@ import os
 
 import torch
 
-from sprintc.kernels import qk_norm_rope
+from sprintc.kernels import _qk_backward, qk_norm_rope
 from sprintc.model import Attention, rope_angles
 
-# SPRINTC_QK_BLOCKS: forward tokens per tile, warps; backward tokens, warps, programs per SM (registers by ptxas
-# for sm_90 at XL's 16 x 72 heads: forward (64 + 8 columns) 4 tokens x 8 warps 79, 2 x 8 62; backward (padded to
-# 128, v copied too) 1 x 4 96)
-CONFIGS = ["4,8,1,4,5", "4,8,1,4,6", "4,8,1,4,4", "4,8,2,8,2", "4,4,1,4,5", "4,8,1,4,10"]
+# SPRINTC_QK_BLOCKS: forward tokens per tile, warps; backward tokens, warps, programs per SM, stages (registers by
+# ptxas for sm_90 at XL's 16 x 72 heads: backward 1 token x 4 warps 96 at 1-3 stages, so at most 5 programs per SM;
+# 2 x 8 101-110. Stages above 1 load the next tiles through shared memory: 9 KB per program at 2 stages, 18 at 3)
+CONFIGS = ["4,4,1,4,5,1", "4,4,1,4,5,2", "4,4,1,4,5,3", "4,4,1,4,5,4", "4,4,1,4,4,2", "4,4,1,4,4,3", "4,4,1,4,3,3",
+           "4,4,2,8,2,2", "4,4,2,8,2,3"]
 
 
 def timed(fn, reps=50):
@@ -78,6 +80,11 @@ def main():
             row = {"block": name, "tokens": n, "code": label, "fwd_ms": round(timed(fwd(f)), 4),
                    "fwd_bwd_ms": round(timed(fwd_bwd(f)), 4)}
             row["fwd_TB_s"] = round(traffic / row["fwd_ms"] / 1e9, 2)
+            if f is qk_norm_rope:  # reads dq, dk and q, k of qkv, writes the q and k columns of dqkv: 2/3 of qkv, 3 times
+                dqkv = torch.empty_like(qkv)
+                row["bwd_qk_ms"] = round(timed(lambda: _qk_backward(grads[0], grads[1], None, qkv.detach(), dqkv,
+                                                                    *w, rope, 1e-6)), 4)
+                row["bwd_qk_TB_s"] = round(qkv.numel() * 2 * 2 / row["bwd_qk_ms"] / 1e9, 2)
             rows.append(row)
             print(row, flush=True)
     os.environ.pop("SPRINTC_QK_BLOCKS", None)

@@ -84,6 +84,7 @@
 #   recomputing q and k: the kernels alone, scripts/gpu_qkv_attention.py, the CUDA tests, the step against BASE; runs on a
 #   checkout of a9f7a73, reverted in 6421481), x2 (SPRINTC_LOOPED_SUMS 0 against 1: the step at 128 and 64, profiled; the
 #   CUDA tests); w5 again on 3fc26d0 (the code as shipped beside the anchor); x3 (the rest of the compiled CUDA tests).
+# Session Y's (one H100): y1 (the q/k backward's loads pipelined: the kernels alone by tiles and stages, the step A/B).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1168,6 +1169,33 @@ elif [ "$PHASE" = x2 ]; then  # session X, one H100: reductions with Inductor's 
   done
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "loop or persistent or inductor_with_qk_kernels or cuda_graph_training or without_copies" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = y1 ]; then  # session Y, one H100: the q/k backward kernel with its loads pipelined (the sixth field of
+  # SPRINTC_QK_BLOCKS, stages): the kernels alone over tiles and stages (scripts/gpu_qk_kernels.py); the routed step at 128
+  # (profiled) and 64 with the fastest of them (24 routed q/k backwards + 4 dense forward + backward) against the shipped
+  # tiles, one Inductor cache each; the CUDA tests of the kernels with the fastest
+  gpu_info
+  versions
+  best=4,4,1,4,5,2
+  if [ $TINY = 0 ]; then
+    piece qk_micro 150 0 python3 "$REPO/scripts/gpu_qk_kernels.py" --json "$W/qk_micro.json"
+    best=$(python3 -c "
+import json, collections
+t = collections.defaultdict(float)
+for r in json.load(open('$W/qk_micro.json')):
+    if r['code'].startswith('kernels'):
+        t[r['code'].split()[1]] += 24 * r['bwd_qk_ms'] if r['tokens'] == 64 else 4 * r['fwd_bwd_ms']
+print(min(t, key=t.get))" 2>/dev/null || echo $best)
+  fi
+  echo "kernel tiles against the shipped 4,4,1,4,5,1: $best" | tee "$W/qk_best.txt"
+  for b in 128 64; do
+    for r in shipped best; do
+      SPRINTC_QK_BLOCKS=$([ $r = best ] && echo $best || echo 4,4,1,4,5,1) TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_$r \
+        piece "y1_${r}_b$b" $([ $b = 128 ] && echo 110 || echo 75) 0 $BENCH --batch $b --modes $TMODES --parts train \
+        --graphs routed $([ $b = 128 ] && echo --profile "$W/prof" --tag "${r}_") --json "$W/y1_${r}_b$b.json"
+    done
+  done
+  SPRINTC_QK_BLOCKS=$best piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" \
+    "$REPO/tests/test_cuda.py" -k "qk or cuda_graph_training or without_copies" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = x3 ]; then  # session X, one H100 (what was left of its device time): the compiled-against-eager CUDA
   # tests that x2 did not run, with the token sums looped: the scale-shift table's gradients (sums over tokens), sampling
   # with the GELU epilogue as shipped, training with tuned matmuls, the compiled attention

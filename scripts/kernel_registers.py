@@ -71,13 +71,13 @@ def kernels(heads=16, head_width=72, tokens=256, arch=90):
         fwd = compiled(K._fwd_kernel, sig, {**common, "T": t, "DA": da, "DB": db, "WITH_V": with_v},
                        [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
         out[f"forward {t} tok x {warps} warps{'' if with_v else ', q k'}"] = resources(fwd, arch)
-    t, warps, _ = K._tiles("bwd")
+    t, warps, _, stages = K._tiles("bwd")
     sig = {**{n: "*bf16" for n in ("dq", "dk", "dv", "qkv", "dqkv")}, "wq": "*fp32", "wk": "*fp32", "rope": "*fp32",
            "dw_part": "*fp32", "n_tok": "i32", "n_tiles": "i32", "s_rb": "i32", "s_rn": "i32"}
     strides = dict(S0=N * H * DH, S1=DH, S2=H * DH)  # token-major gradients, as attention's backward gives them
     for with_v in (True, False):
         bwd = compiled(K._bwd_kernel, sig, {**common, **strides, "T": t, "BLOCK_D": triton.next_power_of_2(DH),
-                                            "WITH_V": with_v},
+                                            "WITH_V": with_v, "STAGES": stages},
                        [n for n in sig if sig[n].startswith("*")] + aligned_strides, warps, arch)
         out[f"backward {t} tok x {warps} warps{'' if with_v else ', q k'}"] = resources(bwd, arch)
     out.update(attention(heads, head_width, K.SHORT_TOKENS, arch))

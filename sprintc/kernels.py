@@ -124,7 +124,8 @@ def _fwd_kernel(qkv, wq, wk, rope, q_out, k_out, v_out, n_tok, s_rb, s_rn,
 def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_rb, s_rn,
                 S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr,
                 EPS: tl.constexpr, N: tl.constexpr, H: tl.constexpr, DH: tl.constexpr, T: tl.constexpr,
-                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr, WITH_V: tl.constexpr):
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROPE: tl.constexpr, WITH_V: tl.constexpr,
+                STAGES: tl.constexpr):
     # persistent over tiles of tokens; program axis 1 picks q, k or v (WITH_V: v's gradient is copied: x is read as 0
     # and the result replaced, the same code for all three). dq, dk and dv share the (constant) strides S0-S2
     which = tl.program_id(1)
@@ -133,7 +134,7 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_
     cols = tl.arange(0, BLOCK_D)
     w = tl.load(w + cols, mask=cols < DH, other=0.0).to(tl.float32)[None, None, :]
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+    for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=STAGES):
         tok, h, b, n, rows = _rows(tile, n_tok, N, H, T, BLOCK_H)
         d, dmask = _cols(0, BLOCK_D, DH)  # a head's whole width, padded to a power of two
         mask = rows & dmask
@@ -154,8 +155,9 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_
 
 
 # default tiles, the fastest of scripts/gpu_qk_kernels.py on an H100 and an H200 (session J, calls 7 and 9):
-# forward (tokens, warps), backward (tokens, warps, programs per SM)
-FWD_TILES, BWD_TILES = (4, 4), (1, 4, 5)
+# forward (tokens, warps), backward (tokens, warps, programs per SM, tiles whose loads are in flight: Triton's pipeliner
+# stages, through shared memory)
+FWD_TILES, BWD_TILES = (4, 4), (1, 4, 5, 1)
 
 
 def _ints_from_env(name):
@@ -172,16 +174,17 @@ def _ints_from_env(name):
 
 
 def tiles_from_env():
-    """SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm' (a developer's switch for tuning on
-    a GPU) as (forward, backward) tiles, or None where it is unset; ValueError naming it where it is malformed."""
+    """SPRINTC_QK_BLOCKS='fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm[,bwd_stages]' (a developer's switch for
+    tuning on a GPU; stages 1 where left out) as (forward, backward) tiles, or None where it is unset; ValueError naming
+    it where it is malformed."""
     found = _ints_from_env("SPRINTC_QK_BLOCKS")
     if found is None:
         return None
     env, v = found
-    if len(v) != 5 or min(v) < 1:
-        raise ValueError(f"SPRINTC_QK_BLOCKS={env!r}: expected five positive integers, "
-                         "fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm (e.g. 4,4,1,4,5)")
-    return (v[0], v[1]), (v[2], v[3], v[4])
+    if len(v) not in (5, 6) or min(v) < 1:
+        raise ValueError(f"SPRINTC_QK_BLOCKS={env!r}: expected five or six positive integers, "
+                         "fwd_tokens,fwd_warps,bwd_tokens,bwd_warps,bwd_per_sm[,bwd_stages] (e.g. 4,4,1,4,5,1)")
+    return (v[0], v[1]), (v[2], v[3], v[4], v[5] if len(v) == 6 else 1)
 
 
 def _tiles(name):
@@ -254,7 +257,7 @@ def _qk_backward(dq, dk, dv, qkv, dqkv, wq, wk, rope, eps):
     with_v = dv is not None
     if not with_v:
         grads.append(grads[0])  # not named by the kernel without v
-    tokens, warps, per_sm = _tiles("bwd")
+    tokens, warps, per_sm, stages = _tiles("bwd")
     tiles = triton.cdiv(B * N, tokens)
     programs, block_d = _programs(qkv.device, tiles, per_sm), triton.next_power_of_2(DH)
     dw_part = torch.empty(programs, 2, block_d, dtype=torch.float32, device=qkv.device)
@@ -262,7 +265,7 @@ def _qk_backward(dq, dk, dv, qkv, dqkv, wq, wk, rope, eps):
     wrap_triton(_bwd_kernel)[(programs, 3 if with_v else 2)](
         *grads, qkv, wq, wk, table, dqkv, dw_part, B * N, tiles, s_rb, s_rn,
         S0=like.stride(0), S1=like.stride(1), S2=like.stride(2), EPS=eps, N=N, H=H, DH=DH, T=tokens,
-        BLOCK_H=triton.next_power_of_2(H), BLOCK_D=block_d, HAS_ROPE=rope is not None, WITH_V=with_v,
+        BLOCK_H=triton.next_power_of_2(H), BLOCK_D=block_d, HAS_ROPE=rope is not None, WITH_V=with_v, STAGES=stages,
         num_warps=warps)
     # two separate sums: a custom op's outputs may not be views of one tensor
     return dw_part[:, 0, :DH].sum(0).to(wq.dtype), dw_part[:, 1, :DH].sum(0).to(wk.dtype)

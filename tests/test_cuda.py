@@ -117,14 +117,19 @@ def xl_attention(B, N, kept):
     return attn, rope, H, DH
 
 
+@pytest.mark.parametrize("tiles", [None, "4,4,1,4,1,3", "4,4,2,8,1,2"])
 @pytest.mark.parametrize("routed", [False, True])
-def test_qk_kernels_at_the_xl_head_shape_match_the_expression(routed):
-    """sprintc/kernels.py compiled for the GPU, XL's 16 heads of 72, bf16 as under autocast."""
+def test_qk_kernels_at_the_xl_head_shape_match_the_expression(monkeypatch, routed, tiles):
+    """sprintc/kernels.py compiled for the GPU, XL's 16 heads of 72, bf16 as under autocast; with the default tiles and
+    with one backward program per SM whose loads are pipelined over 3 or 2 tiles (SPRINTC_QK_BLOCKS), each program
+    looping over about four tiles of the 512 tokens."""
     pytest.importorskip("triton")
     from sprintc.kernels import qk_norm_rope
 
+    if tiles:
+        monkeypatch.setenv("SPRINTC_QK_BLOCKS", tiles)
     torch.manual_seed(0)
-    B, N = 8, 64
+    B, N = (32 if routed else 8), 64  # 512 tokens either way
     attn, rope, H, DH = xl_attention(B, N, N // 4 if routed else 0)
     M = rope.shape[-2]
     qkv = torch.randn(B, M, 3 * H * DH, device="cuda").bfloat16().requires_grad_()

@@ -271,7 +271,7 @@ def test_no_kernel_inside_compiled_graphs_takes_a_float_argument():
 
 
 @pytest.mark.parametrize("switch, value, message",
-                         [("SPRINTC_QK_BLOCKS", v, "expected five positive integers") for v in ("4,4,1,4", "4,x,1,4,5", "4,4,0,4,5")]
+                         [("SPRINTC_QK_BLOCKS", v, "expected five or six positive integers") for v in ("4,4,1,4", "4,x,1,4,5", "4,4,0,4,5", "4,4,1,4,5,0")]
                          + [("SPRINTC_GELU_EPILOGUE", v, "expected 0, 1 or sample") for v in ("2", "on", " 1", "fwd")]
                          + [("SPRINTC_PERSISTENT_ROWS", v, "expected a whole number") for v in ("x", "-1", "2k")])
 def test_a_malformed_kernel_switch_is_a_clear_error(monkeypatch, switch, value, message):
