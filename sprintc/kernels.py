@@ -7,7 +7,7 @@ The backward writes the whole dqkv and the norm weights' gradients. Both kernels
 (tokens x heads x head width) with q, k and v in separate programs (v is copied); every load of a tile is issued
 before its reductions and RoPE's cos / sin are loaded once per token. The forward reads a head of 72 as 64 + 8
 columns; the backward pads it to 128 (each measured the faster there, session J) and is persistent (a few programs
-per SM), summing the weights' gradients in registers.
+per SM, the next tiles' loads in flight through shared memory), summing the weights' gradients in registers.
 
 `short_attention(q, k, v)` is scaled_dot_product_attention for sequences of at most 64 tokens (the routed blocks'
 kept tokens at 75% drop), forward and backward, one program per (batch, head) holding the whole sequence; its output
@@ -154,10 +154,10 @@ def _bwd_kernel(dq, dk, dv, qkv, wq, wk, rope, dqkv, dw_part, n_tok, n_tiles, s_
     tl.store(dw_part + (tl.program_id(0) * 2 + which) * BLOCK_D + tl.arange(0, BLOCK_D), tl.sum(acc, 0), mask=which < 2)
 
 
-# default tiles, the fastest of scripts/gpu_qk_kernels.py on an H100 and an H200 (session J, calls 7 and 9):
-# forward (tokens, warps), backward (tokens, warps, programs per SM, tiles whose loads are in flight: Triton's pipeliner
-# stages, through shared memory)
-FWD_TILES, BWD_TILES = (4, 4), (1, 4, 5, 1)
+# default tiles, the fastest of scripts/gpu_qk_kernels.py on an H100 and an H200 (session J, calls 7 and 9; the
+# backward's 4 programs per SM and 3 stages on an H100, session Y): forward (tokens, warps), backward (tokens, warps,
+# programs per SM, tiles whose loads are in flight: Triton's pipeliner stages, through shared memory)
+FWD_TILES, BWD_TILES = (4, 4), (1, 4, 4, 3)
 
 
 def _ints_from_env(name):
@@ -248,7 +248,7 @@ def _programs(device, tiles, per_sm):
 
 def _qk_backward(dq, dk, dv, qkv, dqkv, wq, wk, rope, eps):
     """Writes the q and k columns of dqkv (and, given dv, its v columns) from the gradients of the contiguous qkv's
-    q, k (and v); the norm weights' gradients."""
+    q, k (and v); returns the norm weights' gradients stacked, (2, Dh)."""
     B, N, H, DH, s_rb, s_rn, table = _shapes(qkv, wq, rope)
     # the kernel reads dq, dk and dv with one set of strides, compile-time constants (so its loads are vectorised):
     # dq's own if its rows are contiguous (attention's backward gives q's layout), else token-major
@@ -267,17 +267,18 @@ def _qk_backward(dq, dk, dv, qkv, dqkv, wq, wk, rope, eps):
         S0=like.stride(0), S1=like.stride(1), S2=like.stride(2), EPS=eps, N=N, H=H, DH=DH, T=tokens,
         BLOCK_H=triton.next_power_of_2(H), BLOCK_D=block_d, HAS_ROPE=rope is not None, WITH_V=with_v, STAGES=stages,
         num_warps=warps)
-    # two separate sums: a custom op's outputs may not be views of one tensor
-    return dw_part[:, 0, :DH].sum(0).to(wq.dtype), dw_part[:, 1, :DH].sum(0).to(wk.dtype)
+    # one sum for both weights, (2, DH): the autograd functions split it (a custom op's outputs may not be views of one
+    # tensor, and two sums were two more kernels per backward)
+    return dw_part[:, :, :DH].sum(0).to(wq.dtype)
 
 
 @triton_op("sprintc::qk_norm_rope_backward", mutates_args={})
 def qk_norm_rope_backward(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, qkv: torch.Tensor,
                           wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
-                          eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     dqkv = torch.empty_like(qkv)
-    return dqkv, *_qk_backward(dq, dk, dv, qkv, dqkv, wq, wk, rope, eps)
+    return dqkv, _qk_backward(dq, dk, dv, qkv, dqkv, wq, wk, rope, eps)
 
 
 def _setup_context(ctx, inputs, output):
@@ -288,8 +289,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dq, dk, dv):
     qkv, wq, wk, rope = ctx.saved_tensors
-    dqkv, dwq, dwk = qk_norm_rope_backward(dq, dk, dv, qkv, wq, wk, rope, ctx.eps)
-    return dqkv, dwq, dwk, None, None
+    dqkv, dw = qk_norm_rope_backward(dq, dk, dv, qkv, wq, wk, rope, ctx.eps)
+    return dqkv, dw[0], dw[1].to(wk.dtype), None, None
 
 
 qk_norm_rope.register_autograd(_backward, setup_context=_setup_context)
@@ -457,12 +458,12 @@ def qkv_attention(qkv: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, rope: O
 @triton_op("sprintc::qkv_attention_backward", mutates_args={})
 def qkv_attention_backward(do: torch.Tensor, qkv: torch.Tensor, q: torch.Tensor, k: torch.Tensor, o: torch.Tensor,
                            wq: torch.Tensor, wk: torch.Tensor, rope: Optional[torch.Tensor],
-                           eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     qkv = qkv.contiguous()
     dqkv = torch.empty_like(qkv)
     D = qkv.shape[-1] // 3
     dq, dk = _attention_backward_into(do, q, k, _v_view(qkv, q), o, dqkv, 2 * D, 3 * D)
-    return dqkv, *_qk_backward(dq, dk, None, qkv, dqkv, wq, wk, rope, eps)
+    return dqkv, _qk_backward(dq, dk, None, qkv, dqkv, wq, wk, rope, eps)
 
 
 def _qkv_setup_context(ctx, inputs, output):
@@ -473,7 +474,8 @@ def _qkv_setup_context(ctx, inputs, output):
 
 def _qkv_backward(ctx, do, _dq, _dk):  # q and k are outputs for the backward's sake only: their gradients are unused
     qkv, q, k, o, wq, wk, rope = ctx.saved_tensors
-    return *qkv_attention_backward(do, qkv, q, k, o, wq, wk, rope, ctx.eps), None, None
+    dqkv, dw = qkv_attention_backward(do, qkv, q, k, o, wq, wk, rope, ctx.eps)
+    return dqkv, dw[0], dw[1].to(wk.dtype), None, None
 
 
 qkv_attention.register_autograd(_qkv_backward, setup_context=_qkv_setup_context)
