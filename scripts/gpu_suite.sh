@@ -85,7 +85,8 @@
 #   checkout of a9f7a73, reverted in 6421481), x2 (SPRINTC_LOOPED_SUMS 0 against 1: the step at 128 and 64, profiled; the
 #   CUDA tests); w5 again on 3fc26d0 (the code as shipped beside the anchor); x3 (the rest of the compiled CUDA tests).
 # Session Y's (one H100): y1 (the q/k backward's loads pipelined: the kernels alone by tiles and stages, the step A/B),
-#   y2 (the CUDA tests of the kernels with the new defaults); then w5 (the code as shipped beside the anchor).
+#   y2 (the CUDA tests of the kernels with the new defaults); then w5 (the code as shipped beside the anchor); y3 (the
+#   clip's norms in one _foreach_norm: step A/B against BASE, the optimizer's CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1202,6 +1203,15 @@ elif [ "$PHASE" = y2 ]; then  # session Y, one H100: the CUDA tests of the q/k k
   versions
   piece pytest_cuda 300 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "qk or cuda_graph_training or without_copies or short_attention" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = y3 ]; then  # session Y, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the clip's norms of
+  # the float32 parameters in one _foreach_norm against one vector_norm each: the routed step at 128 and 64, base / new
+  # alternating, one Inductor cache per wheel; the optimizer's CUDA tests and the captured training step with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_routed y3
+  piece pytest_cuda $(( 470 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
+    "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = x3 ]; then  # session X, one H100 (what was left of its device time): the compiled-against-eager CUDA
   # tests that x2 did not run, with the token sums looped: the scale-shift table's gradients (sums over tokens), sampling
   # with the GELU epilogue as shipped, training with tuned matmuls, the compiled attention
