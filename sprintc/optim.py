@@ -152,8 +152,8 @@ class MasterAdamW(torch.optim.Optimizer):
         if max_norm > 0:
             parts = [grad_norm(table)] if table is not None else [torch.linalg.vector_norm(x, dtype=torch.float32)
                                                                   for x in low_grads]
-            # one multi-tensor kernel for the parameters kept in float32 (XL: 59 norm weights and the like; one
-            # vector_norm each was 59 kernels per step)
+            # one multi-tensor kernel for the parameters kept in float32 (XL: 56 q/k norm weights and the label
+            # embedding; a vector_norm each was 57 kernels per step)
             parts += torch._foreach_norm([p.grad for p in rest], 2, dtype=torch.float32) if rest else []
             norm = torch.linalg.vector_norm(torch.stack(parts))
             # clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); the update divides by its inverse
