@@ -122,7 +122,7 @@ def xl_attention(B, N, kept):
 def test_qk_kernels_at_the_xl_head_shape_match_the_expression(monkeypatch, routed, tiles):
     """sprintc/kernels.py compiled for the GPU, XL's 16 heads of 72, bf16 as under autocast; with the default tiles and
     with one backward program per SM whose loads are pipelined over 3 or 2 tiles (SPRINTC_QK_BLOCKS), each program
-    looping over about four tiles of the 512 tokens."""
+    looping over about four tiles of one token or two of two tokens (512 tokens, 132 SMs on an H100)."""
     pytest.importorskip("triton")
     from sprintc.kernels import qk_norm_rope
 
