@@ -87,6 +87,8 @@
 # Session Y's (one H100): y1 (the q/k backward's loads pipelined: the kernels alone by tiles and stages, the step A/B),
 #   y2 (the CUDA tests of the kernels with the new defaults); then w5 (the code as shipped beside the anchor); y3 (the
 #   clip's norms in one _foreach_norm: step A/B against BASE, the optimizer's CUDA tests).
+# Session Z's (one H100): z1 (the masters as bf16 weights + int16 low parts: step A/B against BASE, the optimizer's kernels
+#   alone and its CUDA tests); then w5 (the code as shipped beside the anchor).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1212,6 +1214,17 @@ elif [ "$PHASE" = y3 ]; then  # session Y, one H100 (BASE=<the commit before> sc
   ab_routed y3
   piece pytest_cuda $(( 470 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = z1 ]; then  # session Z, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the masters held
+  # as the bf16 weights plus int16 low parts (26 bytes per parameter and step, not 28): the routed step at 128 and 64, base
+  # / new alternating, one Inductor cache per wheel; the optimizer's kernels alone; its CUDA tests with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_routed z1
+  [ $TINY = 0 ] && piece adamw_micro 60 0 python3 "$REPO/scripts/gpu_adamw.py" "$W/adamw.json"
+  piece pytest_cuda $(( 560 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
+    "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
+    --rootdir "$REPO"
 elif [ "$PHASE" = x3 ]; then  # session X, one H100 (what was left of its device time): the compiled-against-eager CUDA
   # tests that x2 did not run, with the token sums looped: the scale-shift table's gradients (sums over tokens), sampling
   # with the GELU epilogue as shipped, training with tuned matmuls, the compiled attention

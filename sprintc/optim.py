@@ -3,16 +3,20 @@
 Under bf16 autocast every forward casts each float32 matmul weight to bf16 (read 4 bytes, write 2), and the
 backward casts each bf16 weight gradient to float32 (read 2, write 4) before clipping and AdamW read it (4 bytes
 each). `MasterAdamW` keeps the weights and biases of the modules autocast runs in bf16 (Linear, Conv) as bf16
-parameters, views of one flat buffer, and their float32 values and moments in flat float32 buffers. On CUDA a step
-reads the bf16 gradients where the backward left them (a table of their addresses, no gather into a flat buffer):
-one kernel takes the clip norm, one updates the float32 master and the moments and writes the new bf16 weights. Each
-parameter starts at a multiple of ADAMW_BLOCK elements of the flat buffers (zero padding between: 0.02% for XL), so
-that each program of the kernel works on one parameter's block.
+parameters, views of one flat buffer, and their moments in flat float32 buffers. The float32 masters are not a third
+copy: a float32's top 16 bits are a bf16, so each master is its bf16 weight (rounded to nearest) plus an int16 low part
+in a fourth flat buffer (`split_master`, `join_master`). On CUDA a step reads the bf16 gradients where the backward
+left them (a table of their addresses, no gather into a flat buffer): one kernel takes the clip norm, one updates the
+master and the moments and writes the new bf16 weights and low parts: 26 bytes per parameter (28 with a float32 copy
+beside the bf16 one). Each parameter starts at a multiple of ADAMW_BLOCK elements of the flat buffers (zero padding
+between: 0.02% for XL), so that each program of the kernel works on one parameter's block.
 
 What the model computes is autocast's: autocast rounds the same float32 weights to bf16, and the weight gradients
-come out of bf16 matmuls either way. The update is AdamW's, in float32 (torch's formula). Other parameters (norm
-weights, embeddings, the mask token) stay float32 and take torch's AdamW step. One difference: the bf16 weights
-share one step count, so one that misses steps (frozen a while) takes the others' bias correction.
+come out of bf16 matmuls either way. The update is AdamW's, in float32 (torch's formula), save one case: a master
+exactly halfway between two bf16 values that rounds down (a tie) is stored 1 float32 ulp lower, where the int16 low
+part's range ends. Other parameters (norm weights, embeddings, the mask token) stay float32 and take torch's AdamW
+step. Another difference: the bf16 weights share one step count, so one that misses steps (frozen a while) takes the
+others' bias correction.
 
 `state_dict()` is torch AdamW's (step, exp_avg, exp_avg_sq per parameter), so checkpoints move between the two;
 `float32_params()` gives the master values in the model's parameter order, which checkpoints and the EMA read.
@@ -52,8 +56,7 @@ class MasterAdamW(torch.optim.Optimizer):
     before the first forward. `clip_and_step(max_norm)` clips the gradients to total norm max_norm and steps, without
     a host sync, and returns the norm; the lr may be a device tensor (a CUDA-graph-captured step)."""
 
-    def __init__(self, model: nn.Module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 dtype=torch.bfloat16):
+    def __init__(self, model: nn.Module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.low = low_precision_params(model)
@@ -63,24 +66,26 @@ class MasterAdamW(torch.optim.Optimizer):
         self.rest = [p for p in params if id(p) not in low_ids]
         dev = self.low[0].device
         n = sum(_aligned(p.numel()) for p in self.low)
-        self.master = torch.zeros(n, dtype=torch.float32, device=dev)
-        self.exp_avg = torch.zeros_like(self.master)
-        self.exp_avg_sq = torch.zeros_like(self.master)
-        self.weights = torch.zeros(n, dtype=dtype, device=dev)
+        self.exp_avg = torch.zeros(n, dtype=torch.float32, device=dev)
+        self.exp_avg_sq = torch.zeros_like(self.exp_avg)
+        master = torch.zeros_like(self.exp_avg)  # the masters, held from here on as weights + low parts
         self._tables = {}
         self.step_count = torch.zeros((), dtype=torch.float32, device=dev)
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
         self.ema, self._ema_rest, self.ema_weight = None, [], torch.ones((), dtype=torch.float32, device=dev)
-        self._master_of = {}
+        self._view_of = {}
         off = 0
         with torch.no_grad():
             for p in self.low:
                 view = slice(off, off + p.numel())
                 off += _aligned(p.numel())
-                self.master[view].copy_(p.reshape(-1))
-                self.weights[view].copy_(self.master[view])  # rounded as autocast rounds
+                master[view].copy_(p.reshape(-1))
+                self._view_of[id(p)] = view
+            self.weights, self.master_low = split_master(master)  # the weights rounded as autocast rounds
+            del master
+            for p in self.low:
+                view = self._view_of[id(p)]
                 p.data = self.weights[view].view(p.shape)
-                self._master_of[id(p)] = (p, self.master[view].view(p.shape), view)
                 self.state[p] = {"step": self.step_count, "exp_avg": self.exp_avg[view].view(p.shape),
                                  "exp_avg_sq": self.exp_avg_sq[view].view(p.shape)}
         for p in self.rest:
@@ -93,15 +98,19 @@ class MasterAdamW(torch.optim.Optimizer):
         if key not in self._tables:
             from sprintc.kernels import GradientTable
 
-            views = [self._master_of[id(p)][2] for p in params]
+            views = [self._view_of[id(p)] for p in params]
             self._tables[key] = GradientTable([v.stop - v.start for v in views], [v.start for v in views],
-                                              self.master.device)
+                                              self.weights.device)
         return self._tables[key]
+
+    def masters(self) -> torch.Tensor:
+        """The float32 masters, one flat buffer (a new one, made from the weights and their low parts)."""
+        return join_master(self.weights, self.master_low)
 
     def restore(self):
         """Give the model its float32 parameters back (the masters), e.g. after training; no step after this."""
-        for p, m, _ in self._master_of.values():
-            p.data = m
+        for p, value in zip(self.low, self.float32_params(self.low)):
+            p.data = value
 
     def attach_ema(self, ema: nn.Module, model: nn.Module):
         """Update `ema` (a copy of `model`, float32) inside each step: ema = lerp(ema, new weights, ema_weight), the
@@ -110,12 +119,12 @@ class MasterAdamW(torch.optim.Optimizer):
         pairs = list(zip(ema.parameters(), model.parameters()))
         if len(pairs) != len(list(model.parameters())) or any(e.shape != p.shape for e, p in pairs):
             raise ValueError("attach_ema: the EMA model does not mirror the model's parameters")
-        self.ema = torch.zeros_like(self.master)
+        self.ema = torch.zeros_like(self.exp_avg)
         rest = []
         with torch.no_grad():
             for e, p in pairs:
-                if id(p) in self._master_of:
-                    view = self._master_of[id(p)][2]
+                if id(p) in self._view_of:
+                    view = self._view_of[id(p)]
                     self.ema[view].copy_(e.reshape(-1))
                     e.data = self.ema[view].view(e.shape)
                 else:
@@ -123,8 +132,9 @@ class MasterAdamW(torch.optim.Optimizer):
         self._ema_rest = rest
 
     def float32_params(self, params) -> list[torch.Tensor]:
-        """For each of `params` (the model's, in its order): the float32 master, or the parameter itself."""
-        return [self._master_of[id(p)][1] if id(p) in self._master_of else p for p in params]
+        """For each of `params` (the model's, in its order): the float32 master (a copy), or the parameter itself."""
+        flat = self.masters()
+        return [flat[self._view_of[id(p)]].view(p.shape) if id(p) in self._view_of else p for p in params]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -143,7 +153,7 @@ class MasterAdamW(torch.optim.Optimizer):
         have = [p for p in self.low if p.grad is not None]  # all of them unless some are frozen
         low_grads = [p.grad for p in have]  # the kernels' table copies any it cannot read in place
         rest = [p for p in self.rest if p.grad is not None]
-        table = self._table(have) if have and self.master.is_cuda else None
+        table = self._table(have) if have and self.weights.is_cuda else None
         if table is not None:
             from sprintc.kernels import adamw_master_, grad_norm  # imports triton: CUDA only
 
@@ -161,16 +171,20 @@ class MasterAdamW(torch.optim.Optimizer):
         self.step_count += 1
         hp = (lr_t, self.step_count, scale, beta1, beta2, eps, wd)
         if table is not None:  # one kernel reads every gradient where it lies (and updates their EMA)
-            adamw_master_(self.master, self.weights, table, self.exp_avg, self.exp_avg_sq, *hp, self.ema,
+            adamw_master_(self.weights, self.master_low, table, self.exp_avg, self.exp_avg_sq, *hp, self.ema,
                           self.ema_weight)
-        else:  # the same arithmetic in torch ops, parameter by parameter (CPU)
+        elif have:  # the same arithmetic in torch ops, parameter by parameter (CPU)
+            master = self.masters()
             for p, x in zip(have, low_grads):
-                st = self.state[p]
-                _update(self._master_of[id(p)][1], p.data, x, st["exp_avg"], st["exp_avg_sq"], *hp)
+                st, view = self.state[p], self._view_of[id(p)]
+                _update(master[view].view(p.shape), p.data, x, st["exp_avg"], st["exp_avg_sq"], *hp)
+            weights, low = split_master(master)
+            self.weights.copy_(weights)
+            self.master_low.copy_(low)
         missed = self.low if table is None else [p for p in self.low if p.grad is None]
         if self.ema is not None and missed:
-            views = [self._master_of[id(p)][2] for p in missed]
-            torch._foreach_lerp_([self.ema[v] for v in views], [self.master[v] for v in views],
+            views, master = [self._view_of[id(p)] for p in missed], self.masters()
+            torch._foreach_lerp_([self.ema[v] for v in views], [master[v] for v in views],
                                  [self.ema_weight] * len(views))
         if rest:
             grads = [p.grad for p in rest]
@@ -215,6 +229,20 @@ class MasterAdamW(torch.optim.Optimizer):
                     self.state[p][k].copy_(saved[k])
                 step = torch.as_tensor(saved["step"], dtype=torch.float32)
                 (self.step_count if id(p) in low_ids else self.state[p]["step"]).copy_(step)
+
+
+def split_master(master: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 values as (bf16 rounded to nearest, ties to even; int16 low part) such that join_master gives them
+    back: the bits' difference, clamped to int16 (a tie rounded down comes back 1 ulp lower, and still rounds to the
+    same bf16). The AdamW kernel splits its new masters the same way."""
+    weights = master.to(torch.bfloat16)
+    low = master.view(torch.int32) - (weights.view(torch.int16).to(torch.int32) << 16)
+    return weights, low.clamp_(max=32767).to(torch.int16)
+
+
+def join_master(weights: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """The float32 values that split_master split."""
+    return ((weights.view(torch.int16).to(torch.int32) << 16) + low.to(torch.int32)).view(torch.float32)
 
 
 def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, wd):

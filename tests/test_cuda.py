@@ -438,7 +438,7 @@ def test_inductor_gradients_of_a_scale_shift_table_are_eagers():
 
 def test_master_adamw_kernel_rounds_to_nearest_and_matches_the_torch_update():
     from sprintc.kernels import GradientTable, adamw_master_, grad_norm
-    from sprintc.optim import _update
+    from sprintc.optim import _update, join_master, split_master
 
     g = torch.Generator(device="cuda").manual_seed(0)
     sizes = (2048, 5, 2 * 2048 + 1)  # gradients read where they lie, at these places in the flat buffers
@@ -450,20 +450,21 @@ def test_master_adamw_kernel_rounds_to_nearest_and_matches_the_torch_update():
     grads = torch.zeros(n, dtype=torch.bfloat16, device="cuda")
     grads[at] = torch.cat(parts)
     torch.testing.assert_close(grad_norm(table), grads.float().norm(), rtol=1e-6, atol=0)
-    master = torch.randn(n, device="cuda", generator=g)
+    master = join_master(*split_master(torch.randn(n, device="cuda", generator=g)))
     m, v = torch.randn(n, device="cuda", generator=g) * 0.1, torch.rand(n, device="cuda", generator=g) * 0.01
     ref = [master.cpu(), torch.empty(n, dtype=torch.bfloat16), grads.cpu(), m.cpu(), v.cpu()]
-    got = [master.clone(), torch.empty(n, dtype=torch.bfloat16, device="cuda"), table, m.clone(), v.clone()]
+    got = [*split_master(master), table, m.clone(), v.clone()]
     lr, step, scale, ema_w = (torch.tensor(x, device="cuda") for x in (3e-3, 7.0, 2.5, 0.3))
     ema = torch.randn(n, device="cuda", generator=g)
     ema_before = ema.clone()
     _update(*ref, lr.cpu(), step.cpu(), scale.cpu(), 0.9, 0.999, 1e-8, 0.05)
     adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, 0.05, ema, ema_w)
-    for i in (0, 3, 4):
-        torch.testing.assert_close(got[i][at].cpu(), ref[i][at.cpu()], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(ema[at], ema_before.lerp(got[0], ema_w)[at], rtol=1e-6, atol=1e-7)
-    got[0], got[1] = got[0][at], got[1][at]
-    assert torch.equal(got[1], got[0].bfloat16())  # round to nearest, as autocast's cast
+    new_master = join_master(got[0], got[1])
+    for a, b in ((new_master, ref[0]), (got[3], ref[3]), (got[4], ref[4])):
+        torch.testing.assert_close(a[at].cpu(), b[at.cpu()], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ema[at], ema_before.lerp(new_master, ema_w)[at], rtol=1e-6, atol=1e-7)
+    assert torch.equal(got[0][at], new_master[at].bfloat16())  # round to nearest, as autocast's cast
+    assert torch.equal(got[1][at], split_master(new_master)[1][at])  # the low parts as the torch split has them
 
 
 def test_a_captured_master_adamw_step_reads_the_gradients_of_each_replay():

@@ -6,8 +6,10 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from sprintc.optim import MasterAdamW, float32_params, float32_state_dict
+from sprintc.optim import MasterAdamW, float32_params, float32_state_dict, join_master, split_master
 from sprintc.targets_api import clip_and_step
 
 
@@ -154,7 +156,7 @@ def test_a_model_without_linear_layers_is_refused_and_training_takes_adamw_for_i
 KERNEL_CHECK = textwrap.dedent("""
     import torch
     from sprintc.kernels import GradientTable, adamw_master_, grad_norm
-    from sprintc.optim import _update
+    from sprintc.optim import _update, join_master, split_master
 
     g = torch.Generator().manual_seed(0)
     # gradients of sizes around the block (2,048), read in place; in the flat buffers each starts at a block and the
@@ -176,24 +178,25 @@ KERNEL_CHECK = textwrap.dedent("""
             master, m, v, ema = (torch.zeros(n) for _ in range(4))
             master[at], m[at], ema[at] = (torch.randn(len(at), generator=g) * s for s in (1.0, 0.1, 1.0))
             v[at] = torch.rand(len(at), generator=g) * 0.01
+            master = join_master(*split_master(master))  # a master the split holds exactly
             ref = [master.clone(), torch.zeros(n, dtype=torch.bfloat16), flat_grads, m.clone(), v.clone()]
-            got = [master.clone(), torch.zeros(n, dtype=torch.bfloat16), table, m.clone(), v.clone()]
+            got = [*split_master(master), table, m.clone(), v.clone()]
             lr, step = torch.tensor(3e-3), torch.tensor(7.0)
             _update(*ref, lr, step, scale, 0.9, 0.999, 1e-8, wd)
             got_ema = ema.clone() if ema_w is not None else None
             adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, wd, got_ema,
                           None if ema_w is None else torch.tensor(ema_w))
+            new_master = join_master(got[0], got[1])
+            assert torch.equal(got[0], new_master.bfloat16())  # the weights: the new masters rounded to nearest
+            assert torch.equal(split_master(new_master)[1], got[1])  # split as optim.split_master splits
             rest = torch.ones(n, dtype=torch.bool)
             rest[at] = False
             if ema_w is not None:
-                torch.testing.assert_close(got_ema[at], ema.lerp(got[0], ema_w)[at], rtol=1e-6, atol=1e-7)
+                torch.testing.assert_close(got_ema[at], ema.lerp(new_master, ema_w)[at], rtol=1e-6, atol=1e-7)
                 assert torch.equal(got_ema[rest], ema[rest])
-            for i, before in ((0, master), (1, torch.zeros(n)), (3, m), (4, v)):
-                a, b = got[i], ref[i]
-                # the interpreter rounds float32 to bf16 toward zero (a GPU to nearest: tests/test_cuda.py)
-                tol = dict(rtol=2 ** -7, atol=0) if a.dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
-                torch.testing.assert_close(a[at].float(), b[at].float(), **tol)
-                assert torch.equal(a[rest].float(), before[rest].float())  # padding and skipped tensors as they were
+            for a, b, before in ((new_master, ref[0], master), (got[3], ref[3], m), (got[4], ref[4], v)):
+                torch.testing.assert_close(a[at], b[at], rtol=1e-6, atol=1e-6)
+                assert torch.equal(a[rest], before[rest])  # padding and skipped tensors as they were
     print("adamw ok")
 """)
 
@@ -275,3 +278,29 @@ def test_a_transformed_model_of_ones_own_trains_with_it_as_with_adamw():
     for (name, p), m, e_ref, e in zip(ref.named_parameters(), float32_params(net, mo), ema_ref.parameters(), ema.parameters()):
         torch.testing.assert_close(m, p, rtol=0, atol=1e-6, msg=name)
         torch.testing.assert_close(e, e_ref, rtol=0, atol=1e-6, msg=name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=64))
+def test_a_master_split_into_bf16_and_a_low_part_comes_back(values):
+    x = torch.tensor(values, dtype=torch.float32)
+    weights, low = split_master(x)
+    assert weights.dtype == torch.bfloat16 and low.dtype == torch.int16
+    assert torch.equal(weights, x.to(torch.bfloat16))  # the weights are autocast's rounding
+    back = join_master(weights, low)
+    # exact, save a tie rounded down, which comes back 1 ulp lower (and still rounds to the same weight)
+    ulps = x.view(torch.int32).long() - back.view(torch.int32).long()
+    tie_down = (x.view(torch.int32) & 0xFFFF == 0x8000) & (weights.view(torch.int16) & 1 == 0)
+    assert torch.equal(ulps, tie_down.long())
+    assert all(torch.equal(a, b) for a, b in zip(split_master(back), (weights, low)))  # stable once split
+
+
+def test_ties_split_to_even_weights_and_every_other_value_exactly():
+    # 1 + half a bf16 ulp (a tie, down to 1), 1.0078125 + half (a tie, up), just above and below a half, zero
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x3F807FFF, 0], dtype=torch.int32)
+    x = bits.view(torch.float32)
+    x = torch.cat([x, -x])  # the sign bit aside, negative values split alike
+    weights, low = split_master(x)
+    assert weights.tolist() == [1.0, 1.015625, 1.0078125, 1.0, 0.0, -1.0, -1.015625, -1.0078125, -1.0, 0.0]
+    ulps = (x.view(torch.int32) - join_master(weights, low).view(torch.int32)).tolist()
+    assert ulps == [1, 0, 0, 0, 0] * 2  # only a tie rounded down comes back lower in magnitude
