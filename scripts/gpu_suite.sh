@@ -89,7 +89,7 @@
 #   clip's norms in one _foreach_norm: step A/B against BASE, the optimizer's CUDA tests).
 # Session Z's (one H100): z1 (the masters as bf16 weights + int16 low parts: step A/B against BASE, the optimizer's kernels
 #   alone and its CUDA tests); then w5 (the code as shipped beside the anchor); z2 (the other targets: dense step,
-#   sampling, batch 32; the anchor at 64 again).
+#   sampling, batch 32; the anchor at 64 again); z3 (the routed step at 128 beside the anchor again).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1233,6 +1233,10 @@ elif [ "$PHASE" = z2 ]; then  # session Z, one H100: the code as shipped at 128 
   piece z2_b128 230 0 $BENCH --batch 128 --modes $TMODES --parts train,sample --graphs routed,dense --json "$W/z2_b128.json"
   piece z2_b64_32 130 0 $BENCH --batch 64,32 --modes $TMODES --parts train --graphs routed --json "$W/z2_b64_32.json"
   [ $TINY = 0 ] && piece anchor_b64 $(( 590 - ($(date +%s) - T0) )) 0 $(anchor 64)
+elif [ "$PHASE" = z3 ]; then  # session Z, one H100: the routed step at 128 beside the anchor once more (the end of w5)
+  gpu_info
+  piece z3_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/z3_b128.json"
+  [ $TINY = 0 ] && piece anchor_b128 $(( 330 - ($(date +%s) - T0) )) 0 $(anchor 128)
 elif [ "$PHASE" = x3 ]; then  # session X, one H100 (what was left of its device time): the compiled-against-eager CUDA
   # tests that x2 did not run, with the token sums looped: the scale-shift table's gradients (sums over tokens), sampling
   # with the GELU epilogue as shipped, training with tuned matmuls, the compiled attention
