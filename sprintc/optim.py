@@ -68,7 +68,8 @@ class MasterAdamW(torch.optim.Optimizer):
         n = sum(_aligned(p.numel()) for p in self.low)
         self.exp_avg = torch.zeros(n, dtype=torch.float32, device=dev)
         self.exp_avg_sq = torch.zeros_like(self.exp_avg)
-        master = torch.zeros_like(self.exp_avg)  # the masters, held from here on as weights + low parts
+        self.weights = torch.zeros(n, dtype=torch.bfloat16, device=dev)
+        self.master_low = torch.zeros(n, dtype=torch.int16, device=dev)
         self._tables = {}
         self.step_count = torch.zeros((), dtype=torch.float32, device=dev)
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
@@ -79,13 +80,10 @@ class MasterAdamW(torch.optim.Optimizer):
             for p in self.low:
                 view = slice(off, off + p.numel())
                 off += _aligned(p.numel())
-                master[view].copy_(p.reshape(-1))
-                self._view_of[id(p)] = view
-            self.weights, self.master_low = split_master(master)  # the weights rounded as autocast rounds
-            del master
-            for p in self.low:
-                view = self._view_of[id(p)]
+                # one parameter at a time (small temporaries); the weights rounded as autocast rounds
+                self.weights[view], self.master_low[view] = split_master(p.detach().reshape(-1))
                 p.data = self.weights[view].view(p.shape)
+                self._view_of[id(p)] = view
                 self.state[p] = {"step": self.step_count, "exp_avg": self.exp_avg[view].view(p.shape),
                                  "exp_avg_sq": self.exp_avg_sq[view].view(p.shape)}
         for p in self.rest:
@@ -236,7 +234,8 @@ def split_master(master: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     back: the bits' difference, clamped to int16 (a tie rounded down comes back 1 ulp lower, and still rounds to the
     same bf16). The AdamW kernel splits its new masters the same way."""
     weights = master.to(torch.bfloat16)
-    low = master.view(torch.int32) - (weights.view(torch.int16).to(torch.int32) << 16)
+    low = weights.view(torch.int16).to(torch.int32).bitwise_left_shift_(16)
+    torch.sub(master.view(torch.int32), low, out=low)
     return weights, low.clamp_(max=32767).to(torch.int16)
 
 
