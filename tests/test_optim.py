@@ -304,3 +304,15 @@ def test_ties_split_to_even_weights_and_every_other_value_exactly():
     assert weights.tolist() == [1.0, 1.015625, 1.0078125, 1.0, 0.0, -1.0, -1.015625, -1.0078125, -1.0, 0.0]
     ulps = (x.view(torch.int32) - join_master(weights, low).view(torch.int32)).tolist()
     assert ulps == [1, 0, 0, 0, 0] * 2  # only a tie rounded down comes back lower in magnitude
+
+
+def test_the_adamw_kernel_refuses_masters_not_held_as_bf16_weights_and_int16_low_parts():
+    from sprintc.kernels import GradientTable, adamw_master_
+
+    n, one = 2048, torch.ones(())
+    table = GradientTable([n], [0], "cpu")
+    moments = torch.zeros(n), torch.zeros(n)
+    for weights, low in ((torch.zeros(n), torch.zeros(n, dtype=torch.int16)),  # a float32 master, as before
+                         (torch.zeros(n, dtype=torch.bfloat16), torch.zeros(n, dtype=torch.bfloat16))):
+        with pytest.raises(TypeError, match=f"bf16 weights and int16 low parts, not {weights.dtype} and {low.dtype}"):
+            adamw_master_(weights, low, table, *moments, one, one, None, 0.9, 0.999, 1e-8, 0.0)
