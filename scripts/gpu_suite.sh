@@ -90,6 +90,8 @@
 # Session Z's (one H100): z1 (the masters as bf16 weights + int16 low parts: step A/B against BASE, the optimizer's kernels
 #   alone and its CUDA tests); then w5 (the code as shipped beside the anchor); z2 (the other targets: dense step,
 #   sampling, batch 32; the anchor at 64 again); z3 (the routed step at 128 beside the anchor again).
+# Session AA's (one H100): aa1 (the anchor's host time against its kernels' time; the routed step, `sprintc train`, the
+#   optimizer's CUDA tests as shipped).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -116,6 +118,7 @@ else
   AMODES=compiled,cudagraph; TMODES=cudagraph  # the compiled modes; the CUDA-graph step alone
 fi
 gpu_info() { [ $TINY = 1 ] || nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm,driver_version --format=csv | tee "$W/nvidia_smi.txt"; }
+host_info() { [ $TINY = 1 ] || { lscpu | grep -E "Model name|^CPU\(s\)|MHz|Thread|Socket" ; nproc; } | tee "$W/cpu.txt"; }
 versions() {  # what the figures ran on; importing the Inductor target checks the install too
   python3 -c "import torch, pydantic, sprintc.targets.inductor; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version() if torch.cuda.is_available() else None, 'gpus', torch.cuda.device_count(), 'pydantic', pydantic.__version__)" | tee "$W/versions.txt"
 }
@@ -1215,6 +1218,21 @@ elif [ "$PHASE" = y3 ]; then  # session Y, one H100 (BASE=<the commit before> sc
   ab_routed y3
   piece pytest_cuda $(( 470 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT step waiting on its host? Its own model and
+  # step at 64 and 128 with host and kernel times (scripts/gpu_anchor_host.py), the host's CPU; then the code as shipped:
+  # the routed step at 64 and 128, `sprintc train` on XL latents at 128, the optimizer's CUDA tests with the time left
+  gpu_info
+  versions
+  host_info
+  [ $TINY = 0 ] && piece anchor_host 230 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64,128 --json "$W/anchor_host.json"
+  piece aa1_b64 80 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b64.json"
+  piece aa1_b128 80 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b128.json"
+  train_setup 128
+  train_each 130 shipped:xl_ddp
+  rm -rf "$W/latents"
+  piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
+    "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
+    --rootdir "$REPO"
 elif [ "$PHASE" = z1 ]; then  # session Z, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the masters held
   # as the bf16 weights plus int16 low parts (26 bytes per parameter and step, not 28): the routed step at 128 and 64, base
   # / new alternating, one Inductor cache per wheel; the optimizer's kernels alone; its CUDA tests with the time left
