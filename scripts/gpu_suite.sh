@@ -1225,10 +1225,10 @@ elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT st
   versions
   host_info
   [ $TINY = 0 ] && piece anchor_host 230 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64,128 --json "$W/anchor_host.json"
-  piece aa1_b64 80 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b64.json"
-  piece aa1_b128 80 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b128.json"
+  piece aa1_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b64.json"
+  piece aa1_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b128.json"
   train_setup 128
-  train_each 130 shipped:xl_ddp
+  train_each 150 shipped:xl_ddp
   rm -rf "$W/latents"
   piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
