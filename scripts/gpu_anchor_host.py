@@ -7,11 +7,13 @@ guards and kernel launches run on the host. Its SPRINT step at batch 64 took 53.
 - the step as the anchor times it (CUDA events around one step, median of STEPS);
 - the host's time to queue one step with the GPU idle before it (from a synchronize to the step's return), beside
   the time until the GPU has finished it;
-- under torch.profiler: the kernels' busy time and the GPU's idle time between kernels (scripts/gpu_gaps.py).
+- under torch.profiler: the kernels' busy time and the GPU's idle time between kernels (scripts/gpu_gaps.py), and the
+  kernels' time per step by kind and the longest kernels by name (to set a fast run's beside a slow one's).
 
     python3 scripts/gpu_anchor_host.py .gpu/anchor_dit.py --batch 64,128 [--json OUT.json]
 """
 import argparse
+import collections
 import importlib.util
 import json
 import statistics
@@ -22,6 +24,28 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from gpu_gaps import device_intervals, gap_report
+
+
+def kind(name: str) -> str:
+    if any(k in name for k in ("nvjet", "gemm", "cutlass", "cublas", "sm90_xmma")):
+        return "matmul"
+    if "multi_tensor_apply" in name:
+        return "optimizer"
+    if "flash" in name or "fmha" in name or "attention" in name:
+        return "attention"
+    return "triton" if name.startswith("triton_") else "other"
+
+
+def kernel_table(intervals, steps: int, top: int = 25):
+    by_name, by_kind = collections.defaultdict(lambda: [0.0, 0]), collections.defaultdict(float)
+    for s, e, name in intervals:
+        by_name[name][0] += (e - s) / 1000 / steps
+        by_name[name][1] += 1
+        by_kind[kind(name)] += (e - s) / 1000 / steps
+    names = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
+    return ({k: round(v, 3) for k, v in sorted(by_kind.items())},
+            [[round(ms, 4), n // steps, name[:110]] for name, (ms, n) in names])
+
 
 ap = argparse.ArgumentParser()
 ap.add_argument("anchor")
@@ -72,12 +96,15 @@ for batch in (int(b) for b in args.batch.split(",")):
         for _ in range(5):
             step()
         torch.cuda.synchronize()
-    busy = sum(e - s for s, e, _ in device_intervals(prof)) / 1000 / 5
+    intervals = device_intervals(prof)
+    busy = sum(e - s for s, e, _ in intervals) / 1000 / 5
     gaps = gap_report(prof, 5, top=4)
+    kinds, longest = kernel_table(intervals, 5)
     row = dict(batch=batch, model="dense" if args.dense else "sprint", step_ms=round(step_ms, 2),
                host_queue_ms=round(statistics.median(host), 2), host_to_done_ms=round(statistics.median(done), 2),
-               kernels_busy_ms=round(busy, 2), kernels_per_step=len(device_intervals(prof)) // 5, profile=gaps)
-    print(json.dumps(row), flush=True)
+               kernels_busy_ms=round(busy, 2), kernels_per_step=len(intervals) // 5, profile=gaps,
+               kernels_ms_by_kind=kinds, longest_kernels_ms=longest)
+    print(json.dumps({k: v for k, v in row.items() if k != "longest_kernels_ms"}), flush=True)
     rows.append(row)
     del model, opt, fwd
     torch.cuda.empty_cache()

@@ -91,7 +91,7 @@
 #   alone and its CUDA tests); then w5 (the code as shipped beside the anchor); z2 (the other targets: dense step,
 #   sampling, batch 32; the anchor at 64 again); z3 (the routed step at 128 beside the anchor again).
 # Session AA's (one H100): aa1 (the anchor's host time against its kernels' time; the routed step, `sprintc train`, the
-#   optimizer's CUDA tests as shipped).
+#   optimizer's CUDA tests as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1218,6 +1218,20 @@ elif [ "$PHASE" = y3 ]; then  # session Y, one H100 (BASE=<the commit before> sc
   ab_routed y3
   piece pytest_cuda $(( 470 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = aa2 ]; then  # session AA, one H100: the anchor's SPRINT step at 64 in three processes, each with its kernels'
+  # time by kind and its longest kernels (scripts/gpu_anchor_host.py), the card's clocks and power traced beside them
+  gpu_info
+  versions
+  host_info
+  if [ $TINY = 0 ]; then
+    nvidia-smi --query-gpu=power.limit,power.max_limit,clocks.max.sm,clocks.max.mem,clocks.mem --format=csv | tee "$W/power.txt"
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active --format=csv -lms 500 > "$W/smi_trace.csv" &
+    SMI=$!
+    for r in 1 2 3; do
+      piece anchor_host_$r 150 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_$r.json"
+    done
+    kill $SMI
+  fi
 elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT step waiting on its host? Its own model and
   # step at 64 and 128 with host and kernel times (scripts/gpu_anchor_host.py), the host's CPU; then the code as shipped:
   # the routed step at 64 and 128, `sprintc train` on XL latents at 128, the optimizer's CUDA tests with the time left
