@@ -1225,7 +1225,7 @@ elif [ "$PHASE" = aa2 ]; then  # session AA, one H100: the anchor's SPRINT step 
   host_info
   if [ $TINY = 0 ]; then
     nvidia-smi --query-gpu=power.limit,power.max_limit,clocks.max.sm,clocks.max.mem,clocks.mem --format=csv | tee "$W/power.txt"
-    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active --format=csv -lms 500 > "$W/smi_trace.csv" &
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 500 > "$W/smi_trace.csv" &
     SMI=$!
     for r in 1 2 3; do
       piece anchor_host_$r 150 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_$r.json"
