@@ -91,7 +91,7 @@
 #   alone and its CUDA tests); then w5 (the code as shipped beside the anchor); z2 (the other targets: dense step,
 #   sampling, batch 32; the anchor at 64 again); z3 (the routed step at 128 beside the anchor again).
 # Session AA's (one H100): aa1 (the anchor's host time against its kernels' time; the routed step, `sprintc train`, the
-#   optimizer's CUDA tests as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
+#   optimizer's CUDA tests as shipped), aa3 (two H100s: every CUDA test as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1218,6 +1218,17 @@ elif [ "$PHASE" = y3 ]; then  # session Y, one H100 (BASE=<the commit before> sc
   ab_routed y3
   piece pytest_cuda $(( 470 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = aa3 ]; then  # session AA, two H100s: every CUDA test of the code as shipped; tests/test_cuda.py but its
+  # two-GPU tests on GPU 0, beside the kernel, optimizer and cuBLASLt tests on GPU 1 and then the two-GPU DDP tests
+  gpu_info
+  versions
+  T="-v -o addopts= -p no:cacheprovider --rootdir $REPO"
+  ( piece pytest_cuda 560 0 python3 -m pytest $T "$REPO/tests/test_cuda.py" -k "not ddp" ) &
+  (
+    piece pytest_kernels 330 1 python3 -m pytest $T "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" "$REPO/tests/test_cublaslt.py"
+    piece pytest_ddp $(( 575 - ($(date +%s) - T0) )) 0,1 python3 -m pytest $T "$REPO/tests/test_cuda.py" -k ddp
+  ) &
+  wait
 elif [ "$PHASE" = aa2 ]; then  # session AA, one H100: the anchor's SPRINT step at 64 in three processes, each with its kernels'
   # time by kind and its longest kernels (scripts/gpu_anchor_host.py), the card's clocks and power traced beside them
   gpu_info
