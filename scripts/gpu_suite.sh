@@ -91,7 +91,7 @@
 #   alone and its CUDA tests); then w5 (the code as shipped beside the anchor); z2 (the other targets: dense step,
 #   sampling, batch 32; the anchor at 64 again); z3 (the routed step at 128 beside the anchor again).
 # Session AA's (one H100): aa1 (the anchor's host time against its kernels' time; the routed step, `sprintc train`, the
-#   optimizer's CUDA tests as shipped), aa3 (two H100s: every CUDA test as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
+#   optimizer's CUDA tests as shipped), aa4 (one H200: the routed step, the anchor's step at 64 and 128), aa3 (two H100s: every CUDA test as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1218,6 +1218,18 @@ elif [ "$PHASE" = y3 ]; then  # session Y, one H100 (BASE=<the commit before> sc
   ab_routed y3
   piece pytest_cuda $(( 470 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = aa4 ]; then  # session AA, one H200: the routed step at 128 and 64 as shipped, then the anchor's own SPRINT
+  # step (scripts/gpu_anchor_host.py: its model, optimizer, step and timer) at 64 and 128 in one process and at 64 in two more
+  gpu_info
+  versions
+  host_info
+  piece aa4_b128_64 150 0 $BENCH --batch 128,64 --modes $TMODES --parts train --graphs routed --json "$W/aa4_b128_64.json"
+  if [ $TINY = 0 ]; then
+    piece anchor_host_1 200 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64,128 --json "$W/anchor_host_1.json"
+    for r in 2 3; do
+      piece anchor_host_$r $(( 540 - ($(date +%s) - T0) )) 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_$r.json"
+    done
+  fi
 elif [ "$PHASE" = aa3 ]; then  # session AA, two H100s: every CUDA test of the code as shipped; tests/test_cuda.py but its
   # two-GPU tests on GPU 0, beside the kernel, optimizer and cuBLASLt tests on GPU 1 and then the two-GPU DDP tests
   gpu_info
