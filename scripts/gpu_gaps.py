@@ -11,7 +11,7 @@ def device_intervals(prof):
         # a record_function range (Optimizer.step#AdamW.step, ProfilerStep#N) is mirrored on the device's timeline
         # over the kernels it launched: it is not a kernel, and counting it would count those kernels twice
         if (e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-                and not e.name.startswith("ProfilerStep") and "#" not in e.name):
+                and "#" not in e.name):
             out.append((e.time_range.start, e.time_range.end, e.name))
     return sorted(out)
 

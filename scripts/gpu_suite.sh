@@ -229,6 +229,11 @@ ab_phase() {  # ab_phase PREFIX TESTS: an A/B phase (BASE=REV scripts/gpu_prepar
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "$2" -p no:cacheprovider --rootdir "$REPO"
 }
+optim_tests() {  # optim_tests END: the optimizer's CUDA tests and the captured training step's, until END s into the call
+  piece pytest_cuda $(( $1 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
+    "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
+    --rootdir "$REPO"
+}
 bench_variant() {  # bench_variant NAME 'YAML': $W/NAME.yaml, the bench's spec with YAML on top
   printf 'extends: %s\nname: %s\n%s\n' "$SPEC" "$1" "$2" > "$W/$1.yaml"
 }
@@ -1267,9 +1272,7 @@ elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT st
   train_setup 128
   train_each 150 shipped:xl_ddp
   rm -rf "$W/latents"
-  piece pytest_cuda $(( 585 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
-    "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
-    --rootdir "$REPO"
+  optim_tests 585
 elif [ "$PHASE" = z1 ]; then  # session Z, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the masters held
   # as the bf16 weights plus int16 low parts (26 bytes per parameter and step, not 28): the routed step at 128 and 64, base
   # / new alternating, one Inductor cache per wheel; the optimizer's kernels alone; its CUDA tests with the time left
@@ -1278,9 +1281,7 @@ elif [ "$PHASE" = z1 ]; then  # session Z, one H100 (BASE=<the commit before> sc
   base_wheel
   ab_routed z1
   [ $TINY = 0 ] && piece adamw_micro 60 0 python3 "$REPO/scripts/gpu_adamw.py" "$W/adamw.json"
-  piece pytest_cuda $(( 560 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
-    "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
-    --rootdir "$REPO"
+  optim_tests 560
 elif [ "$PHASE" = z2 ]; then  # session Z, one H100: the code as shipped at 128 (routed and dense steps, sampling), the routed
   # step at 64 and 32, then the anchor at 64 again (z1 and w5 ran it once)
   gpu_info
