@@ -1,16 +1,28 @@
 """path_drop (training): per sample with probability p the whole middle output becomes the mask token,
-so the model also learns the shallow path alone. The per-sample decision is a graph input."""
+so the model also learns the shallow path alone. The per-sample decision is a graph input. With skip_middle,
+the samples the middle runs on are a graph input too (`middle_rows`): every per-sample input of the middle
+region is cut to those rows, and the others' middle output is the mask token without being computed."""
 from sprintc import routing
-from sprintc.pipeline import PassResult, add_placeholder, insert_after, mask_node, register, role_node, stage_nodes
+from sprintc.pipeline import (PassResult, add_placeholder, insert_after, mask_node, middle_region, register, role_node,
+                              stage_nodes, wrap_sample_inputs)
 
 
 @register("path_drop", requires=("partition",), after=("route",))
 def path_drop(gm, cfg, ctx):
     graph = gm.graph
-    ctx.path_drop_p = cfg.p
+    ctx.path_drop_p, ctx.path_drop_skip = cfg.p, cfg.skip_middle
+    shapes2, shapes3 = (ctx.shapes(gm, 2), ctx.shapes(gm, 3)) if cfg.skip_middle else ({}, {})
     flag = add_placeholder(graph, "path_drop")
     m = role_node(graph, "middle_out")
     mask = mask_node(graph, stage_nodes(graph, "middle")[0], gm, ctx)
-    d = insert_after(m, routing.drop_path, (m, flag, mask))
+    rows = None
+    if cfg.skip_middle:
+        rows = add_placeholder(graph, "middle_rows")
+        picked = wrap_sample_inputs(graph, middle_region(graph), shapes2, shapes3,
+                                    lambda a: graph.call_function(routing.select_rows, (a, rows)))
+        for s in [n for n in graph.nodes if n.target is routing.scatter_tokens]:  # kept tokens back, by the same ids
+            if s.args[1] in picked:
+                s.update_arg(1, picked[s.args[1]])
+    d = insert_after(m, routing.drop_path, (m, flag, mask, rows))
     d.meta["role"] = m.meta.pop("role")
     return PassResult(gm, True)

@@ -4,7 +4,8 @@ mask token everywhere; fusion and decoder run on both. The guidance sum itself i
 import torch.fx as fx
 
 from sprintc import routing
-from sprintc.pipeline import PassResult, insert_after, mask_node, register, role_node, stage_nodes
+from sprintc.pipeline import (PassResult, insert_after, mask_node, middle_region, register, role_node, stage_nodes,
+                              wrap_sample_inputs)
 
 
 @register("pdg", requires=("partition",), after=("route", "path_drop", "fuse"))
@@ -14,23 +15,15 @@ def pdg(gm, cfg, ctx):
     shapes2, shapes3 = ctx.shapes(gm, 2), ctx.shapes(gm, 3)
     g = fx.Graph()
     g.output(g.graph_copy(gm.graph, {}))
+    for n in list(g.nodes):  # path drop's skipped samples: guidance runs the middle on the whole conditional half
+        if n.target is routing.select_rows:
+            n.replace_all_uses_with(n.args[0])
+            g.erase_node(n)
     mids = stage_nodes(g, "middle")
-    region = set(mids)
-    for n in list(g.nodes):  # the route's gathers belong to the middle region too
-        if n.target is routing.gather_tokens and any(u in region for u in n.users):
-            region.add(n)
-    halves = {}
-    for node in list(region):
-        for a in list(node.all_input_nodes):
-            if a in region or a.op == "call_module" and a.target == "sprint" or a.op == "placeholder" and a.target == "ids_keep":
-                continue
-            s2, s3 = shapes2.get(a.name), shapes3.get(a.name)
-            if not (isinstance(s2, tuple) and s2 and s2[0] != s3[0]):
-                continue  # not per-sample (e.g. RoPE angles shared by the batch)
-            if a not in halves:
-                with g.inserting_after(a):
-                    halves[a] = g.call_function(routing.first_half, (a,))
-            node.replace_input_with(a, halves[a])
+    region = middle_region(g)
+    wrap_sample_inputs(g, region, shapes2, shapes3, lambda a: g.call_function(routing.first_half, (a,)),
+                       keep=lambda a: a.op == "call_module" and a.target == "sprint"
+                       or a.op == "placeholder" and a.target == "ids_keep")
     m = role_node(g, "middle_out")
     mask = mask_node(g, mids[0], gm, ctx)
     # the middle output as it leaves the middle region (before path drop and fusion)

@@ -1260,6 +1260,28 @@ elif [ "$PHASE" = aa2 ]; then  # session AA, one H100: the anchor's SPRINT step 
     done
     kill $SMI
   fi
+elif [ "$PHASE" = ab1 ]; then  # session AB, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): path drop's
+  # skip_middle (the dropped samples skip the middle blocks): the routed step at 128 and 64, base / new alternating, one
+  # Inductor cache per wheel; the optimizer's and the captured step's CUDA tests with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_routed ab1
+  optim_tests 585
+elif [ "$PHASE" = ab2 ]; then  # session AB, one H100: the code as shipped beside the anchor's own SPRINT step at 64 in three
+  # processes (scripts/gpu_anchor_host.py), alternating with the routed step at 128 and 64, then at 64 again; `sprintc
+  # train` on XL latents at 128 with the time left
+  gpu_info
+  versions
+  host_info
+  [ $TINY = 0 ] && piece anchor_host_1 150 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_1.json"
+  piece ab2_b128_64 150 0 $BENCH --batch 128,64 --modes $TMODES --parts train --graphs routed --json "$W/ab2_b128_64.json"
+  [ $TINY = 0 ] && piece anchor_host_2 90 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_2.json"
+  piece ab2_b64 70 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab2_b64.json"
+  [ $TINY = 0 ] && piece anchor_host_3 90 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_3.json"
+  train_setup 128
+  train_each $(( 590 - ($(date +%s) - T0) )) shipped:xl_ddp
+  rm -rf "$W/latents"
 elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT step waiting on its host? Its own model and
   # step at 64 and 128 with host and kernel times (scripts/gpu_anchor_host.py), the host's CPU; then the code as shipped:
   # the routed step at 64 and 128, `sprintc train` on XL latents at 128, the optimizer's CUDA tests with the time left

@@ -252,8 +252,8 @@ def graph_flops(built, batch: int, routed: bool, guidance: bool = False) -> floa
         return float(sum(c.flops for c in run_meta(gg, *args, **kwargs).costs.values()))
     args, kwargs = ctx.inputs(gm, batch)
     if not routed:
-        kwargs.pop("ids_keep", None)
-        kwargs.pop("path_drop", None)
+        for k in ("ids_keep", "path_drop", "middle_rows"):
+            kwargs.pop(k, None)
     return float(sum(c.flops for c in run_meta(gm, *args, **kwargs).costs.values()))
 
 

@@ -55,6 +55,7 @@ class SprintModules(nn.Module):
         # runtime state (not parameters): set by install()
         self.plan: routing.RoutePlan | None = None
         self.path_drop_p = 0.0
+        self.path_drop_skip = False  # dropped samples skip the middle blocks (path_drop's skip_middle)
         self.routing = True  # False during full-token fine-tuning
         self.generator: torch.Generator | None = None
         self.graph: fx.Graph | None = None  # the rewritten graph and the PDG graph
@@ -78,6 +79,7 @@ class Context:
     protected: tuple[int, ...] = ()
     plan: routing.RoutePlan | None = None
     path_drop_p: float = 0.0
+    path_drop_skip: bool = False
     guidance: fx.Graph | None = None
     applied: list[str] = field(default_factory=list)
 
@@ -95,6 +97,10 @@ class Context:
             kwargs["ids_keep"] = routing.sample_ids(self.plan, batch)
         if "path_drop" in names and not guidance:
             kwargs["path_drop"] = torch.zeros(batch, dtype=torch.bool)
+        if "middle_rows" in names and not guidance and self.path_drop_p > 0:  # the rows a training step keeps
+            kwargs["path_drop"], rows = routing.draw_path_drop(self.path_drop_p, batch, self.path_drop_skip,
+                                                               generator=torch.Generator().manual_seed(0))
+            kwargs["middle_rows"] = None if rows is None else rows[0]
         return args, kwargs
 
     def shapes(self, gm: fx.GraphModule, batch: int = 2) -> dict[str, tuple]:
@@ -104,6 +110,37 @@ class Context:
 
 def stage_nodes(graph: fx.Graph, stage: str) -> list[fx.Node]:
     return [n for n in graph.nodes if n.meta.get("stage") == stage]
+
+
+def middle_region(graph: fx.Graph) -> set[fx.Node]:
+    """The middle blocks and the route's gathers that feed them."""
+    region = set(stage_nodes(graph, "middle"))
+    for n in list(graph.nodes):
+        if n.target is routing.gather_tokens and any(u in region for u in n.users):
+            region.add(n)
+    return region
+
+
+def wrap_sample_inputs(graph: fx.Graph, region: set[fx.Node], shapes2: dict, shapes3: dict, make: Callable,
+                       keep: Callable = lambda a: False) -> dict[fx.Node, fx.Node]:
+    """Feed `region` make(a) instead of each input `a` that holds one entry per sample (its first dim follows the
+    batch size: shapes2 / shapes3 are the node shapes at batch 2 and 3), except where keep(a). make(a) is called once
+    per input, with the graph inserting right after `a` (after the last input if `a` is one). Returns {input: its
+    replacement}."""
+    made = {}
+    for node in [n for n in graph.nodes if n in region]:
+        for a in list(node.all_input_nodes):
+            if a in region or keep(a):
+                continue
+            s2, s3 = shapes2.get(a.name), shapes3.get(a.name)
+            if not (isinstance(s2, tuple) and s2 and s2[0] != s3[0]):
+                continue  # not per-sample (e.g. RoPE angles shared by the batch)
+            if a not in made:  # a graph input: after all of them (make may read a later one)
+                at = a if a.op != "placeholder" else [n for n in graph.nodes if n.op == "placeholder"][-1]
+                with graph.inserting_after(at):
+                    made[a] = make(a)
+            node.replace_input_with(a, made[a])
+    return made
 
 
 def role_node(graph: fx.Graph, role: str) -> fx.Node:
@@ -189,8 +226,11 @@ def verify(gm: fx.GraphModule, ctx: Context, dense_out: tuple, after: str):
     scatters = [n for n in gm.graph.nodes if n.target is routing.scatter_tokens]
     if len(gathers) != len(scatters):
         raise PassError(f"verifier after {after}: routed region not closed ({len(gathers)} gathers, {len(scatters)} scatters)")
+    rows = any(n.op == "placeholder" and n.target == "middle_rows" for n in gm.graph.nodes)
     for batch in (2, 3):
         args, kwargs = ctx.inputs(gm, batch)
+        if rows:  # the middle on all samples but the first
+            kwargs["middle_rows"] = torch.arange(1, batch)
         out = run_meta(gm, *args, count_flops=False, **kwargs).shapes["output"]
         want = (batch, *dense_out[1:])
         if tuple(out) != want:
@@ -230,7 +270,7 @@ def install(root: nn.Module, gm: fx.GraphModule, ctx: Context):
     """Make `root` run the rewritten graph: root.forward routes (sampling ids and path-drop decisions
     from the runtime's generator when not given), root.forward_guidance runs the PDG graph."""
     sprint = ctx.sprint
-    sprint.plan, sprint.path_drop_p = ctx.plan, ctx.path_drop_p
+    sprint.plan, sprint.path_drop_p, sprint.path_drop_skip = ctx.plan, ctx.path_drop_p, ctx.path_drop_skip
     sprint.graph_code = gm.code
     sprint.graph, sprint.guidance_graph = gm.graph, ctx.guidance  # (what targets/inductor.py regroups)
     sprint.graph_fn = compile_forward(gm.graph, root)
@@ -243,9 +283,10 @@ def install(root: nn.Module, gm: fx.GraphModule, ctx: Context):
         root.__dict__["forward_guidance"] = bind(guidance_forward, root)
 
 
-def routed_forward(self, *args, ids_keep=None, path_drop=None, **kwargs):
-    """Training: sample the kept tokens and the path-drop mask unless given (randomness is the runtime's:
-    `self.sprint.generator`). Evaluation: dense, unless ids_keep is passed explicitly."""
+def routed_forward(self, *args, ids_keep=None, path_drop=None, middle_rows=None, **kwargs):
+    """Training: sample the kept tokens and the path-drop mask (and with path_drop's skip_middle the samples the middle
+    runs on) unless given; randomness is the runtime's: `self.sprint.generator`. Evaluation: dense, unless ids_keep
+    is passed explicitly. Given path_drop alone, every sample runs the middle blocks."""
     s = self.sprint
     x = args[0] if args else next(iter(kwargs.values()))
     batch, device = x.shape[0], x.device
@@ -254,10 +295,17 @@ def routed_forward(self, *args, ids_keep=None, path_drop=None, **kwargs):
         if ids_keep is None and self.training and s.routing and s.plan.keep < s.plan.routable:
             ids_keep = routing.sample_ids(s.plan, batch, device, s.generator)
         extra["ids_keep"] = ids_keep
-    if "path_drop" in s.graph_fn.__code__.co_varnames:
+    names = s.graph_fn.__code__.co_varnames
+    if "path_drop" in names:
         if path_drop is None and self.training and s.routing and s.path_drop_p > 0:
-            path_drop = torch.rand(batch, device=device, generator=s.generator) < s.path_drop_p
+            skip = s.path_drop_skip and middle_rows is None  # rows given: theirs
+            path_drop, rows = routing.draw_path_drop(s.path_drop_p, batch, skip, device, s.generator)
+            middle_rows = middle_rows if rows is None else rows[0]
         extra["path_drop"] = path_drop
+    if "middle_rows" in names:
+        extra["middle_rows"] = middle_rows
+    elif middle_rows is not None:
+        raise TypeError("middle_rows: this model's path_drop pass runs every sample through the middle (skip_middle: false)")
     return s.graph_fn(self, *args, **kwargs, **extra)
 
 

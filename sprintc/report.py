@@ -103,7 +103,7 @@ def build_report(built, batch: int = 1) -> dict:
     dense_fwd = None
     if plan is not None and plan.kept < plan.tokens:  # the same graph with routing off: all tokens, all blocks
         args, kwargs = ctx.inputs(gm, batch)
-        dense_fwd = _flops(gm, args, {**kwargs, "ids_keep": None}) / batch / G
+        dense_fwd = _flops(gm, args, {**kwargs, "ids_keep": None, "middle_rows": None}) / batch / G
     stages = stage_table(gm, ctx, batch)  # last, so the node shapes (graph.dot) are the routed ones
     routed_fwd = sum(r["forward_gflops"] for r in stages)
     dense_fwd = routed_fwd if dense_fwd is None else dense_fwd

@@ -129,11 +129,48 @@ def scatter_tokens(m: torch.Tensor, ids_keep: torch.Tensor | None, fill: torch.T
 
 
 @torch.fx.wrap
-def drop_path(m: torch.Tensor, dropped: torch.Tensor | None, fill: torch.Tensor) -> torch.Tensor:
-    """Per sample where `dropped` (B,) is true, the whole middle output becomes the mask token."""
+def select_rows(x: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """The samples `rows` (C,) of x: those the middle blocks run on (all of them when rows is None)."""
+    if rows is None or x is None:
+        return x
+    return x.index_select(0, rows)
+
+
+@torch.fx.wrap
+def drop_path(m: torch.Tensor, dropped: torch.Tensor | None, fill: torch.Tensor,
+              rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample where `dropped` (B,) is true, the whole middle output becomes the mask token. Given `rows`, m holds
+    only those samples' middle outputs (select_rows) and every other sample's is the mask token."""
+    if rows is not None:
+        if dropped is None:
+            raise ValueError("middle_rows needs path_drop: the samples it leaves out skip the middle path")
+        full = fill.to(m.dtype).expand(dropped.shape[0], *m.shape[1:]).clone()
+        m = full.index_copy(0, rows, m)
     if dropped is None:
         return m
     return torch.where(dropped.view(-1, 1, 1), fill.to(m.dtype), m)
+
+
+def draw_path_drop(p: float, batch: int, skip: bool = True, device=None, generator=None, groups: int = 1):
+    """Training-time path drop for a batch: (dropped (B,) bool, middle_rows (groups, C) long or None).
+
+    skip=False: each sample is dropped independently with probability p (the reference's draw); every sample runs
+    the middle blocks and the dropped ones' outputs are replaced. skip=True: in each group of B / groups samples (a
+    rank's share of the global batch) k = floor(p * b) samples, chosen uniformly, are dropped and skip the middle
+    blocks, and one more is dropped with probability p * b - k (by the mask alone): each sample is still dropped with
+    probability p, and the middle runs on b - k samples, the same count every step (no recompiles). middle_rows are
+    indices within the group, in batch order; None when k is 0."""
+    if not skip:
+        return torch.rand(batch, device=device, generator=generator) < p, None
+    b = batch // groups
+    u = torch.rand(groups, b, device=device, generator=generator)
+    extra = torch.rand(groups, 1, device=device, generator=generator)
+    k = min(int(p * b), b - 1)  # at least one sample stays for the middle
+    order = u.argsort(1)  # a uniform random order of each group
+    place = order.argsort(1)
+    dropped = (place < k) | ((place == k) & (extra < p * b - k))
+    rows = order[:, k:].sort(1).values if k else None
+    return dropped.flatten(), rows
 
 
 @torch.fx.wrap

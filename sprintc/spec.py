@@ -103,6 +103,8 @@ class FusePass(Strict):
 class PathDropPass(Strict):
     name: Literal["path_drop"]
     p: float = Field(0.1, ge=0, le=1)
+    # dropped samples skip the middle blocks: floor(p * batch) of them per batch (docs/SPEC.md)
+    skip_middle: bool = True
 
 
 class PDGPass(Strict):

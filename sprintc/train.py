@@ -30,6 +30,7 @@ from sprintc.data import Stream, describe, load_data
 from sprintc.errors import CheckpointError, SprintcError
 from sprintc.targets_api import CaptureError, CudaGraphStep, clip_and_step, lower, resolve_device
 from sprintc.objectives import Objective
+from sprintc.routing import draw_path_drop, sample_ids
 from sprintc.optim import MasterAdamW, adamw_for, float32_params, float32_state_dict
 from sprintc.spec import dump_spec, load_spec
 
@@ -151,7 +152,7 @@ def set_lr(opt, lr: float, on_device: bool = False):
             g["lr"] = torch.tensor(lr, device=g["params"][0].device)
 
 
-ROUTE_KEYS = ("ids_keep", "path_drop")
+ROUTE_KEYS = ("ids_keep", "path_drop", "middle_rows")
 
 
 def train_step(wrapped, opt, obj, params, clip: float, autocast, b: dict):
@@ -221,37 +222,41 @@ def read_later(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     return host, copied
 
 
-def draw_routing(sprint, batch: int, device, generator) -> dict:
-    """ids_keep and path_drop for the global batch (the draws `routed_forward` would make itself)."""
+def draw_routing(sprint, batch: int, device, generator, rank: int = 0, world: int = 1) -> dict:
+    """ids_keep, path_drop (and middle_rows) for the global batch, sliced to `rank` of `world` (the draws
+    `routed_forward` would make itself; the global draws keep a run's batches the same on any number of GPUs, except
+    that each rank's share skips the middle for the same count of samples)."""
     if sprint is None or not sprint.routing:
         return {}
     out = {}
     plan = sprint.plan
     if plan is not None and plan.keep < plan.routable:
-        from sprintc.routing import sample_ids
-
         out["ids_keep"] = sample_ids(plan, batch, device, generator)
     if sprint.path_drop_p > 0:
-        out["path_drop"] = torch.rand(batch, device=device, generator=generator) < sprint.path_drop_p
-    return out
+        out["path_drop"], rows = draw_path_drop(sprint.path_drop_p, batch, sprint.path_drop_skip, device, generator,
+                                                groups=world)
+        if rows is not None:
+            out["middle_rows"] = rows[rank]
+    b = batch // world
+    return {k: v if k == "middle_rows" else v[rank * b:(rank + 1) * b] for k, v in out.items()}
 
 
-def forward_flops(ema, spec, routing: bool, device) -> float:
-    """FLOPs of one image's forward in a stage (routed or dense), counted on a batch of 1 of the EMA copy
-    (eager: counting on the compiled model would compile it for batch 1)."""
+def forward_flops(ema, spec, routing: bool, device, batch: int = 1) -> float:
+    """FLOPs of one image's forward in a stage (routed or dense), counted on `batch` images (a rank's batch: how many
+    skip the middle depends on it) of the EMA copy (eager: counting on the compiled model would compile it again)."""
     from sprintc.compiler import example_inputs
     from sprintc.graph import count_flops
 
     sprint = getattr(ema, "sprint", None)
     if sprint is not None:
         sprint.routing = routing
-    x, t, y = example_inputs(spec, 1, device)
-    kw = draw_routing(sprint, 1, device, torch.Generator(device).manual_seed(0))
+    x, t, y = example_inputs(spec, batch, device)
+    kw = draw_routing(sprint, batch, device, torch.Generator(device).manual_seed(0))
     args = (x, t) if y is None else (x, t, y)
     ema.train()
     try:
         with torch.no_grad():
-            return float(count_flops(ema, *args, **kw))
+            return float(count_flops(ema, *args, **kw)) / batch
     finally:
         ema.eval()
 
@@ -461,7 +466,8 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     # FLOPs per image for MFU, counted now on the plain EMA copy (once sharded, a forward outside training
     # would leave its root parameters gathered)
     peak = peak_flops(device)
-    flops = {r: 3 * forward_flops(ema, spec, r, device) for r in {st.routing for st in stages}} if peak else {}
+    flops = ({(st.routing, st.batch): 3 * forward_flops(ema, spec, st.routing, device, st.batch // world)
+              for st in stages} if peak else {})
 
     # ---- compile, then wrap, then the optimizer
     graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
@@ -556,7 +562,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 noise = torch.randn((B, *shape), generator=gen, device=device)[sl]
                 t = obj.time(B, gen, device)[sl]
                 drop = (torch.rand(B, generator=gen, device=device) < m.class_dropout)[sl]
-                route = {k: v[sl] for k, v in draw_routing(sprint, B, device, sprint.generator if sprint is not None else None).items()}
+                route = draw_routing(sprint, B, device, sprint.generator if sprint is not None else None, rank, world)
                 x0, y = data.batch(idx, device)
                 y = torch.where(drop, torch.full_like(y, m.num_classes), y) if m.num_classes else None
                 x_t, t_in = obj.noisy(x0, noise, t)
@@ -587,7 +593,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                     gn = float(_local(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)) if gnorm is not None else None
                     rec = {"step": step, "stage": stage.name, "loss": window[0] / window[1], "loss_last": loss_v,
                            "lr": float(opt.param_groups[0]["lr"]), "grad_norm": gn, "images_per_s": ips, "time": round(now - t_start, 3),
-                           "mfu": ips * flops[stage.routing] / (peak * world) if flops else None}
+                           "mfu": ips * flops[stage.routing, stage.batch] / (peak * world) if flops else None}
                     window[:] = [0.0, 0, 0, now]
                 log.step(step, stage.name, rec)
                 if stop_all:

@@ -783,11 +783,11 @@ def _same(a, b) -> bool:
     return a is b or (isinstance(a, (bool, int, float, str)) and type(a) is type(b) and a == b)
 
 
-def _forward(self, *args, ids_keep=None, path_drop=None, **kwargs):
+def _forward(self, *args, ids_keep=None, path_drop=None, middle_rows=None, **kwargs):
     st = self.sprint.transform
     fed = st.split(type(self).__name__, args, kwargs)
     mode = {_TRAINING: self.training} if st.takes_mode else {}
-    return st.rebuild(routed_forward(self, *fed, ids_keep=ids_keep, path_drop=path_drop, **mode))
+    return st.rebuild(routed_forward(self, *fed, ids_keep=ids_keep, path_drop=path_drop, middle_rows=middle_rows, **mode))
 
 
 def _forward_guidance(self, *args, **kwargs):

@@ -1,6 +1,8 @@
 """2 CPU processes (gloo, launched by torchrun exactly as users launch training) compute the same losses as
-one process with the same global batch: every draw is made for the global batch and sliced per rank."""
+one process with the same global batch: every draw is made for the global batch and sliced per rank (path drop's
+skip_middle draws a fixed count per rank instead: those tests turn it off, one runs with it)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,13 +18,15 @@ from sprintc import checkpoint as ckpt
 from sprintc.train import train
 
 
-def spec(distributed):
-    return tiny_spec(name="t", model__input={"channels": 1, "size": 8},
-                     train={"stages": [{"name": "routed", "steps": 3, "batch": 8, "lr": 1e-3},
-                                       {"name": "full", "steps": 2, "batch": 4, "lr": 5e-4, "warmup": 1, "routing": False}],
-                            "log_every": 1, "checkpoint_every": 2, "ema": {"decay": 0.9, "warmup": 2},
-                            "distributed": distributed},
-                     sample={"sampler": "euler", "steps": 2, "guidance": "pdg", "scale": 2.0})
+def spec(distributed, skip_middle=False):
+    s = tiny_spec(name="t", model__input={"channels": 1, "size": 8},
+                  train={"stages": [{"name": "routed", "steps": 3, "batch": 8, "lr": 1e-3},
+                                    {"name": "full", "steps": 2, "batch": 4, "lr": 5e-4, "warmup": 1, "routing": False}],
+                         "log_every": 1, "checkpoint_every": 2, "ema": {"decay": 0.9, "warmup": 2},
+                         "distributed": distributed},
+                  sample={"sampler": "euler", "steps": 2, "guidance": "pdg", "scale": 2.0})
+    s["passes"][3]["skip_middle"] = skip_middle
+    return s
 
 
 def torchrun(spec_file, out, *extra, device="cpu", ok=True):
@@ -58,6 +62,16 @@ def test_ddp_two_processes_match_one(tmp_path, one_process):
     r = torchrun(f, tmp_path / "run")
     assert "done at step 5" in r.stdout and r.stdout.count("sprintc train: done") == 1  # rank 0 reports
     check_same(one_process, tmp_path / "run")
+
+
+def test_ddp_two_processes_skip_the_middle_for_their_own_dropped_samples(tmp_path):
+    s = spec("ddp", skip_middle=True)
+    s["passes"][3]["p"] = 0.5  # 2 of each rank's 4 samples skip the middle
+    f = tmp_path / "s.yaml"
+    yaml.safe_dump(s, f.open("w"))
+    r = torchrun(f, tmp_path / "run")
+    assert "done at step 5" in r.stdout
+    assert all(math.isfinite(x) for x in losses(tmp_path / "run")) and len(losses(tmp_path / "run")) == 5
     assert (tmp_path / "run" / "samples" / "final.png").is_file()
 
 

@@ -155,6 +155,43 @@ def test_inductor_whole_model_routed_training_step_equals_eager():
 
 
 @pytest.mark.slow
+def test_inductor_skipping_the_middle_equals_eager_and_never_recompiles():
+    """path_drop's skip_middle under regional compilation: the middle runs on the kept rows, the step equals eager's
+    (output and every gradient), and fresh draws of rows, tokens and drops reuse the compiled graphs."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    spec = tiny_spec(**{"model__width": 32, "model__heads": 2})
+    spec["passes"][3]["p"] = 0.5  # 2 of 4 samples skip the middle every step
+    built = compile_spec(spec)
+    ref = copy.deepcopy(built.model)
+    model = lower(built.model, {"name": "inductor", "dtype": "float32"}, device="cpu")
+    model.train(), ref.train()
+    x, t, y = inputs(batch=4)
+    ids = torch.tensor([[0, 3, 9, 14], [5, 6, 8, 15], [1, 2, 4, 7], [10, 11, 12, 13]])
+    pd, rows = torch.tensor([True, False, True, True]), torch.tensor([1, 3])
+
+    def step(m, **kw):
+        m.zero_grad(set_to_none=True)
+        out = m(x, t, y, **kw)
+        out.square().mean().backward()
+        return out, [p.grad for p in m.parameters()]
+
+    out, grads = step(model, ids_keep=ids, path_drop=pd, middle_rows=rows)
+    want, wgrads = step(ref, ids_keep=ids, path_drop=pd, middle_rows=rows)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads, wgrads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert not counters["graph_break"]
+    warm = dict(counters["stats"])
+    model.sprint.generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        step(model)
+    assert dict(counters["stats"]) == warm, "recompiled after warm-up with fresh middle rows"
+
+
+@pytest.mark.slow
 def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_breaks_equals_eager():
     """target.region_blocks 2 (the default): the two routed blocks run as one region, the dense ones alone."""
     from torch._dynamo.utils import counters

@@ -341,3 +341,22 @@ def test_a_failed_capture_goes_on_without_the_graph_on_one_process_and_stops_ddp
     runner.ddp = True  # DDP's reducer is mid-iteration after a failed capture: stop, say how to go on
     with pytest.raises(SprintcError, match="a host sync.*target.cuda_graphs: false"):
         runner({"x": 1})
+
+
+def test_each_rank_draws_its_share_of_the_batch_and_its_own_middle_rows():
+    from sprintc.train import draw_routing
+
+    spec = tiny_spec()
+    spec["passes"][3]["p"] = 0.25
+    sprint = build(spec).sprint
+    whole = draw_routing(sprint, 8, "cpu", torch.Generator().manual_seed(0))
+    parts = [draw_routing(sprint, 8, "cpu", torch.Generator().manual_seed(0), rank=r, world=2) for r in (0, 1)]
+    assert torch.equal(torch.cat([p["ids_keep"] for p in parts]), whole["ids_keep"])  # one global draw, sliced
+    assert whole["middle_rows"].shape == (6,)  # 8 samples: 2 skip the middle
+    for p in parts:  # 4 samples per rank: 1 skips the middle, and is dropped
+        assert p["path_drop"].shape == (4,) and p["middle_rows"].shape == (3,)
+        skipped = torch.ones(4, dtype=torch.bool)
+        skipped[p["middle_rows"]] = False
+        assert p["path_drop"][skipped].all()
+    spec["passes"][3]["skip_middle"] = False
+    assert "middle_rows" not in draw_routing(build(spec).sprint, 8, "cpu", torch.Generator().manual_seed(0))

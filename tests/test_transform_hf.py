@@ -109,6 +109,9 @@ def test_diffusers_dit_lowered_with_inductor_groups_its_blocks_and_equals_eager(
     from sprintc.targets_api import lower, lowering_of
 
     m = diffusers_dit()
+    for e in m.modules():  # diffusers' label dropout draws in training mode: off, so both runs see the same labels
+        if hasattr(e, "dropout_prob"):
+            e.dropout_prob = 0.0
     sprintc.transform(m, ROUTED + [{"name": "pdg"}])
     ref = copy.deepcopy(m)
     keys = list(m.state_dict())
@@ -128,6 +131,27 @@ def test_diffusers_dit_lowered_with_inductor_groups_its_blocks_and_equals_eager(
     for (name, a), b in zip(m.named_parameters(), ref.parameters()):
         if b.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-2, atol=1e-3, msg=name)
+
+
+def test_diffusers_dit_skips_the_middle_for_left_out_samples():
+    """Its per-sample middle inputs (timestep, class labels) are cut to middle_rows; the left-out samples' output is
+    what path drop gives them when the middle runs on every sample."""
+    from sprintc import routing
+
+    m = diffusers_dit()
+    for e in m.modules():
+        if hasattr(e, "dropout_prob"):
+            e.dropout_prob = 0.0
+    full = copy.deepcopy(m)
+    sprintc.transform(m, ROUTED)
+    sprintc.transform(full, ROUTED[:3] + [{"name": "path_drop", "p": 0.1, "skip_middle": False}])
+    full.load_state_dict(m.state_dict())  # the same fusion and mask token
+    x, t, y = dit_inputs(4)
+    ids = routing.sample_ids(m.sprint.plan, 4, generator=torch.Generator().manual_seed(0))
+    drop, rows = torch.tensor([True, False, True, False]), torch.tensor([1, 2, 3])
+    a = m.train()(x, t, y, ids_keep=ids, path_drop=drop, middle_rows=rows)[0]
+    b = full.train()(x, t, y, ids_keep=ids, path_drop=drop)[0]
+    assert (a - b).abs().max() <= 1e-5
 
 
 # ------------------------------------------------------------------------------- timm ViT
