@@ -1282,6 +1282,15 @@ elif [ "$PHASE" = ab2 ]; then  # session AB, one H100: the code as shipped besid
   train_setup 128
   train_each $(( 590 - ($(date +%s) - T0) )) shipped:xl_ddp
   rm -rf "$W/latents"
+elif [ "$PHASE" = ab3 ]; then  # session AB, one H100: the code as shipped beside the anchor's own SPRINT step at 128, then
+  # at 64 in two more processes, alternating with sprintc's routed step (and its dense step at 128)
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece anchor_host_128 200 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 128 --json "$W/anchor_host_128.json"
+  piece ab3_b128 200 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed,dense --json "$W/ab3_b128.json"
+  [ $TINY = 0 ] && piece anchor_host_64a 90 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_64a.json"
+  piece ab3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab3_b64.json"
+  [ $TINY = 0 ] && piece anchor_host_64b 80 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_64b.json"
 elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT step waiting on its host? Its own model and
   # step at 64 and 128 with host and kernel times (scripts/gpu_anchor_host.py), the host's CPU; then the code as shipped:
   # the routed step at 64 and 128, `sprintc train` on XL latents at 128, the optimizer's CUDA tests with the time left
