@@ -1291,6 +1291,15 @@ elif [ "$PHASE" = ab3 ]; then  # session AB, one H100: the code as shipped besid
   [ $TINY = 0 ] && piece anchor_host_64a 90 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_64a.json"
   piece ab3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab3_b64.json"
   [ $TINY = 0 ] && piece anchor_host_64b 80 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_64b.json"
+elif [ "$PHASE" = ab4 ]; then  # session AB, two H100s: tests/test_cuda.py but its two-GPU tests on GPU 0 (the code as
+  # shipped, path-dropped samples skipping the middle); then `sprintc train` under torchrun, DDP on both GPUs (each rank
+  # draws its own middle rows), on XL latents at 128 per GPU
+  gpu_info
+  versions
+  train_setup 128
+  piece pytest_cuda 400 0 python3 -m pytest -v -o addopts= -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/test_cuda.py" -k "not ddp"
+  train_ddp2 $(( 590 - ($(date +%s) - T0) )) ddp:xl_ddp
+  rm -rf "$W/latents"
 elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT step waiting on its host? Its own model and
   # step at 64 and 128 with host and kernel times (scripts/gpu_anchor_host.py), the host's CPU; then the code as shipped:
   # the routed step at 64 and 128, `sprintc train` on XL latents at 128, the optimizer's CUDA tests with the time left

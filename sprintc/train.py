@@ -30,8 +30,8 @@ from sprintc.data import Stream, describe, load_data
 from sprintc.errors import CheckpointError, SprintcError
 from sprintc.targets_api import CaptureError, CudaGraphStep, clip_and_step, lower, resolve_device
 from sprintc.objectives import Objective
-from sprintc.routing import draw_path_drop, sample_ids
 from sprintc.optim import MasterAdamW, adamw_for, float32_params, float32_state_dict
+from sprintc.routing import draw_path_drop, sample_ids
 from sprintc.spec import dump_spec, load_spec
 
 # peak dense bf16 tensor FLOP/s per GPU, for MFU (name substring -> FLOP/s)
@@ -223,9 +223,9 @@ def read_later(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
 
 
 def draw_routing(sprint, batch: int, device, generator, rank: int = 0, world: int = 1) -> dict:
-    """ids_keep, path_drop (and middle_rows) for the global batch, sliced to `rank` of `world` (the draws
-    `routed_forward` would make itself; the global draws keep a run's batches the same on any number of GPUs, except
-    that each rank's share skips the middle for the same count of samples)."""
+    """ids_keep, path_drop (and middle_rows) drawn for the global batch and sliced to `rank` of `world`: the draws
+    `routed_forward` would make itself. Drawn globally, they are the same on any number of GPUs, except path drop's
+    with skip_middle, which are drawn per rank's share (each skips the middle for the same count of samples)."""
     if sprint is None or not sprint.routing:
         return {}
     out = {}
