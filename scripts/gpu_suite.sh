@@ -92,6 +92,9 @@
 #   sampling, batch 32; the anchor at 64 again); z3 (the routed step at 128 beside the anchor again).
 # Session AA's (one H100): aa1 (the anchor's host time against its kernels' time; the routed step, `sprintc train`, the
 #   optimizer's CUDA tests as shipped), aa4 (one H200: the routed step, the anchor's step at 64 and 128), aa3 (two H100s: every CUDA test as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
+# Session AB's (one H100): ab1 (path drop's skip_middle: the routed step A/B against BASE, the optimizer's CUDA tests), ab2
+#   and ab3 (the code as shipped beside the anchor's step at 64 and 128, `sprintc train`), ab4 (two GPUs: tests/test_cuda.py,
+#   `sprintc train` under torchrun DDP).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
