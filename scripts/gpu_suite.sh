@@ -94,7 +94,7 @@
 #   optimizer's CUDA tests as shipped), aa4 (one H200: the routed step, the anchor's step at 64 and 128), aa3 (two H100s: every CUDA test as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
 # Session AB's (one H100): ab1 (path drop's skip_middle: the routed step A/B against BASE, the optimizer's CUDA tests), ab2
 #   and ab3 (the code as shipped beside the anchor's step at 64 and 128, `sprintc train`), ab4 (two GPUs: tests/test_cuda.py,
-#   `sprintc train` under torchrun DDP).
+#   `sprintc train` under torchrun DDP), ab5 (profiles of the routed step at 64, base and new).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1303,6 +1303,15 @@ elif [ "$PHASE" = ab4 ]; then  # session AB, two H100s: tests/test_cuda.py but i
   piece pytest_cuda 400 0 python3 -m pytest -v -o addopts= -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/test_cuda.py" -k "not ddp"
   train_ddp2 $(( 590 - ($(date +%s) - T0) )) ddp:xl_ddp
   rm -rf "$W/latents"
+elif [ "$PHASE" = ab5 ]; then  # session AB, one H100 (BASE=7956775 scripts/gpu_prepare.sh): where the skip's time goes at
+  # 64: profiles of the routed step (three replays) with the base wheel and this one, one Inductor cache each
+  gpu_info
+  versions
+  base_wheel
+  for wheel in base new; do
+    ab_bench $wheel "ab5_${wheel}_b64" 150 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab5_${wheel}_b64.json" \
+      --profile "$W/prof" --tag "${wheel}_"
+  done
 elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT step waiting on its host? Its own model and
   # step at 64 and 128 with host and kernel times (scripts/gpu_anchor_host.py), the host's CPU; then the code as shipped:
   # the routed step at 64 and 128, `sprintc train` on XL latents at 128, the optimizer's CUDA tests with the time left
