@@ -94,7 +94,7 @@
 #   optimizer's CUDA tests as shipped), aa4 (one H200: the routed step, the anchor's step at 64 and 128), aa3 (two H100s: every CUDA test as shipped), aa2 (the anchor's step at 64 in three processes, with kernel tables; clocks and power).
 # Session AB's (one H100): ab1 (path drop's skip_middle: the routed step A/B against BASE, the optimizer's CUDA tests), ab2
 #   and ab3 (the code as shipped beside the anchor's step at 64 and 128, `sprintc train`), ab4 (two GPUs: tests/test_cuda.py,
-#   `sprintc train` under torchrun DDP), ab5 (profiles of the routed step at 64, base and new).
+#   `sprintc train` under torchrun DDP), ab5 (profiles of the routed step at 64, base and new), ab6 (the row selection folded into the gather: A/B).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1312,6 +1312,12 @@ elif [ "$PHASE" = ab5 ]; then  # session AB, one H100 (BASE=7956775 scripts/gpu_
     ab_bench $wheel "ab5_${wheel}_b64" 150 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab5_${wheel}_b64.json" \
       --profile "$W/prof" --tag "${wheel}_"
   done
+elif [ "$PHASE" = ab6 ]; then  # session AB, one H100 (BASE=84a1532 scripts/gpu_prepare.sh): the row selection folded into
+  # the token gather (one gather over the flattened batch): the routed step at 128 and 64, base / new alternating
+  gpu_info
+  versions
+  base_wheel
+  ab_routed ab6
 elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT step waiting on its host? Its own model and
   # step at 64 and 128 with host and kernel times (scripts/gpu_anchor_host.py), the host's CPU; then the code as shipped:
   # the routed step at 64 and 128, `sprintc train` on XL latents at 128, the optimizer's CUDA tests with the time left
