@@ -23,12 +23,6 @@ def path_drop(gm, cfg, ctx):
         for s in [n for n in graph.nodes if n.target is routing.scatter_tokens]:  # kept tokens back, by the same ids
             if s.args[1] in picked:
                 s.update_arg(1, picked[s.args[1]])
-        for g in [n for n in graph.nodes if n.target is routing.gather_tokens]:  # the rows picked by the gather itself
-            src = g.args[0]
-            if src.target is routing.select_rows and g.args[1] is not None:
-                g.args = (src.args[0], g.args[1], g.args[2] if len(g.args) > 2 else -2, rows)
-                if not src.users:
-                    graph.erase_node(src)
     d = insert_after(m, routing.drop_path, (m, flag, mask, rows))
     d.meta["role"] = m.meta.pop("role")
     return PassResult(gm, True)

@@ -23,7 +23,7 @@ def pdg(gm, cfg, ctx):
     region = middle_region(g)
     wrap_sample_inputs(g, region, shapes2, shapes3, lambda a: g.call_function(routing.first_half, (a,)),
                        keep=lambda a: a.op == "call_module" and a.target == "sprint"
-                       or a.op == "placeholder" and a.target in ("ids_keep", "middle_rows"))
+                       or a.op == "placeholder" and a.target == "ids_keep")
     m = role_node(g, "middle_out")
     mask = mask_node(g, mids[0], gm, ctx)
     # the middle output as it leaves the middle region (before path drop and fusion)

@@ -1313,7 +1313,8 @@ elif [ "$PHASE" = ab5 ]; then  # session AB, one H100 (BASE=7956775 scripts/gpu_
       --profile "$W/prof" --tag "${wheel}_"
   done
 elif [ "$PHASE" = ab6 ]; then  # session AB, one H100 (BASE=84a1532 scripts/gpu_prepare.sh): the row selection folded into
-  # the token gather (one gather over the flattened batch): the routed step at 128 and 64, base / new alternating
+  # the token gather (one gather over the flattened batch; 6608804, reverted: no gain): the routed step at 128 and 64,
+  # base / new alternating
   gpu_info
   versions
   base_wheel

@@ -103,20 +103,11 @@ def sample_ids(plan: RoutePlan, batch: int, device=None, generator: torch.Genera
 # single nodes (torch.fx.wrap), so the block graph stays readable.
 
 @torch.fx.wrap
-def gather_tokens(x: torch.Tensor, ids_keep: torch.Tensor | None, token_dim: int = -2,
-                  rows: torch.Tensor | None = None) -> torch.Tensor:
-    """x[..., ids_keep, ...] per sample along token_dim. x may lack the batch dim (RoPE angles (N, d)). Given `rows`
-    (path drop's middle_rows), x's samples `rows` only, ids_keep being theirs."""
+def gather_tokens(x: torch.Tensor, ids_keep: torch.Tensor | None, token_dim: int = -2) -> torch.Tensor:
+    """x[..., ids_keep, ...] per sample along token_dim. x may lack the batch dim (RoPE angles (N, d))."""
     if ids_keep is None:
-        return select_rows(x, rows)
+        return x
     token_dim = token_dim % x.dim()
-    if rows is not None:
-        if token_dim == 1:  # (B, N, ...): one gather over the flattened batch, whose backward is one scatter-add
-            b, n, rest = x.shape[0], x.shape[1], x.shape[2:]
-            idx = (rows.unsqueeze(1) * n + ids_keep).view(1, -1, *([1] * len(rest)))
-            out = torch.gather(x.reshape(1, b * n, *rest), 1, idx.expand(1, idx.shape[1], *rest))
-            return out.view(*ids_keep.shape, *rest)
-        x = select_rows(x, rows)
     if token_dim == 0:  # (N, ...) shared by all samples
         return x[ids_keep]
     if x.shape[0] == 1 and ids_keep.shape[0] != 1:

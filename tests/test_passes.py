@@ -150,7 +150,7 @@ def test_rope_angles_are_gathered_with_tokens():
     code = compile_spec(tiny_spec()).graph_module.code
     ids = re.search(r"gather_tokens\(rope, (\w+), 0\)", code).group(1)  # the kept ids of the rows the middle runs on
     assert f"select_rows({ids}" not in code and f"{ids} = sprintc_routing_select_rows(ids_keep, middle_rows)" in code
-    assert re.search(rf"gather_tokens\(blocks_0, {ids}, -2, middle_rows\)", code)  # the stream: the rows' tokens
+    assert re.search(rf"gather_tokens\(select_rows\w*, {ids}\)", code)
 
 
 def test_tread_and_dense_presets_compose():
