@@ -127,7 +127,15 @@ def build_report(built, batch: int = 1) -> dict:
         "training": {"dense_gflops": 3 * dense_fwd, "routed_gflops": 3 * routed_fwd,
                      "ratio": routed_fwd / dense_fwd, "ideal_speedup": dense_fwd / routed_fwd},
         "sampling": None,
+        "path_drop": None,
     }
+    if ctx.path_drop_skip and ctx.path_drop_p > 0:  # fewer samples run the middle at a training batch than at batch 1
+        b = next((st.batch for st in spec.train.stages if st.routing), None)
+        if b:
+            args, kwargs = ctx.inputs(gm, b)
+            rows = kwargs.get("middle_rows")
+            report["path_drop"] = {"batch": b, "skipped": 0 if rows is None else b - len(rows),
+                                   "train_gflops": 3 * _flops(gm, args, kwargs) / b / G}
     if m.num_classes:  # guidance needs the null class
         cfg = 2 * dense_fwd  # per image and step: conditional + unconditional dense forwards
         samp = {"cfg_gflops": cfg, "pdg_gflops": None, "ratio": None, "ideal_speedup": None}
@@ -202,6 +210,10 @@ def print_report(report: dict, console=None):
     notes = ["training = 3 x forward"]
     if routed:
         notes.append(f"routed: the middle blocks see {r['kept']} of {r['tokens']} tokens; dense: the same graph with routing off")
+    pd = report.get("path_drop")
+    if routed and pd:
+        notes.append(f"path drop: at the routed stage's batch of {pd['batch']} on one GPU, {pd['skipped']} samples skip "
+                     f"the middle blocks each step: {_num(pd['train_gflops'])} training GFLOPs per image")
     if sa is not None:
         notes.append("sampling dense = CFG: a conditional and an unconditional dense forward"
                      + ("; rewritten = PDG: the guidance graph on [cond; uncond], middle blocks on the conditional half only"

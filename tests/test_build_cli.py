@@ -110,6 +110,11 @@ def test_build_sit_xl_sprint_ratios(tmp_path):
     assert rep["training"]["ratio"] == pytest.approx(0.36, abs=0.01)
     assert rep["sampling"]["ratio"] == pytest.approx(0.57, abs=0.01)
     assert rep["training"]["dense_gflops"] / 3 == pytest.approx(2 * 118.6 * 1.0063, rel=0.01)  # + the fusion linear
+    # path drop 0.1 at the pretraining batch of 256: 25 samples skip the 24 middle blocks
+    pd = rep["path_drop"]
+    assert (pd["batch"], pd["skipped"]) == (256, 25)
+    middle = next(r for r in rep["stages"] if r["stage"] == "middle")["train_gflops"]
+    assert pd["train_gflops"] == pytest.approx(rep["training"]["routed_gflops"] - 25 / 256 * middle, rel=1e-3)
 
 
 def test_validate_prints_resolved_yaml(capsys):
