@@ -242,14 +242,17 @@ def draw_routing(sprint, batch: int, device, generator, rank: int = 0, world: in
 
 
 def forward_flops(ema, spec, routing: bool, device, batch: int = 1) -> float:
-    """FLOPs of one image's forward in a stage (routed or dense), counted on `batch` images (a rank's batch: how many
-    skip the middle depends on it) of the EMA copy (eager: counting on the compiled model would compile it again)."""
+    """FLOPs of one image's forward in a stage (routed or dense), counted on the EMA copy (eager: counting on the
+    compiled model would compile it again): on `batch` images (a rank's batch) where path drop skips the middle for
+    some of them, since how many depends on it; on one image everywhere else (a dense stage's batch may be large)."""
     from sprintc.compiler import example_inputs
     from sprintc.graph import count_flops
 
     sprint = getattr(ema, "sprint", None)
     if sprint is not None:
         sprint.routing = routing
+    if not (routing and sprint is not None and sprint.path_drop_skip and sprint.path_drop_p > 0):
+        batch = 1
     x, t, y = example_inputs(spec, batch, device)
     kw = draw_routing(sprint, batch, device, torch.Generator(device).manual_seed(0))
     args = (x, t) if y is None else (x, t, y)

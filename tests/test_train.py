@@ -124,6 +124,9 @@ def test_forward_flops_of_a_stage():
     ema = build(s).eval()
     routed, dense = forward_flops(ema, s, True, torch.device("cpu")), forward_flops(ema, s, False, torch.device("cpu"))
     assert 0 < routed < dense and not ema.training
+    # at a batch of 20, path drop 0.1 skips the middle for 2 samples: less per image; the dense stage is not re-counted
+    cpu = torch.device("cpu")
+    assert forward_flops(ema, s, True, cpu, 20) < routed and forward_flops(ema, s, False, cpu, 20) == dense
 
 
 # ------------------------------------------------------------------------------------ training
