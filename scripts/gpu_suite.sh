@@ -95,6 +95,7 @@
 # Session AB's (one H100): ab1 (path drop's skip_middle: the routed step A/B against BASE, the optimizer's CUDA tests), ab2
 #   and ab3 (the code as shipped beside the anchor's step at 64 and 128, `sprintc train`), ab4 (two GPUs: tests/test_cuda.py,
 #   `sprintc train` under torchrun DDP), ab5 (profiles of the routed step at 64, base and new), ab6 (the row selection folded into the gather: A/B).
+# Session AC's: ac1 (one H100: batch 32 and 64 beside the anchor's step, sampling at 128), ac2 (one H200: the same targets).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1263,6 +1264,29 @@ elif [ "$PHASE" = aa2 ]; then  # session AA, one H100: the anchor's SPRINT step 
     done
     kill $SMI
   fi
+elif [ "$PHASE" = ac1 ]; then  # session AC, one H100: the code as shipped (path-dropped samples skip the middle) at 32
+  # beside the anchor's own SPRINT step at 32 (scripts/gpu_anchor_host.py); the sampling step, CFG against PDG, at 128;
+  # the routed step at 64 between two more of the anchor's processes at 64
+  gpu_info
+  versions
+  host_info
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  [ $TINY = 0 ] && piece anchor_host_32 120 0 $AH --batch 32 --json "$W/anchor_host_32.json"
+  piece ac1_b32 90 0 $BENCH --batch 32 --modes $TMODES --parts train --graphs routed --json "$W/ac1_b32.json"
+  piece ac1_sample 150 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ac1_sample.json"
+  [ $TINY = 0 ] && piece anchor_host_64a 90 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
+  piece ac1_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac1_b64.json"
+  [ $TINY = 0 ] && piece anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
+elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the routed step at 128, 64 and 32, the sampling
+  # step at 128; the anchor's own SPRINT step at 64 and 32, then at 128 with the time left
+  gpu_info
+  versions
+  host_info
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  piece ac2_train 200 0 $BENCH --batch 128,64,32 --modes $TMODES --parts train --graphs routed --json "$W/ac2_train.json"
+  [ $TINY = 0 ] && piece anchor_host_64_32 150 0 $AH --batch 64,32 --json "$W/anchor_host_64_32.json"
+  piece ac2_sample 120 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ac2_sample.json"
+  [ $TINY = 0 ] && piece anchor_host_128 $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 128 --json "$W/anchor_host_128.json"
 elif [ "$PHASE" = ab1 ]; then  # session AB, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): path drop's
   # skip_middle (the dropped samples skip the middle blocks): the routed step at 128 and 64, base / new alternating, one
   # Inductor cache per wheel; the optimizer's and the captured step's CUDA tests with the time left
