@@ -1277,6 +1277,13 @@ elif [ "$PHASE" = ac1 ]; then  # session AC, one H100: the code as shipped (path
   [ $TINY = 0 ] && piece anchor_host_64a 90 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
   piece ac1_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac1_b64.json"
   [ $TINY = 0 ] && piece anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
+elif [ "$PHASE" = ac3 ]; then  # session AC, one H100, the machine of ac1 kept warm: the anchor's SPRINT step at 64 in two
+  # more processes, alternating with the routed step at 64
+  gpu_info
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  [ $TINY = 0 ] && piece anchor_host_64c 100 0 $AH --batch 64 --json "$W/anchor_host_64c.json"
+  piece ac3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac3_b64.json"
+  [ $TINY = 0 ] && piece anchor_host_64d 100 0 $AH --batch 64 --json "$W/anchor_host_64d.json"
 elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the routed step at 128, 64 and 32, the sampling
   # step at 128; the anchor's own SPRINT step at 64 and 32, then at 128 with the time left
   gpu_info
