@@ -95,7 +95,8 @@
 # Session AB's (one H100): ab1 (path drop's skip_middle: the routed step A/B against BASE, the optimizer's CUDA tests), ab2
 #   and ab3 (the code as shipped beside the anchor's step at 64 and 128, `sprintc train`), ab4 (two GPUs: tests/test_cuda.py,
 #   `sprintc train` under torchrun DDP), ab5 (profiles of the routed step at 64, base and new), ab6 (the row selection folded into the gather: A/B).
-# Session AC's: ac1 (one H100: batch 32 and 64 beside the anchor's step, sampling at 128), ac2 (one H200: the same targets).
+# Session AC's: ac1 (one H100: batch 32 and 64 beside the anchor's step, sampling at 128), ac2 (one H200: the same targets;
+#   it ran on an H100), ac3 (the anchor at 64 again), ac4 (the fusion's middle share before the scatter: A/B).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1284,6 +1285,26 @@ elif [ "$PHASE" = ac3 ]; then  # session AC, one H100, the machine of ac1 kept w
   [ $TINY = 0 ] && piece anchor_host_64c 100 0 $AH --batch 64 --json "$W/anchor_host_64c.json"
   piece ac3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac3_b64.json"
   [ $TINY = 0 ] && piece anchor_host_64d 100 0 $AH --batch 64 --json "$W/anchor_host_64d.json"
+elif [ "$PHASE" = ac4 ]; then  # session AC, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the fusion's
+  # middle share before the scatter (fuse's split concat_linear): the routed step at 64 twice and at 128 once, base / new
+  # alternating, one Inductor cache per wheel; the sampling step (CFG, PDG) at 128 each; the CUDA tests of the compiled
+  # step and sampling with the time left
+  gpu_info
+  versions
+  base_wheel
+  for r in 1 2; do
+    for wheel in base new; do
+      ab_bench $wheel "ac4_${wheel}_b64_$r" $([ $r = 1 ] && echo 90 || echo 50) --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac4_${wheel}_b64_$r.json"
+    done
+  done
+  for wheel in base new; do
+    ab_bench $wheel "ac4_${wheel}_b128" 80 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ac4_${wheel}_b128.json"
+  done
+  for wheel in base new; do
+    ab_bench $wheel "ac4_${wheel}_sample" 70 --batch 128 --modes $TMODES --parts sample --json "$W/ac4_${wheel}_sample.json"
+  done
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "inductor or cuda_graph or sampl or pdg" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the routed step at 128, 64 and 32, the sampling
   # step at 128; the anchor's own SPRINT step at 64 and 32, then at 128 with the time left
   gpu_info
