@@ -96,7 +96,9 @@
 #   and ab3 (the code as shipped beside the anchor's step at 64 and 128, `sprintc train`), ab4 (two GPUs: tests/test_cuda.py,
 #   `sprintc train` under torchrun DDP), ab5 (profiles of the routed step at 64, base and new), ab6 (the row selection folded into the gather: A/B).
 # Session AC's: ac1 (one H100: batch 32 and 64 beside the anchor's step, sampling at 128), ac2 (one H200: the same targets;
-#   it ran on an H100), ac3 (the anchor at 64 again), ac4 (the fusion's middle share before the scatter: A/B).
+#   it ran on an H100), ac3 (the anchor at 64 again), ac4 (the fusion's middle share before the scatter: A/B),
+#   ac5 (more of ac4's A/B at 64; the CUDA tests of the compiled step),
+#   ac6 (ac4's A/B at 128 three times, profiles at 64).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1305,6 +1307,31 @@ elif [ "$PHASE" = ac4 ]; then  # session AC, one H100 (BASE=<the commit before> 
   done
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "inductor or cuda_graph or sampl or pdg" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = ac5 ]; then  # session AC, one H100, the machine of ac4 kept warm (its Inductor caches): the routed step
+  # at 64, base / new alternating three times more; the CUDA tests of the compiled step, sampling and bf16 weights
+  gpu_info
+  base_wheel
+  for r in 3 4 5; do
+    for wheel in base new; do
+      ab_bench $wheel "ac5_${wheel}_b64_$r" 60 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac5_${wheel}_b64_$r.json"
+    done
+  done
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "inductor_with or sampling_with or master_weights_train" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = ac6 ]; then  # session AC, one H100 (BASE as for ac4): the fusion's middle share before the scatter at
+  # 128, base / new alternating three times; then a profile of the routed step at 64 with each wheel (three replays)
+  gpu_info
+  versions
+  base_wheel
+  for r in 1 2 3; do
+    for wheel in base new; do
+      ab_bench $wheel "ac6_${wheel}_b128_$r" $([ $r = 1 ] && echo 90 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ac6_${wheel}_b128_$r.json"
+    done
+  done
+  for wheel in base new; do
+    ab_bench $wheel "ac6_${wheel}_prof64" 100 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac6_${wheel}_prof64.json" \
+      --profile "$W/prof" --tag "${wheel}_"
+  done
 elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the routed step at 128, 64 and 32, the sampling
   # step at 128; the anchor's own SPRINT step at 64 and 32, then at 128 with the time left
   gpu_info
