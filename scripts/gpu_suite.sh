@@ -98,7 +98,8 @@
 # Session AC's: ac1 (one H100: batch 32 and 64 beside the anchor's step, sampling at 128), ac2 (one H200: the same targets;
 #   it ran on an H100), ac3 (the anchor at 64 again), ac4 (the fusion's middle share before the scatter: A/B),
 #   ac5 (more of ac4's A/B at 64; the CUDA tests of the compiled step),
-#   ac6 (ac4's A/B at 128 three times, profiles at 64).
+#   ac6 (ac4's A/B at 128 three times, profiles at 64),
+#   ac7 (`sprintc train` on XL latents with it; the optimizer's CUDA tests).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1332,6 +1333,14 @@ elif [ "$PHASE" = ac6 ]; then  # session AC, one H100 (BASE as for ac4): the fus
     ab_bench $wheel "ac6_${wheel}_prof64" 100 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac6_${wheel}_prof64.json" \
       --profile "$W/prof" --tag "${wheel}_"
   done
+elif [ "$PHASE" = ac7 ]; then  # session AC, one H100: `sprintc train` on XL latents at 128 with the fusion's middle share
+  # before the scatter (60 routed steps, then 20 full-token steps); the optimizer's and captured step's CUDA tests after
+  gpu_info
+  versions
+  train_setup 128
+  train_each 330 shipped:xl_ddp
+  rm -rf "$W/latents"
+  optim_tests 585
 elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the routed step at 128, 64 and 32, the sampling
   # step at 128; the anchor's own SPRINT step at 64 and 32, then at 128 with the time left
   gpu_info
