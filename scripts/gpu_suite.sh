@@ -99,7 +99,7 @@
 #   it ran on an H100), ac3 (the anchor at 64 again), ac4 (the fusion's middle share before the scatter: A/B),
 #   ac5 (more of ac4's A/B at 64; the CUDA tests of the compiled step),
 #   ac6 (ac4's A/B at 128 three times, profiles at 64),
-#   ac7 (`sprintc train` on XL latents with it; the optimizer's CUDA tests).
+#   ac7 (`sprintc train` on XL latents with it; the optimizer's CUDA tests), ac8 (those tests again).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1341,6 +1341,10 @@ elif [ "$PHASE" = ac7 ]; then  # session AC, one H100: `sprintc train` on XL lat
   train_each 330 shipped:xl_ddp
   rm -rf "$W/latents"
   optim_tests 585
+elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captured step's CUDA tests after the fusion's
+  # weight slices were made contiguous (ac7's run of them failed one CPU test on torch 2.11)
+  versions
+  optim_tests 300
 elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the routed step at 128, 64 and 32, the sampling
   # step at 128; the anchor's own SPRINT step at 64 and 32, then at 128 with the time left
   gpu_info
