@@ -99,7 +99,8 @@
 #   it ran on an H100), ac3 (the anchor at 64 again), ac4 (the fusion's middle share before the scatter: A/B),
 #   ac5 (more of ac4's A/B at 64; the CUDA tests of the compiled step),
 #   ac6 (ac4's A/B at 128 three times, profiles at 64),
-#   ac7 (`sprintc train` on XL latents with it; the optimizer's CUDA tests), ac8 (those tests again).
+#   ac7 (`sprintc train` on XL latents with it; the optimizer's CUDA tests), ac8 (those tests again), ac9 (a CPU
+#   diagnosis of ac8's failure, .gpu/diag_split.py: not kept).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1345,6 +1346,12 @@ elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captu
   # weight slices were made contiguous (ac7's run of them failed one CPU test on torch 2.11)
   versions
   optim_tests 300
+elif [ "$PHASE" = ac9 ]; then  # session AC, one H100 (its CPU): where float32 weights under autocast and bf16 weights
+  # first differ in a transformed model's step on this host's CPU, fuse's split on and off (.gpu/diag_split.py)
+  versions
+  host_info
+  piece diag_split 120 0 python3 "$REPO/.gpu/diag_split.py" "$REPO/tests"
+  OMP_NUM_THREADS=2 piece diag_split_2threads 120 0 python3 "$REPO/.gpu/diag_split.py" "$REPO/tests"
 elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the routed step at 128, 64 and 32, the sampling
   # step at 128; the anchor's own SPRINT step at 64 and 32, then at 128 with the time left
   gpu_info
