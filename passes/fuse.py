@@ -34,10 +34,9 @@ class Fusion(nn.Module):
     def forward(self, middle, encoder):
         if self.kind == "add":
             return middle + encoder
-        if self.split:  # a contiguous slice of W: a bf16 weight's strided slice took another CPU matmul path than
-            # autocast's contiguous copy of a float32 one (torch 2.11), so bf16 masters stopped matching AdamW exactly
-            w = self.linear.weight[:, self.width :].contiguous()
-            return middle + nn.functional.linear(encoder.to(middle.dtype), w, self.linear.bias)
+        if self.split:
+            w = self.linear.weight
+            return middle + nn.functional.linear(encoder.to(middle.dtype), w[:, self.width :], self.linear.bias)
         return self.linear(torch.cat([middle, encoder.to(middle.dtype)], -1))
 
 

@@ -183,7 +183,7 @@ def linear_share(x: torch.Tensor, fill: torch.Tensor, weight: torch.Tensor, star
     two matmuls would give, would be summed in a bf16 weight's own dtype."""
     d = x.shape[-1]
     rows = torch.cat([x.reshape(-1, d), fill.to(x.dtype).reshape(-1, d)])
-    out = torch.nn.functional.linear(rows, weight[:, start:stop].contiguous())  # contiguous: see Fusion.forward
+    out = torch.nn.functional.linear(rows, weight[:, start:stop])
     n = x.numel() // d
     return out[:n].view(*x.shape[:-1], -1), out[n:].view(*fill.shape[:-1], -1)
 
