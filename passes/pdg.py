@@ -26,11 +26,10 @@ def pdg(gm, cfg, ctx):
                        or a.op == "placeholder" and a.target == "ids_keep")
     m = role_node(g, "middle_out")
     mask = mask_node(g, mids[0], gm, ctx)
-    # the middle output as it leaves the middle region (before path drop and fusion), filled as the scatter fills
-    # (with the fusion's middle share applied where fuse split it)
+    # the middle output as it leaves the middle region (before path drop and fusion)
     last = mids[-1]
-    after = next((n for n in g.nodes if n.target is routing.scatter_tokens), last)
-    h = insert_after(after, routing.cat_mask_half, (after, after.args[2] if after is not last else mask))
+    after = next((u for u in last.users if u.target is routing.scatter_tokens), last)
+    h = insert_after(after, routing.cat_mask_half, (after, mask))
     if after is m:
         h.meta["role"] = m.meta.pop("role")
     ctx.guidance = g

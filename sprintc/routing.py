@@ -174,21 +174,6 @@ def draw_path_drop(p: float, batch: int, skip: bool = True, device=None, generat
 
 
 @torch.fx.wrap
-def linear_share(x: torch.Tensor, fill: torch.Tensor, weight: torch.Tensor, start: int,
-                 stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x @ W.T, fill @ W.T) for W = weight[:, start:stop]: the part of a linear layer over concatenated inputs that
-    reads x, the fusion's middle share. fuse applies it before the scatter: a per-token linear map commutes with
-    choosing per position between the kept tokens and the mask token (the fill, cast to x's dtype as scatter_tokens
-    casts it), so it runs on the kept tokens and once on the fill. One matmul over both gives W one gradient: two, as
-    two matmuls would give, would be summed in a bf16 weight's own dtype."""
-    d = x.shape[-1]
-    rows = torch.cat([x.reshape(-1, d), fill.to(x.dtype).reshape(-1, d)])
-    out = torch.nn.functional.linear(rows, weight[:, start:stop])
-    n = x.numel() // d
-    return out[:n].view(*x.shape[:-1], -1), out[n:].view(*fill.shape[:-1], -1)
-
-
-@torch.fx.wrap
 def first_half(x: torch.Tensor) -> torch.Tensor:
     return x[: x.shape[0] // 2]
 

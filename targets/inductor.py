@@ -28,7 +28,6 @@ and sampling variants all fit.
 """
 from __future__ import annotations
 
-import operator
 import os
 import types
 from pathlib import Path
@@ -269,17 +268,15 @@ def _chains(graph: fx.Graph, block_of: dict[str, nn.Module]) -> list[list[fx.Nod
 
 
 def _glue_into(graph: fx.Graph, head: fx.Node) -> list[fx.Node]:
-    """The routing glue (scatter, mask-token fill, path drop, the fusion's middle share) computed only for `head`'s
-    inputs, in graph order."""
+    """The routing glue (scatter, mask-token fill, path drop) computed only for `head`'s inputs, in graph order."""
     from sprintc import routing
 
-    glue_fns = (routing.scatter_tokens, routing.drop_path, routing.cat_mask_half, routing.linear_share)
+    glue_fns = (routing.scatter_tokens, routing.drop_path, routing.cat_mask_half)
     region, grown = {head}, True
     while grown:
         grown = False
         for n in {a for r in region for a in r.all_input_nodes} - region:
-            glue = n.target in glue_fns or n.target is operator.getitem and getattr(n.args[0], "target", None) is routing.linear_share
-            if n.op == "call_function" and glue and all(u in region for u in n.users):
+            if n.op == "call_function" and n.target in glue_fns and all(u in region for u in n.users):
                 region.add(n)
                 grown = True
     return [n for n in graph.nodes if n in region and n is not head]

@@ -132,39 +132,6 @@ def test_skipping_the_middle_changes_nothing_but_work():
         skip.eval()(x, t, y, middle_rows=rows)
 
 
-def test_fusion_share_before_the_scatter_equals_the_concatenated_linear(monkeypatch):
-    """fuse applies the fusion's middle share to the kept tokens and the mask token before the scatter and path drop:
-    the same outputs, gradients and guidance as Linear(2D, D) on [scattered middle, encoder], in fewer FLOPs."""
-    from sprintc.graph import count_flops
-    from sprintc.passes import fuse as fuse_pass
-
-    split = sprintc.build(tiny_spec()).train()
-    monkeypatch.setattr(fuse_pass, "_mask_choices", lambda m: [])
-    whole = sprintc.build(tiny_spec()).train()
-    assert split.sprint.fuse.split and not whole.sprint.fuse.split
-    for p in split.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    whole.load_state_dict(split.state_dict())
-    x, t, y = inputs(b=5)
-    ids = routing.sample_ids(split.sprint.plan, 5)
-    dropped = torch.tensor([True, False, True, False, True])
-    rows = torch.tensor([1, 3, 4])
-    a = split(x, t, y, ids_keep=ids, path_drop=dropped, middle_rows=rows)
-    b = whole(x, t, y, ids_keep=ids, path_drop=dropped, middle_rows=rows)
-    assert (a - b).abs().max() <= 1e-5 * b.abs().max()
-    a.square().sum().backward()
-    b.square().sum().backward()
-    for (name, pa), pb in zip(split.named_parameters(), whole.parameters()):
-        assert (pa.grad - pb.grad).abs().max() <= 1e-4 * max(1.0, pb.grad.abs().max()), name
-    run = lambda m: m(x, t, y, ids_keep=ids, path_drop=dropped, middle_rows=rows)  # noqa: E731
-    assert count_flops(lambda: run(split)) < count_flops(lambda: run(whole))
-    null = torch.full((5,), 10)
-    with torch.no_grad():
-        guided = [m.eval().forward_guidance(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-                  for m in (split, whole)]
-    assert (guided[0] - guided[1]).abs().max() <= 1e-5 * guided[1].abs().max()
-
-
 def test_pass_order_in_spec_does_not_matter():
     a = compile_spec(tiny_spec()).graph_module.code
     b = compile_spec(tiny_spec(passes=list(reversed(tiny_spec()["passes"])))).graph_module.code

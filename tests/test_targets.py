@@ -205,8 +205,6 @@ def test_inductor_regional_compiles_each_block_shape_once_no_recompiles_no_break
     regions = lowering_of(model).regions
     # the routing glue and the fusion as one region in each of the two graphs (training, guidance)
     assert {"_sprintc_glue_0", "_sprintc_glue_1", "x_embedder", "t_embedder", "final_layer"} <= set(regions)
-    for glue in ("_sprintc_glue_0", "_sprintc_glue_1"):  # with the fusion's middle share, before the scatter
-        assert "linear_share" in model.__dict__[glue].code and "scatter_tokens" in model.__dict__[glue].code
     blocks = [r for r in regions if r.startswith(("blocks.", "_sprintc_group_"))]
     assert blocks == ["_sprintc_group_0", "blocks.0", "blocks.3"]
     assert list(model.state_dict()) == keys  # the groups are not registered: each block's weights once
