@@ -62,6 +62,7 @@ def test_ddp_two_processes_match_one(tmp_path, one_process):
     r = torchrun(f, tmp_path / "run")
     assert "done at step 5" in r.stdout and r.stdout.count("sprintc train: done") == 1  # rank 0 reports
     check_same(one_process, tmp_path / "run")
+    assert (tmp_path / "run" / "samples" / "final.png").is_file()
 
 
 def test_ddp_two_processes_skip_the_middle_for_their_own_dropped_samples(tmp_path):
