@@ -100,7 +100,7 @@
 #   ac5 (more of ac4's A/B at 64; the CUDA tests of the compiled step),
 #   ac6 (ac4's A/B at 128 three times, profiles at 64),
 #   ac7 (`sprintc train` on XL latents with it; the optimizer's CUDA tests), ac8 (those tests again), ac9 (a CPU
-#   diagnosis of ac8's failure, scripts/gpu_diag_split.py, on a checkout of af67a7a).
+#   diagnosis of ac8's failure: scripts/gpu_diag_split.py of 6d3a8b1, run on a checkout of af67a7a).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1347,7 +1347,7 @@ elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captu
   versions
   optim_tests 300
 elif [ "$PHASE" = ac9 ]; then  # session AC, one H100 (its CPU): where float32 weights under autocast and bf16 weights
-  # first differ in a transformed model's step on this host's CPU, fuse's split on and off (scripts/gpu_diag_split.py; on a checkout of af67a7a)
+  # first differ in a transformed model's step on this host's CPU, fuse's split on and off (scripts/gpu_diag_split.py of 6d3a8b1, copied onto a checkout of af67a7a: it needs that trial)
   versions
   host_info
   piece diag_split 120 0 python3 "$REPO/scripts/gpu_diag_split.py" "$REPO/tests"
