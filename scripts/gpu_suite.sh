@@ -101,6 +101,10 @@
 #   ac6 (ac4's A/B at 128 three times, profiles at 64),
 #   ac7 (`sprintc train` on XL latents with it; the optimizer's CUDA tests), ac8 (those tests again), ac9 (a CPU
 #   diagnosis of ac8's failure: scripts/gpu_diag_split.py of 6d3a8b1, run on a checkout of af67a7a).
+# Session AD's (one H100, BASE=<the commit before>): ad1 (the routing glue's backward without atomic adds, the stream's
+#   rows taken after its gather: profiles at 64 and the routed step at 64, base / new alternating; the CPU test that
+#   failed in ac7 / ac8, on this host with the code as shipped), ad2 (the step at 128 base / new, at 64 beside the
+#   anchor's step; the CUDA tests of the compiled step and sampling).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1342,6 +1346,41 @@ elif [ "$PHASE" = ac7 ]; then  # session AC, one H100: `sprintc train` on XL lat
   train_each 330 shipped:xl_ddp
   rm -rf "$W/latents"
   optim_tests 585
+elif [ "$PHASE" = ad1 ]; then  # session AD, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the routing glue
+  # (token gather and row selection) with backward passes that copy instead of adding atomically, the stream's rows taken
+  # after its gather: a profile of the routed step at 64 with each wheel, then the step at 64 base / new alternating
+  # twice, one Inductor cache per wheel; last, on this host's CPU, the optimizer test that failed in ac7 and ac8
+  gpu_info
+  versions
+  host_info
+  base_wheel
+  for wheel in base new; do
+    ab_bench $wheel "ad1_${wheel}_prof64" 110 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad1_${wheel}_prof64.json" \
+      --profile "$W/prof" --tag "${wheel}_"
+  done
+  for r in 1 2; do
+    for wheel in base new; do
+      ab_bench $wheel "ad1_${wheel}_b64_$r" 55 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad1_${wheel}_b64_$r.json"
+    done
+  done
+  piece pytest_optim_cpu $(( 590 - ($(date +%s) - T0) )) "" python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
+    -k "trains_with_it_as_with_adamw" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = ad2 ]; then  # session AD, one H100 (BASE as for ad1): the routed step at 128 base / new; at 64 with the new
+  # wheel between two of the anchor's processes (scripts/gpu_anchor_host.py); the CUDA tests of the compiled step and
+  # sampling with the time left
+  gpu_info
+  versions
+  host_info
+  base_wheel
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  for wheel in base new; do
+    ab_bench $wheel "ad2_${wheel}_b128" 90 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ad2_${wheel}_b128.json"
+  done
+  [ $TINY = 0 ] && piece anchor_host_64a 100 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
+  ab_bench new ad2_new_b64 70 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad2_new_b64.json"
+  [ $TINY = 0 ] && piece anchor_host_64b 100 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "inductor or cuda_graph or sampl or pdg" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captured step's CUDA tests after the fusion's
   # weight slices were made contiguous (ac7's run of them failed one CPU test on torch 2.11)
   versions

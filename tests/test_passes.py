@@ -126,6 +126,12 @@ def test_skipping_the_middle_changes_nothing_but_work():
     b.square().sum().backward()
     for (name, pa), pb in zip(skip.named_parameters(), full.parameters()):
         assert (pa.grad - pb.grad).abs().max() <= 1e-4 * max(1.0, pb.grad.abs().max()), name
+    # the phase with all tokens (no ids_keep): the middle's inputs shared by the batch (RoPE angles) stay whole
+    dense = []
+    for model, kwargs in ((skip, {"middle_rows": rows}), (full, {})):
+        torch.manual_seed(1)  # the same label dropout
+        dense.append(model(x, t, y, path_drop=dropped, **kwargs))
+    assert (dense[0] - dense[1]).abs().max() <= 1e-5
     with pytest.raises(TypeError, match="skip_middle: false"):
         full(x, t, y, ids_keep=ids, path_drop=dropped, middle_rows=rows)
     with pytest.raises(ValueError, match="middle_rows needs path_drop"):
@@ -148,9 +154,12 @@ def test_graph_is_readable_and_blocks_are_leaves():
 
 def test_rope_angles_are_gathered_with_tokens():
     code = compile_spec(tiny_spec()).graph_module.code
-    ids = re.search(r"gather_tokens\(rope, (\w+), 0\)", code).group(1)  # the kept ids of the rows the middle runs on
-    assert f"select_rows({ids}" not in code and f"{ids} = sprintc_routing_select_rows(ids_keep, middle_rows)" in code
-    assert re.search(rf"gather_tokens\(select_rows\w*, {ids}\)", code)
+    # the angles by the kept ids of the rows the middle runs on; the stream's kept tokens cut to those rows
+    ids = re.search(r"gather_tokens\(rope, (\w+), 0\)", code).group(1)
+    assert f"{ids} = sprintc_routing_select_rows(ids_keep, middle_rows)" in code
+    stream = re.search(r"(\w+) = sprintc_routing_gather_tokens\(blocks_0, ids_keep\)", code).group(1)
+    assert f"sprintc_routing_select_rows({stream}, middle_rows)" in code
+    assert re.search(rf"sprintc_routing_scatter_tokens\(\w+, {ids}, ", code)  # the same rows' kept ids
 
 
 def test_tread_and_dense_presets_compose():

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sprintc.routing import gather_tokens, plan_route, sample_ids, scatter_tokens
+from sprintc.routing import gather_tokens, plan_route, sample_ids, scatter_tokens, select_rows
 from sprintc.spec import RoutePass
 
 
@@ -94,3 +94,20 @@ def test_gather_scatter_roundtrip():
     assert torch.equal(out[~kept], fill.expand(3, 16, 8)[~kept])
     shared = torch.randn(16, 5)  # RoPE-like (N, d) shared by the batch
     assert torch.equal(gather_tokens(shared, ids, 0)[1], shared[ids[1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 16, 8), (3, 16), (3, 16, 2, 4)])
+def test_token_gather_and_row_selection_match_torch_ops_with_gradients(shape, dtype):
+    # their backward copies gradients into zeros instead of adding them (no atomic adds): the same values
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    ids = torch.stack([torch.randperm(16)[:5] for _ in range(3)])
+    rows = torch.tensor([0, 2])
+    ours = select_rows(gather_tokens(x, ids, 1), rows)
+    idx = ids.view(3, 5, *[1] * (len(shape) - 2)).expand(3, 5, *shape[2:])
+    plain = torch.gather(x, 1, idx).index_select(0, rows)
+    assert ours.dtype == dtype and torch.equal(ours, plain)
+    g = torch.randn_like(plain)
+    assert torch.equal(*(torch.autograd.grad(out, x, g)[0] for out in (ours, plain)))
+    with torch.no_grad():
+        assert torch.equal(select_rows(gather_tokens(x, ids, 1), rows), plain)
