@@ -104,7 +104,8 @@
 # Session AD's (one H100, BASE=<the commit before>): ad1 (the routing glue's backward without atomic adds, the stream's
 #   rows taken after its gather: profiles at 64 and the routed step at 64, base / new alternating; the CPU test that
 #   failed in ac7 / ac8, on this host with the code as shipped), ad2 (the step at 128 base / new, at 64 beside the
-#   anchor's step; the CUDA tests of the compiled step and sampling).
+#   anchor's step; the CUDA tests of the compiled step and sampling), ad3 (the adaLN modulation's matmuls alone: torch,
+#   cuBLASLt's candidates, Triton tiles, scripts/gpu_skinny_mm.py; the step at 64 beside the anchor's).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1381,6 +1382,16 @@ elif [ "$PHASE" = ad2 ]; then  # session AD, one H100 (BASE as for ad1): the rou
   [ $TINY = 0 ] && piece anchor_host_64b 100 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "inductor or cuda_graph or sampl or pdg" -p no:cacheprovider --rootdir "$REPO"
+elif [ "$PHASE" = ad3 ]; then  # session AD, one H100: the adaLN modulation's matmuls alone (scripts/gpu_skinny_mm.py);
+  # then the routed step at 64 between two of the anchor's processes
+  gpu_info
+  versions
+  host_info
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  [ $TINY = 0 ] && piece skinny_mm 200 0 python3 "$REPO/scripts/gpu_skinny_mm.py" --json "$W/skinny_mm.json"
+  [ $TINY = 0 ] && piece anchor_host_64a 100 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
+  piece ad3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad3_b64.json"
+  [ $TINY = 0 ] && piece anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
 elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captured step's CUDA tests after the fusion's
   # weight slices were made contiguous (ac7's run of them failed one CPU test on torch 2.11)
   versions
