@@ -105,7 +105,8 @@
 #   rows taken after its gather: profiles at 64 and the routed step at 64, base / new alternating; the CPU test that
 #   failed in ac7 / ac8, on this host with the code as shipped), ad2 (the step at 128 base / new, at 64 beside the
 #   anchor's step; the CUDA tests of the compiled step and sampling), ad3 (the adaLN modulation's matmuls alone: torch,
-#   cuBLASLt's candidates, Triton tiles, scripts/gpu_skinny_mm.py; the step at 64 beside the anchor's).
+#   cuBLASLt's candidates, Triton tiles, scripts/gpu_skinny_mm.py; the step at 64 beside the anchor's), ad4 (the step at
+#   64 and the anchor's, three processes each, alternating; the sampling step at 128).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1392,6 +1393,17 @@ elif [ "$PHASE" = ad3 ]; then  # session AD, one H100: the adaLN modulation's ma
   [ $TINY = 0 ] && piece anchor_host_64a 100 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
   piece ad3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad3_b64.json"
   [ $TINY = 0 ] && piece anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
+elif [ "$PHASE" = ad4 ]; then  # session AD, one H100: the code as shipped, the routed step at 64 and the anchor's SPRINT
+  # step at 64 (scripts/gpu_anchor_host.py), three processes each, alternating; the sampling step at 128 with the time left
+  gpu_info
+  versions
+  host_info
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  for r in 1 2 3; do
+    [ $TINY = 0 ] && piece anchor_host_64_$r 110 0 $AH --batch 64 --json "$W/anchor_host_64_$r.json"
+    piece ad4_b64_$r $([ $r = 1 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad4_b64_$r.json"
+  done
+  piece ad4_sample $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ad4_sample.json"
 elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captured step's CUDA tests after the fusion's
   # weight slices were made contiguous (ac7's run of them failed one CPU test on torch 2.11)
   versions
