@@ -141,17 +141,18 @@ def test_inductor_whole_model_routed_training_step_equals_eager():
     x, t, y = inputs()
     ids = torch.tensor([[0, 3, 9, 14], [5, 6, 8, 15]])
     pd = torch.tensor([False, True])
-    outs = []
-    for m in (model, ref):
-        m.zero_grad(set_to_none=True)
-        out = m(x, t, y, ids_keep=ids, path_drop=pd)
-        out.square().mean().backward()
-        outs.append((out, dict(m.named_parameters())))
-    (out, params), (want, wparams) = outs
-    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
-    assert params.keys() == wparams.keys() and "sprint.mask_token" in params
-    for name, p in params.items():
-        torch.testing.assert_close(p.grad, wparams[name].grad, rtol=1e-3, atol=1e-5, msg=name)
+    for rows in (None, torch.tensor([0])):  # the dropped sample runs the middle, or skips it (path drop's skip)
+        outs = []
+        for m in (model, ref):
+            m.zero_grad(set_to_none=True)
+            out = m(x, t, y, ids_keep=ids, path_drop=pd, middle_rows=rows)
+            out.square().mean().backward()
+            outs.append((out, dict(m.named_parameters())))
+        (out, params), (want, wparams) = outs
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+        assert params.keys() == wparams.keys() and "sprint.mask_token" in params
+        for name, p in params.items():
+            torch.testing.assert_close(p.grad, wparams[name].grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
