@@ -235,6 +235,14 @@ ab_routed() {  # ab_routed PREFIX: the routed CUDA-graph step with the wheel of 
     ab_bench $wheel "${1}_${wheel}_b64" 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/${1}_${wheel}_b64.json"
   done
 }
+ab_profiles() {  # ab_profiles PREFIX SUFFIX TIMEOUT: a profile of the routed step at 64 (three replays) with the wheel of
+  # BASE and this one, one Inductor cache each; pieces PREFIX_base_SUFFIX, PREFIX_new_SUFFIX
+  local wheel
+  for wheel in base new; do
+    ab_bench $wheel "${1}_${wheel}_$2" "$3" --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/${1}_${wheel}_$2.json" \
+      --profile "$W/prof" --tag "${wheel}_"
+  done
+}
 ab_phase() {  # ab_phase PREFIX TESTS: an A/B phase (BASE=REV scripts/gpu_prepare.sh): ab_routed PREFIX, then the CUDA
   # tests selected by the pytest expression TESTS with the time left
   gpu_info
@@ -1336,10 +1344,7 @@ elif [ "$PHASE" = ac6 ]; then  # session AC, one H100 (BASE as for ac4): the fus
       ab_bench $wheel "ac6_${wheel}_b128_$r" $([ $r = 1 ] && echo 90 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ac6_${wheel}_b128_$r.json"
     done
   done
-  for wheel in base new; do
-    ab_bench $wheel "ac6_${wheel}_prof64" 100 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac6_${wheel}_prof64.json" \
-      --profile "$W/prof" --tag "${wheel}_"
-  done
+  ab_profiles ac6 prof64 100
 elif [ "$PHASE" = ac7 ]; then  # session AC, one H100: `sprintc train` on XL latents at 128 with the fusion's middle share
   # before the scatter (60 routed steps, then 20 full-token steps); the optimizer's and captured step's CUDA tests after
   gpu_info
@@ -1356,10 +1361,7 @@ elif [ "$PHASE" = ad1 ]; then  # session AD, one H100 (BASE=<the commit before> 
   versions
   host_info
   base_wheel
-  for wheel in base new; do
-    ab_bench $wheel "ad1_${wheel}_prof64" 110 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad1_${wheel}_prof64.json" \
-      --profile "$W/prof" --tag "${wheel}_"
-  done
+  ab_profiles ad1 prof64 110
   for r in 1 2; do
     for wheel in base new; do
       ab_bench $wheel "ad1_${wheel}_b64_$r" 55 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad1_${wheel}_b64_$r.json"
@@ -1469,10 +1471,7 @@ elif [ "$PHASE" = ab5 ]; then  # session AB, one H100 (BASE=7956775 scripts/gpu_
   gpu_info
   versions
   base_wheel
-  for wheel in base new; do
-    ab_bench $wheel "ab5_${wheel}_b64" 150 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab5_${wheel}_b64.json" \
-      --profile "$W/prof" --tag "${wheel}_"
-  done
+  ab_profiles ab5 b64 150
 elif [ "$PHASE" = ab6 ]; then  # session AB, one H100 (BASE=84a1532 scripts/gpu_prepare.sh): the row selection folded into
   # the token gather (one gather over the flattened batch; 6608804, reverted: no gain): the routed step at 128 and 64,
   # base / new alternating
