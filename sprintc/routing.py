@@ -104,7 +104,7 @@ def sample_ids(plan: RoutePlan, batch: int, device=None, generator: torch.Genera
 
 class _TakeRows(torch.autograd.Function):
     """x.index_select(0, rows) for distinct rows, whose gradient is copied into zeros (index_copy). index_select's own
-    backward adds it (index_add), which on CUDA is a kernel of atomic adds: 0.14 ms per step for the routed token
+    backward adds it (index_add), which on CUDA is a kernel of atomic adds: 0.13 ms per step for the routed token
     stream's rows at batch 64 on an H100 (docs/PERFORMANCE.md, session AD). With distinct rows the two are equal."""
 
     @staticmethod
