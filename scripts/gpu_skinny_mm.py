@@ -4,7 +4,8 @@ A block's modulation is Linear(1152, 6912) on SiLU(c), c (B, 1152): its forward 
 rows, and so do the backward's two products (the weight's gradient: 16 MB written; c's gradient: the weight read).
 For each of the three at B = 58, 64, 116, 128 (the routed blocks' rows with path drop's skip, and all rows) this
 times torch's call (what Inductor's graph calls), the fastest of cuBLASLt's heuristic candidates, and a Triton kernel
-of a few tile shapes, and prints the bandwidth each reaches on the weight's bytes. The rest of a block's matmuls are
+of a few tile shapes, and prints the bandwidth each reaches on the weight's bytes. Each time is the GPU's alone: calls
+captured in a CUDA graph (cublaslt.graph_time_ms); timed from the host (session AD's call 3) they were launch-bound. The rest of a block's matmuls are
 timed by torch's call to tie the profile's kernel names to shapes.
 
     python3 scripts/gpu_skinny_mm.py [--rows 58,64,116,128] [--json FILE]
@@ -60,7 +61,8 @@ def cublaslt_best(a, b, bias):
     plan = None if key is None else cublaslt._plan(*key)
     if plan is None:
         return None
-    times = cublaslt._candidate_times(lambda i: cublaslt._matmul(epilogue, a, b, bias, None, i), len(plan[4]), reps=20)
+    times = cublaslt._candidate_times(lambda i: cublaslt._matmul(epilogue, a, b, bias, None, i), len(plan[4]), reps=20,
+                                          timer=cublaslt.graph_time_ms)
     return min(times.values()) if times else None
 
 
@@ -106,7 +108,7 @@ def main():
         for name, (a, b, bb) in cases.items():
             ref = (a.float() @ b.float() + (0 if bb is None else bb.float()))
             torch_fn = (lambda a=a, b=b, bb=bb: torch.mm(a, b) if bb is None else torch.addmm(bb, a, b))
-            row = {"rows": rows, "op": name, "torch_us": 1e3 * cublaslt.time_ms(torch_fn, reps=50, groups=5),
+            row = {"rows": rows, "op": name, "torch_us": 1e3 * cublaslt.graph_time_ms(torch_fn, reps=50, groups=5),
                    "torch_kernels": kernel_names(torch_fn)}
             best = cublaslt_best(a, b, bb)
             row["cublaslt_best_us"] = None if best is None else 1e3 * best
@@ -116,7 +118,7 @@ def main():
                 try:
                     out = triton_mm(a, b, bb, block, splits, warps, stages)
                     err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
-                    us = 1e3 * cublaslt.time_ms(lambda: triton_mm(a, b, bb, block, splits, warps, stages), reps=50, groups=5)
+                    us = 1e3 * cublaslt.graph_time_ms(lambda: triton_mm(a, b, bb, block, splits, warps, stages), reps=50, groups=5)
                     trit[label] = {"us": round(us, 2), "rel_err": err}
                 except Exception as e:  # a tile that does not compile or fit: reported, the rest go on
                     trit[label] = {"error": str(e)[:120]}
@@ -137,7 +139,7 @@ def main():
             gy = torch.randn(tokens, n, device=dev, dtype=torch.bfloat16)
             for part, fn in (("fwd", lambda: torch.mm(x, wt.t())), ("dx", lambda: torch.mm(gy, wt)),
                              ("dw", lambda: torch.mm(gy.t(), x))):
-                us = 1e3 * cublaslt.time_ms(fn, reps=20, groups=3)
+                us = 1e3 * cublaslt.graph_time_ms(fn, reps=20, groups=3)
                 print(f"tokens {tokens:6d} {name} {part}: {us:.1f} us {kernel_names(fn)}")
                 results.append({"tokens": tokens, "op": f"{name}_{part}", "torch_us": us, "torch_kernels": kernel_names(fn)})
     if args.json:

@@ -106,7 +106,8 @@
 #   failed in ac7 / ac8, on this host with the code as shipped), ad2 (the step at 128 base / new, at 64 beside the
 #   anchor's step; the CUDA tests of the compiled step and sampling), ad3 (the adaLN modulation's matmuls alone: torch,
 #   cuBLASLt's candidates, Triton tiles, scripts/gpu_skinny_mm.py; the step at 64 beside the anchor's), ad4 (the step at
-#   64 and the anchor's, three processes each, alternating; the sampling step at 128).
+#   64 and the anchor's, three processes each, alternating; the sampling step at 128), ad5 (matmuls tuned on GPU time
+#   alone, CUDA graphs: the probe again, the step at 64 and 128 base / new, the tuned matmuls' CUDA test).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1406,6 +1407,24 @@ elif [ "$PHASE" = ad4 ]; then  # session AD, one H100: the code as shipped, the 
     piece ad4_b64_$r $([ $r = 1 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad4_b64_$r.json"
   done
   piece ad4_sample $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ad4_sample.json"
+elif [ "$PHASE" = ad5 ]; then  # session AD, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): target.tuned_matmuls
+  # timing each candidate on the GPU alone (calls captured in a CUDA graph) instead of from the host: the probe of the
+  # modulation's matmuls timed that way; the routed step at 64 twice and at 128 once, base / new alternating, one
+  # Inductor cache each; the tuned matmuls' CUDA test with the time left
+  gpu_info
+  versions
+  base_wheel
+  [ $TINY = 0 ] && piece skinny_mm 120 0 python3 "$REPO/scripts/gpu_skinny_mm.py" --json "$W/skinny_mm.json"
+  for r in 1 2; do
+    for wheel in base new; do
+      ab_bench $wheel "ad5_${wheel}_b64_$r" $([ $r = 1 ] && echo 90 || echo 55) --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad5_${wheel}_b64_$r.json"
+    done
+  done
+  for wheel in base new; do
+    ab_bench $wheel "ad5_${wheel}_b128" 90 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ad5_${wheel}_b128.json"
+  done
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "tuned_matmuls" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captured step's CUDA tests after the fusion's
   # weight slices were made contiguous (ac7's run of them failed one CPU test on torch 2.11)
   versions
