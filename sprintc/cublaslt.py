@@ -174,40 +174,13 @@ def time_ms(fn, reps: int = 10, groups: int = 3) -> float:
     return sorted(times)[groups // 2]
 
 
-def graph_time_ms(fn, reps: int = 20, groups: int = 3) -> float:
-    """GPU milliseconds per call of fn: `reps` calls captured in a CUDA graph, the median of `groups` replays. time_ms
-    also counts the host's launch cost, which for a matmul of a few microseconds (a block's modulation on a batch's
-    rows) is most of what it sees: candidates launched from Python lose to torch's call there whatever their kernels
-    take (docs/PERFORMANCE.md, session AD)."""
-    fn()  # (a refusal shows here, before the capture)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            for _ in range(reps):
-                fn()
-    except RuntimeError:  # fn does something a capture cannot hold: timed from the host instead
-        torch.cuda.synchronize()
-        return time_ms(fn, reps, groups)
-    graph.replay()
-    times = []
-    for _ in range(groups):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return sorted(times)[groups // 2]
-
-
-def _candidate_times(launch, count: int, reps: int, timer=time_ms) -> dict[int, float]:
+def _candidate_times(launch, count: int, reps: int) -> dict[int, float]:
     """ms per call of launch(i) for each candidate i < count, leaving out those cuBLASLt refuses (a refusal is returned
     at the first call, before anything runs; every launch writes the same values)."""
     times = {}
     for i in range(count):
         try:
-            times[i] = timer(lambda: launch(i), reps=reps)
+            times[i] = time_ms(lambda: launch(i), reps=reps)
         except CublasLtError:
             pass
     return times
@@ -391,9 +364,7 @@ def _time_candidates(a, b, bias) -> int | None:
     rbias = None if bias is None else torch.randn(b.shape[1], device=a.device, dtype=a.dtype)
     epilogue = DEFAULT if bias is None else BIAS
     plan = _plan(*_key(epilogue, ra, rb, torch.empty(1, device=a.device, dtype=a.dtype)))
-    # timed on the GPU alone (CUDA graphs), as the captured steps run them
-    base = graph_time_ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
-    times = _candidate_times(lambda i: _matmul(epilogue, ra, rb, rbias, None, i), len(plan[4]) if plan else 0, reps=20,
-                             timer=graph_time_ms)
+    base = time_ms(lambda: torch.mm(ra, rb) if rbias is None else torch.addmm(rbias, ra, rb))
+    times = _candidate_times(lambda i: _matmul(epilogue, ra, rb, rbias, None, i), len(plan[4]) if plan else 0, reps=10)
     best = min(times, key=times.get) if times else None
     return best if best is not None and times[best] <= TUNE_MARGIN * base else None
