@@ -107,7 +107,8 @@
 #   anchor's step; the CUDA tests of the compiled step and sampling), ad3 (the adaLN modulation's matmuls alone: torch,
 #   cuBLASLt's candidates, Triton tiles, scripts/gpu_skinny_mm.py; the step at 64 beside the anchor's), ad4 (the step at
 #   64 and the anchor's, three processes each, alternating; the sampling step at 128), ad5 (matmuls tuned on GPU time
-#   alone, CUDA graphs: the probe again, the step at 64 and 128 base / new, the tuned matmuls' CUDA test).
+#   alone, CUDA graphs: the probe again, the step at 64 and 128 base / new, the tuned matmuls' CUDA test; that tuner,
+#   eb7041d, was reverted in e97a61b: run ad5 on a checkout of eb7041d).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
