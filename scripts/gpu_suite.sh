@@ -237,6 +237,17 @@ ab_routed() {  # ab_routed PREFIX: the routed CUDA-graph step with the wheel of 
     ab_bench $wheel "${1}_${wheel}_b64" 80 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/${1}_${wheel}_b64.json"
   done
 }
+ab_rounds() {  # ab_rounds PREFIX BATCH "ROUNDS" FIRST LATER: the routed CUDA-graph step at BATCH with the wheel of BASE and
+  # this one, alternating, once per round; timeout FIRST in the first round (the compiles are cold), LATER after;
+  # pieces PREFIX_base_bBATCH_ROUND, PREFIX_new_bBATCH_ROUND
+  local r wheel rounds=$3
+  for r in $rounds; do
+    for wheel in base new; do
+      ab_bench $wheel "${1}_${wheel}_b${2}_$r" $([ "$r" = "${rounds%% *}" ] && echo "$4" || echo "$5") --batch "$2" --modes $TMODES \
+        --parts train --graphs routed --json "$W/${1}_${wheel}_b${2}_$r.json"
+    done
+  done
+}
 ab_profiles() {  # ab_profiles PREFIX SUFFIX TIMEOUT: a profile of the routed step at 64 (three replays) with the wheel of
   # BASE and this one, one Inductor cache each; pieces PREFIX_base_SUFFIX, PREFIX_new_SUFFIX
   local wheel
@@ -1312,11 +1323,7 @@ elif [ "$PHASE" = ac4 ]; then  # session AC, one H100 (BASE=<the commit before> 
   gpu_info
   versions
   base_wheel
-  for r in 1 2; do
-    for wheel in base new; do
-      ab_bench $wheel "ac4_${wheel}_b64_$r" $([ $r = 1 ] && echo 90 || echo 50) --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac4_${wheel}_b64_$r.json"
-    done
-  done
+  ab_rounds ac4 64 "1 2" 90 50
   for wheel in base new; do
     ab_bench $wheel "ac4_${wheel}_b128" 80 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ac4_${wheel}_b128.json"
   done
@@ -1329,11 +1336,7 @@ elif [ "$PHASE" = ac5 ]; then  # session AC, one H100, the machine of ac4 kept w
   # at 64, base / new alternating three times more; the CUDA tests of the compiled step, sampling and bf16 weights
   gpu_info
   base_wheel
-  for r in 3 4 5; do
-    for wheel in base new; do
-      ab_bench $wheel "ac5_${wheel}_b64_$r" 60 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac5_${wheel}_b64_$r.json"
-    done
-  done
+  ab_rounds ac5 64 "3 4 5" 60 60
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "inductor_with or sampling_with or master_weights_train" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ac6 ]; then  # session AC, one H100 (BASE as for ac4): the fusion's middle share before the scatter at
@@ -1341,11 +1344,7 @@ elif [ "$PHASE" = ac6 ]; then  # session AC, one H100 (BASE as for ac4): the fus
   gpu_info
   versions
   base_wheel
-  for r in 1 2 3; do
-    for wheel in base new; do
-      ab_bench $wheel "ac6_${wheel}_b128_$r" $([ $r = 1 ] && echo 90 || echo 60) --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ac6_${wheel}_b128_$r.json"
-    done
-  done
+  ab_rounds ac6 128 "1 2 3" 90 60
   ab_profiles ac6 prof64 100
 elif [ "$PHASE" = ac7 ]; then  # session AC, one H100: `sprintc train` on XL latents at 128 with the fusion's middle share
   # before the scatter (60 routed steps, then 20 full-token steps); the optimizer's and captured step's CUDA tests after
@@ -1364,11 +1363,7 @@ elif [ "$PHASE" = ad1 ]; then  # session AD, one H100 (BASE=<the commit before> 
   host_info
   base_wheel
   ab_profiles ad1 prof64 110
-  for r in 1 2; do
-    for wheel in base new; do
-      ab_bench $wheel "ad1_${wheel}_b64_$r" 55 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad1_${wheel}_b64_$r.json"
-    done
-  done
+  ab_rounds ad1 64 "1 2" 55 55
   piece pytest_optim_cpu $(( 590 - ($(date +%s) - T0) )) "" python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     -k "trains_with_it_as_with_adamw" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ad2 ]; then  # session AD, one H100 (BASE as for ad1): the routed step at 128 base / new; at 64 with the new
@@ -1416,14 +1411,8 @@ elif [ "$PHASE" = ad5 ]; then  # session AD, one H100 (BASE=<the commit before> 
   versions
   base_wheel
   [ $TINY = 0 ] && piece skinny_mm 120 0 python3 "$REPO/scripts/gpu_skinny_mm.py" --json "$W/skinny_mm.json"
-  for r in 1 2; do
-    for wheel in base new; do
-      ab_bench $wheel "ad5_${wheel}_b64_$r" $([ $r = 1 ] && echo 90 || echo 55) --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad5_${wheel}_b64_$r.json"
-    done
-  done
-  for wheel in base new; do
-    ab_bench $wheel "ad5_${wheel}_b128" 90 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ad5_${wheel}_b128.json"
-  done
+  ab_rounds ad5 64 "1 2" 90 55
+  ab_rounds ad5 128 1 90 90
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "tuned_matmuls" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ac8 ]; then  # session AC, one H100: the optimizer's and captured step's CUDA tests after the fusion's
