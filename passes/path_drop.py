@@ -20,16 +20,10 @@ def path_drop(gm, cfg, ctx):
         rows = add_placeholder(graph, "middle_rows")
         # the token stream's rows are taken after its gather, from the (B, M, D) kept tokens: a smaller copy than the
         # (B, N, D) stream's. Side inputs' gathers take the rows' ids instead: an input shared by the batch (RoPE
-        # angles) stays shared when ids_keep is None.
-        region = set(stage_nodes(graph, "middle")) | {n for n in middle_region(graph) if not n.meta.get("stream")}
-        picked = wrap_sample_inputs(graph, region, shapes2, shapes3,
-                                    lambda a: graph.call_function(routing.select_rows, (a, rows)))
-        for s in [n for n in graph.nodes if n.target is routing.scatter_tokens]:  # kept tokens back, by the same ids
-            ids = s.args[1]
-            if ids not in picked:
-                with graph.inserting_after(rows if ids.op == "placeholder" else ids):
-                    picked[ids] = graph.call_function(routing.select_rows, (ids, rows))
-            s.update_arg(1, picked[ids])
+        # angles) stays shared when ids_keep is None. The scatters put the kept tokens back by the same rows' ids.
+        region = (set(stage_nodes(graph, "middle")) | {n for n in middle_region(graph) if not n.meta.get("stream")}
+                  | {n for n in graph.nodes if n.target is routing.scatter_tokens})
+        wrap_sample_inputs(graph, region, shapes2, shapes3, lambda a: graph.call_function(routing.select_rows, (a, rows)))
     d = insert_after(m, routing.drop_path, (m, flag, mask, rows))
     d.meta["role"] = m.meta.pop("role")
     return PassResult(gm, True)

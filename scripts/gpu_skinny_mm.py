@@ -30,16 +30,7 @@ def graph_time_ms(fn, reps: int = 20, groups: int = 3) -> float:
     with torch.cuda.graph(graph):
         for _ in range(reps):
             fn()
-    graph.replay()
-    times = []
-    for _ in range(groups):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return sorted(times)[groups // 2]
+    return cublaslt.time_ms(graph.replay, reps=1, groups=groups) / reps
 
 
 @triton.jit
