@@ -1403,6 +1403,17 @@ elif [ "$PHASE" = ad4 ]; then  # session AD, one H100: the code as shipped, the 
     piece ad4_b64_$r $([ $r = 1 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad4_b64_$r.json"
   done
   piece ad4_sample $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ad4_sample.json"
+elif [ "$PHASE" = ae1 ]; then  # session AE, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the modulation
+  # tables (target.batch_modulation): profiles of the routed step at 64, base / new (cold compiles); the step at 64 twice
+  # more and at 128 once, alternating, one Inductor cache each; their CUDA tests with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_profiles ae1 prof 110
+  ab_rounds ae1 64 "2 3" 60 60
+  ab_rounds ae1 128 1 90 90
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "modulation or cuda_graph_training or master_weights" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ad5 ]; then  # session AD, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): target.tuned_matmuls
   # timing each candidate on the GPU alone (calls captured in a CUDA graph) instead of from the host: the probe of the
   # modulation's matmuls timed that way; the routed step at 64 twice and at 128 once, base / new alternating, one

@@ -124,8 +124,10 @@ class Block(nn.Module):
         self.mlp = Mlp(d, m.mlp_ratio, m.mlp)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
-    def forward(self, x, c, rope=None):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, -1)
+    def forward(self, x, c, rope=None, mod=None):
+        # mod: adaLN_modulation(c) computed outside, with other blocks' in one matmul (sprintc/modulation.py)
+        mod = self.adaLN_modulation(c) if mod is None else mod
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, -1)
         x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), rope)
         return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
 

@@ -39,8 +39,15 @@ def _aligned(n: int) -> int:
 
 
 def low_precision_params(model: nn.Module) -> list[nn.Parameter]:
-    """The float32 trainable weights and biases of the modules autocast runs in low precision."""
+    """The float32 trainable weights and biases of the modules autocast runs in low precision; the weights of the
+    model's modulation tables first, each table's next to each other (one matmul each, sprintc/modulation.py)."""
+    from sprintc.modulation import table_linears
+
     seen, out = set(), []
+    for m in table_linears(model):
+        if m.weight.requires_grad and m.weight.dtype == torch.float32 and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            out.append(m.weight)
     for m in model.modules():
         if isinstance(m, LOW_PRECISION_MODULES):
             for p in (m.weight, m.bias):

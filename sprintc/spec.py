@@ -145,6 +145,11 @@ class TargetSpec(Strict):
     pdl: bool = Field(True, description="Inductor's programmatic dependent launch (torch's triton.enable_pdl) on GPUs of "
                       "compute capability 9.0 and up (H100): each of its Triton kernels is launched while the kernel before "
                       "it runs and waits inside for the data it reads; no effect on other devices")
+    batch_modulation: bool = Field(True, description="regional inductor, models with a block graph: the adaLN "
+                                   "modulations of the blocks that read one conditioning run as one matmul before them "
+                                   "(eager) instead of one per block inside the regions; one product where their "
+                                   "weights lie next to each other, as train.master_weights lays them out "
+                                   "(sprintc/modulation.py). Off under FSDP")
     tuned_matmuls: bool = Field(True, description="inductor on CUDA (bf16 / fp16): at compile time each matmul Inductor "
                                 "leaves to torch's mm / addmm is timed against cuBLASLt's heuristic candidates, and runs "
                                 "on the fastest where it beats torch's call by 3% (sprintc/cublaslt.py); part of the "

@@ -278,8 +278,8 @@ def _lower(net, spec, device, fsdp=False, captured=False):
     one saves GPU time but costs host time at every call (docs/PERFORMANCE.md, session U), and there the host issues
     every kernel."""
     update = {} if device.type == "cuda" else {"dtype": "float32"}
-    if fsdp:
-        update["region_blocks"] = 1
+    if fsdp:  # (a table would call the blocks' modulations outside their all-gather hooks)
+        update.update(region_blocks=1, batch_modulation=False)
     if not captured:
         update["tuned_matmuls"] = False
     return lower(net, spec.target.model_copy(update=update), device=device)

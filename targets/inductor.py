@@ -28,6 +28,7 @@ and sampling variants all fit.
 """
 from __future__ import annotations
 
+import operator
 import os
 import types
 from pathlib import Path
@@ -40,6 +41,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 import sprintc
 from sprintc import cublaslt  # (registers sprintc::tuned_mm, which graphs read back from Inductor's cache call)
+from sprintc.modulation import ModulationTable, modulation_linear
 from sprintc.spec import TargetSpec
 from sprintc.targets_api import Lowering, TargetError, wrap_forwards
 
@@ -246,21 +248,27 @@ class BlockGroup(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(blocks)
 
-    def forward(self, x, *args, **kwargs):
-        for blk in self.members:
-            x = blk(x, *args, **kwargs)
+    def forward(self, x, *args, mods=None, **kwargs):
+        for i, blk in enumerate(self.members):  # mods: each block's modulation (a ModulationTable's), or None
+            x = blk(x, *args, **kwargs) if mods is None else blk(x, *args, mod=mods[i], **kwargs)
         return x
 
 
+def _other_kwargs(n: fx.Node) -> dict:
+    return {k: v for k, v in n.kwargs.items() if k != "mod"}
+
+
 def _chains(graph: fx.Graph, block_of: dict[str, nn.Module]) -> list[list[fx.Node]]:
-    """Runs of block calls where each block takes the previous one's output (its only use) and the same other inputs."""
+    """Runs of block calls where each block takes the previous one's output (its only use) and the same other inputs
+    (each its own modulation, or none)."""
     runs = []
     for n in graph.nodes:
         if n.op != "call_module" or n.target not in block_of:
             continue
         prev = runs[-1][-1] if runs else None
         if (prev is not None and n.args and n.args[0] is prev and len(prev.users) == 1
-                and n.args[1:] == prev.args[1:] and n.kwargs == prev.kwargs):
+                and n.args[1:] == prev.args[1:] and _other_kwargs(n) == _other_kwargs(prev)
+                and ("mod" in n.kwargs) == ("mod" in prev.kwargs)):
             runs[-1].append(n)
         else:
             runs.append([n])
@@ -316,30 +324,59 @@ def _group_runs(graph: fx.Graph, model: nn.Module, block_of: dict[str, nn.Module
             if key not in groups:
                 groups[key] = f"_sprintc_group_{len(groups)}"
                 model.__dict__[groups[key]] = BlockGroup([block_of[t] for t in key])
+            kwargs = _other_kwargs(chunk[0])
+            if "mod" in chunk[0].kwargs:
+                kwargs["mods"] = [n.kwargs["mod"] for n in chunk]
             with graph.inserting_before(chunk[0]):
-                call = graph.call_module(groups[key], chunk[0].args, chunk[0].kwargs)
+                call = graph.call_module(groups[key], chunk[0].args, kwargs)
             chunk[-1].replace_all_uses_with(call)
             for n in reversed(chunk):
                 graph.erase_node(n)
 
 
-def regroup(model: nn.Module, size: int, glue: bool = True) -> list[str]:
+def _batch_modulations(graph: fx.Graph, model: nn.Module, block_of: dict[str, nn.Module], tables: dict):
+    """Blocks (two or more) that read one conditioning node get their modulations (`mod=`) from one ModulationTable
+    call before the first of them; `tables` maps the blocks' names to the table's name in the model's __dict__ (one
+    table for the same blocks in two graphs)."""
+    readers = {}
+    for n in graph.nodes:
+        if (n.op == "call_module" and n.target in block_of and len(n.args) >= 2 and isinstance(n.args[1], fx.Node)
+                and "mod" not in n.kwargs and modulation_linear(block_of[n.target]) is not None):
+            readers.setdefault(n.args[1], []).append(n)
+    for cond, blocks in readers.items():
+        if len(blocks) < 2:
+            continue
+        key = tuple(n.target for n in blocks)
+        if key not in tables:
+            tables[key] = f"_sprintc_modulation_{len(tables)}"
+            model.__dict__[tables[key]] = ModulationTable([modulation_linear(block_of[t]) for t in key])
+        with graph.inserting_before(blocks[0]):
+            table = graph.call_module(tables[key], (cond,))
+            mods = [graph.call_function(operator.getitem, (table, i)) for i in range(len(blocks))]
+        for n, mod in zip(blocks, mods):
+            n.update_kwarg("mod", mod)
+
+
+def regroup(model: nn.Module, size: int, glue: bool = True, modulation: bool = False) -> list[str]:
     """Rewrite the model's installed graphs into larger regions: runs of consecutive blocks called in groups of up to
-    `size` (BlockGroup), and with `glue` the routing glue before the fusion compiled with it. The regions are kept in
-    the model's __dict__ (deep copies carry them, the state dict does not); their names, none where the model has no
-    installed graph."""
+    `size` (BlockGroup), and with `glue` the routing glue before the fusion compiled with it; with `modulation` the
+    blocks' adaLN modulations computed together (ModulationTable, eager). The regions and tables are kept in the
+    model's __dict__ (deep copies carry them, the state dict does not); the regions' names, none where the model has
+    no installed graph."""
     sprint = getattr(model, "sprint", None)
-    if (size < 2 and not glue) or getattr(sprint, "graph", None) is None:
+    if (size < 2 and not glue and not modulation) or getattr(sprint, "graph", None) is None:
         return []
     from sprintc.graph import compile_forward
 
     block_of = {f"{name}.{i}": blk for name, blocks in block_lists(model) for i, blk in enumerate(blocks)}
-    heads, groups, glued = head_types(), {}, 0
+    heads, groups, glued, tables = head_types(), {}, 0, {}
     for attr, graph in (("graph_fn", sprint.graph), ("guidance_fn", sprint.guidance_graph)):
         if graph is None:
             continue
         new = fx.Graph()
         new.output(new.graph_copy(graph, {}))
+        if modulation:
+            _batch_modulations(new, model, block_of, tables)
         if size > 1:
             _group_runs(new, model, block_of, size, groups)
         for n in list(new.nodes) if glue else []:
@@ -356,7 +393,7 @@ def compile_regions(model: nn.Module, target: TargetSpec) -> list[str]:
     opts = _options(target)
     done, in_blocks = [], set()
     grouped = set()
-    for name in regroup(model, target.region_blocks, glue_regions()):
+    for name in regroup(model, target.region_blocks, glue_regions(), target.batch_modulation):
         region = model.__dict__[name]
         region.compile(**opts)
         done.append(name)

@@ -525,6 +525,25 @@ def test_master_weights_train_as_autocast_and_checkpoints_hold_float32(tmp_path)
     assert any((t != t.bfloat16().float()).any() for k, t in model.items() if k.endswith("weight"))
 
 
+def test_modulation_tables_in_the_captured_compiled_step_train_as_the_blocks_own(tmp_path, monkeypatch):
+    """target.batch_modulation with master weights (the tables' weights laid out next to each other): one product
+    per table in the compiled, captured step, and the losses of the blocks' own modulations."""
+    from sprintc.modulation import _Product
+
+    products = []
+    forward = _Product.forward
+    monkeypatch.setattr(_Product, "forward", staticmethod(lambda ctx, h, k, *p: products.append(k) or forward(ctx, h, k, *p)))
+    runs = {}
+    for batched in (False, True):
+        s = spec(stages=((8, 8, True), (6, 4, False)), master_weights=True)
+        s["target"] = {"name": "inductor", "dtype": "bfloat16", "batch_modulation": batched}
+        runs[batched] = train(s, tmp_path / str(batched), device="cuda", progress=False)
+        assert bool(products) == batched and all(k > 1 for k in products)
+    a, b = runs[False]["losses"], runs[True]["losses"]
+    assert len(a) == len(b) == 14
+    assert all(abs(x - y) <= 2e-2 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+
+
 def test_a_run_with_master_weights_resumes_where_it_stopped(tmp_path):
     from sprintc import checkpoint as ckpt
 
