@@ -1403,6 +1403,18 @@ elif [ "$PHASE" = ad4 ]; then  # session AD, one H100: the code as shipped, the 
     piece ad4_b64_$r $([ $r = 1 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad4_b64_$r.json"
   done
   piece ad4_sample $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ad4_sample.json"
+elif [ "$PHASE" = ae2 ]; then  # session AE, one H100 (BASE as for ae1): the routed step at 128 twice and at 64 once,
+  # base / new alternating, one Inductor cache each; the anchor's step at 64 (scripts/gpu_anchor_host.py); the sampling
+  # step at 128 with the new wheel with the time left
+  gpu_info
+  versions
+  host_info
+  base_wheel
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  ab_rounds ae2 128 "1 2" 90 60
+  ab_rounds ae2 64 1 80 80
+  [ $TINY = 0 ] && piece anchor_host_64 110 0 $AH --batch 64 --json "$W/anchor_host_64.json"
+  ab_bench new ae2_sample $(( 590 - ($(date +%s) - T0) )) --batch 128 --modes $TMODES --parts sample --json "$W/ae2_sample.json"
 elif [ "$PHASE" = ae1 ]; then  # session AE, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the modulation
   # tables (target.batch_modulation): profiles of the routed step at 64, base / new (cold compiles); the step at 64 twice
   # more and at 128 once, alternating, one Inductor cache each; their CUDA tests with the time left
