@@ -1403,6 +1403,16 @@ elif [ "$PHASE" = ad4 ]; then  # session AD, one H100: the code as shipped, the 
     piece ad4_b64_$r $([ $r = 1 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad4_b64_$r.json"
   done
   piece ad4_sample $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ad4_sample.json"
+elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the modulation tables), the routed step at 64
+  # and the anchor's SPRINT step at 64 (scripts/gpu_anchor_host.py), alternating, two processes each
+  gpu_info
+  versions
+  host_info
+  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
+  [ $TINY = 0 ] && piece anchor_host_64_1 160 0 $AH --batch 64 --json "$W/anchor_host_64_1.json"
+  piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
+  [ $TINY = 0 ] && piece anchor_host_64_2 100 0 $AH --batch 64 --json "$W/anchor_host_64_2.json"
+  piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
 elif [ "$PHASE" = ae2 ]; then  # session AE, one H100 (BASE as for ae1): the routed step at 128 twice and at 64 once,
   # base / new alternating, one Inductor cache each; the anchor's step at 64 (scripts/gpu_anchor_host.py); the sampling
   # step at 128 with the new wheel with the time left
