@@ -71,6 +71,8 @@ def add_bench_arguments(p):
     p.add_argument("--tuned-matmuls", action=argparse.BooleanOptionalAction, default=None,
                    help="set / clear target.tuned_matmuls (each of Inductor's matmuls on the fastest cuBLASLt candidate "
                         "timed at compile time; on by default)")
+    p.add_argument("--batch-modulation", action=argparse.BooleanOptionalAction, default=None,
+                   help="set / clear target.batch_modulation (the blocks' adaLN modulations as one matmul; on by default)")
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="set train.master_weights (bf16 weights written by the optimizer from float32 masters)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
@@ -124,7 +126,8 @@ def run_bench(args) -> int:
     target = resolve_target(spec.target, name="inductor", mode=args.compile_mode, tune=args.tune,
                             multi_kernel=args.multi_kernel, kernels=args.kernels, regional=args.regional,
                             mix_order_reduction=args.mix_order_reduction, pdl=args.pdl,
-                            region_blocks=args.region_blocks, tuned_matmuls=args.tuned_matmuls)
+                            region_blocks=args.region_blocks, tuned_matmuls=args.tuned_matmuls,
+                            batch_modulation=args.batch_modulation)
     inductor_cfg = _inductor_config(args.inductor_config)
     if args.master_weights is not None:
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"master_weights": args.master_weights})})
@@ -346,6 +349,7 @@ class Bench:
             "dtype": target.dtype, "compile_mode": target.mode, "tune": target.tune, "multi_kernel": target.multi_kernel, "kernels": target.kernels,
             "regional": target.regional, "mix_order_reduction": target.mix_order_reduction,
             "pdl": target.pdl, "region_blocks": target.region_blocks, "tuned_matmuls": target.tuned_matmuls,
+            "batch_modulation": target.batch_modulation,
             "params_M": round(sum(p.numel() for p in self.built.model.parameters()) / 1e6, 2),
             "matmul_peak_tflops": _sig(peak / 1e12), "steps": steps, "warmup": warmup, "clip": clip,
             "grad_clip": spec.train.grad_clip, "master_weights": self.master, "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),
@@ -636,7 +640,7 @@ class Bench:
         m = self.meta
         con.print(f"[bold]sprintc bench[/] {m['spec']} ({m['size']}, {m['params_M']}M params) on {m['device_name']}, "
                   f"torch {m['torch']}, {m['dtype']}, matmul peak {m['matmul_peak_tflops']} TFLOP/s")
-        settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel", "kernels", "mix_order_reduction", "pdl", "tuned_matmuls") if m.get(k)]
+        settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel", "kernels", "mix_order_reduction", "pdl", "tuned_matmuls", "batch_modulation") if m.get(k)]
         settings += [] if m.get("regional", True) else ["whole model"]
         settings += [f"regions of {m['region_blocks']} blocks"] if m.get("region_blocks", 1) > 1 else []
         settings += [f"{k}={v}" for k, v in m.get("inductor_config", {}).items()]

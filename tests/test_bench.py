@@ -139,11 +139,12 @@ def test_a_failing_row_says_why_and_the_other_rows_stay(tmp_path, monkeypatch, f
     assert main(["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "1",
                  "--warmup", "0", "--batch", "2", "--parts", "train", "--multi-kernel", "--no-kernels",
                  "--no-regional", "--mix-order-reduction", "--no-pdl", "--no-master-weights", "--region-blocks", "3",
-                 "--json", str(out)]) == 0
+                 "--no-batch-modulation", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["meta"]["multi_kernel"] is True and d["meta"]["kernels"] is False
     assert d["meta"]["regional"] is False and d["meta"]["mix_order_reduction"] is True
     assert d["meta"]["master_weights"] is False and d["meta"]["pdl"] is False and d["meta"]["region_blocks"] == 3
+    assert d["meta"]["batch_modulation"] is False
     rows = {r["graph"]: r for r in d["train"]}
     assert rows["routed"]["ms"] > 0 and "error" not in rows["routed"]
     assert rows["dense"]["error"] == why
