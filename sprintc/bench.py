@@ -322,6 +322,8 @@ class Bench:
         self.spec, self.target, self.device = spec, target, device
         self.dtype = compute_dtype(target, device)
         self.master = spec.train.master_weights and self.dtype == torch.bfloat16  # as sprintc train on one GPU
+        if not self.master:  # as sprintc train: a table is one product only with the master weights' layout
+            self.target = target = target.model_copy(update={"batch_modulation": False})
         self.steps, self.warmup, self.json_path, self.clip = steps, warmup, json_path, clip
         self.profile, self.tag, self.host_ms = (Path(profile) if profile else None), tag, float("nan")
         if self.profile:

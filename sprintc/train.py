@@ -271,15 +271,18 @@ def peak_flops(device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def _lower(net, spec, device, fsdp=False, captured=False):
+def _lower(net, spec, device, fsdp=False, captured=False, master=False):
     """Compile the blocks in place (the spec's target). On the CPU the model trains in float32 whatever
     target.dtype says. Under FSDP every block is a region of its own: its all-gather hooks run between blocks.
     Where the step is not `captured` in a CUDA graph (FSDP, target.cuda_graphs false) the matmuls stay torch's: a tuned
     one saves GPU time but costs host time at every call (docs/PERFORMANCE.md, session U), and there the host issues
-    every kernel."""
+    every kernel. The blocks' modulations are batched (target.batch_modulation) only with `master` weights, whose layout
+    makes each table one product; elsewhere a table would be a matmul per block outside the regions, for nothing."""
     update = {} if device.type == "cuda" else {"dtype": "float32"}
-    if fsdp:  # (a table would call the blocks' modulations outside their all-gather hooks)
-        update.update(region_blocks=1, batch_modulation=False)
+    if fsdp:
+        update["region_blocks"] = 1
+    if fsdp or not master:  # (under FSDP a table would call the modulations outside the blocks' all-gather hooks)
+        update["batch_modulation"] = False
     if not captured:
         update["tuned_matmuls"] = False
     return lower(net, spec.target.model_copy(update=update), device=device)
@@ -474,12 +477,12 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
 
     # ---- compile, then wrap, then the optimizer
     graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
-    net = _lower(net, spec, device, fsdp, captured=graphs)
+    # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
+    master = tr.master_weights and device.type == "cuda" and spec.target.dtype == "bfloat16" and world == 1
+    net = _lower(net, spec, device, fsdp, captured=graphs, master=master)
     if fsdp:
         _shard(net, world, device)
         _shard(ema, world, device)
-    # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
-    master = tr.master_weights and device.type == "cuda" and spec.target.dtype == "bfloat16" and world == 1
     opt = adamw_for(net, tr, stages[0].lr, device, master=master, capturable=graphs)
     fused_ema = isinstance(opt, MasterAdamW) and tr.ema.every == 1  # the EMA update in the optimizer's kernel, every step
     if fused_ema:

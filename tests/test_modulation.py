@@ -129,3 +129,18 @@ def test_a_model_with_tables_trains_as_the_model_without(skip_middle):
     for (name, _), a, b in zip(base.named_parameters(), grads, want):  # bf16 matmuls summed in another order
         assert (a - b).norm() <= 2e-2 * b.norm() + 1e-6, name
     assert losses[-1] < losses[0]
+
+
+def test_sprintc_train_batches_the_modulations_only_with_master_weights_and_never_under_fsdp():
+    from sprintc.compiler import compile_spec
+    from sprintc.train import _lower
+
+    spec = small(target__name="inductor").spec
+
+    def tables(**kw):
+        model = _lower(compile_spec(spec).model, spec, torch.device("cpu"), **kw)
+        return [k for k, v in vars(model).items() if isinstance(v, ModulationTable)]
+
+    assert tables(master=True)
+    assert not tables(master=False)
+    assert not tables(master=True, fsdp=True)
