@@ -152,6 +152,11 @@ piece() {  # piece NAME TIMEOUT GPU CMD...
   pack
 }
 BENCH="python3 -m sprintc bench $SPEC $DEV"
+anchor_host() {  # anchor_host NAME TIMEOUT BATCHES: the anchor's own SPRINT step, its host and kernel times
+  # (scripts/gpu_anchor_host.py), on GPU 0 as piece NAME, its figures in $W/NAME.json; nothing in a CPU dry run
+  [ $TINY = 1 ] && return 0
+  piece "$1" "$2" 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch "$3" --json "$W/$1.json"
+}
 ddp_piece() {  # ddp_piece NAME TIMEOUT GPUS [gpu_ddp.py args]: the routed XL step, 128 per GPU, one process per GPU
   local name=$1 t=$2 gpus=$3; shift 3
   piece "$name" "$t" "$gpus" torchrun --nproc_per_node $(( $(tr -cd , <<< "$gpus" | wc -c) + 1 )) "$REPO/scripts/gpu_ddp.py" \
@@ -1266,9 +1271,9 @@ elif [ "$PHASE" = aa4 ]; then  # session AA, one H200: the routed step at 128 an
   host_info
   piece aa4_b128_64 150 0 $BENCH --batch 128,64 --modes $TMODES --parts train --graphs routed --json "$W/aa4_b128_64.json"
   if [ $TINY = 0 ]; then
-    piece anchor_host_1 200 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64,128 --json "$W/anchor_host_1.json"
+    anchor_host anchor_host_1 200 64,128
     for r in 2 3; do
-      piece anchor_host_$r $(( 540 - ($(date +%s) - T0) )) 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_$r.json"
+      anchor_host anchor_host_$r $(( 540 - ($(date +%s) - T0) )) 64
     done
   fi
 elif [ "$PHASE" = aa3 ]; then  # session AA, two H100s: every CUDA test of the code as shipped; tests/test_cuda.py but its
@@ -1292,7 +1297,7 @@ elif [ "$PHASE" = aa2 ]; then  # session AA, one H100: the anchor's SPRINT step 
     nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 500 > "$W/smi_trace.csv" &
     SMI=$!
     for r in 1 2 3; do
-      piece anchor_host_$r 150 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_$r.json"
+      anchor_host anchor_host_$r 150 64
     done
     kill $SMI
   fi
@@ -1302,20 +1307,18 @@ elif [ "$PHASE" = ac1 ]; then  # session AC, one H100: the code as shipped (path
   gpu_info
   versions
   host_info
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
-  [ $TINY = 0 ] && piece anchor_host_32 120 0 $AH --batch 32 --json "$W/anchor_host_32.json"
+  anchor_host anchor_host_32 120 32
   piece ac1_b32 90 0 $BENCH --batch 32 --modes $TMODES --parts train --graphs routed --json "$W/ac1_b32.json"
   piece ac1_sample 150 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ac1_sample.json"
-  [ $TINY = 0 ] && piece anchor_host_64a 90 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
+  anchor_host anchor_host_64a 90 64
   piece ac1_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac1_b64.json"
-  [ $TINY = 0 ] && piece anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
+  anchor_host anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 64
 elif [ "$PHASE" = ac3 ]; then  # session AC, one H100, the machine of ac1 kept warm: the anchor's SPRINT step at 64 in two
   # more processes, alternating with the routed step at 64
   gpu_info
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
-  [ $TINY = 0 ] && piece anchor_host_64c 100 0 $AH --batch 64 --json "$W/anchor_host_64c.json"
+  anchor_host anchor_host_64c 100 64
   piece ac3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ac3_b64.json"
-  [ $TINY = 0 ] && piece anchor_host_64d 100 0 $AH --batch 64 --json "$W/anchor_host_64d.json"
+  anchor_host anchor_host_64d 100 64
 elif [ "$PHASE" = ac4 ]; then  # session AC, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the fusion's
   # middle share before the scatter (fuse's split concat_linear): the routed step at 64 twice and at 128 once, base / new
   # alternating, one Inductor cache per wheel; the sampling step (CFG, PDG) at 128 each; the CUDA tests of the compiled
@@ -1373,13 +1376,12 @@ elif [ "$PHASE" = ad2 ]; then  # session AD, one H100 (BASE as for ad1): the rou
   versions
   host_info
   base_wheel
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
   for wheel in base new; do
     ab_bench $wheel "ad2_${wheel}_b128" 90 --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/ad2_${wheel}_b128.json"
   done
-  [ $TINY = 0 ] && piece anchor_host_64a 100 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
+  anchor_host anchor_host_64a 100 64
   ab_bench new ad2_new_b64 70 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad2_new_b64.json"
-  [ $TINY = 0 ] && piece anchor_host_64b 100 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
+  anchor_host anchor_host_64b 100 64
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "inductor or cuda_graph or sampl or pdg" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ad3 ]; then  # session AD, one H100: the adaLN modulation's matmuls alone (scripts/gpu_skinny_mm.py);
@@ -1387,19 +1389,17 @@ elif [ "$PHASE" = ad3 ]; then  # session AD, one H100: the adaLN modulation's ma
   gpu_info
   versions
   host_info
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
   [ $TINY = 0 ] && piece skinny_mm 200 0 python3 "$REPO/scripts/gpu_skinny_mm.py" --json "$W/skinny_mm.json"
-  [ $TINY = 0 ] && piece anchor_host_64a 100 0 $AH --batch 64 --json "$W/anchor_host_64a.json"
+  anchor_host anchor_host_64a 100 64
   piece ad3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad3_b64.json"
-  [ $TINY = 0 ] && piece anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 64 --json "$W/anchor_host_64b.json"
+  anchor_host anchor_host_64b $(( 590 - ($(date +%s) - T0) )) 64
 elif [ "$PHASE" = ad4 ]; then  # session AD, one H100: the code as shipped, the routed step at 64 and the anchor's SPRINT
   # step at 64 (scripts/gpu_anchor_host.py), three processes each, alternating; the sampling step at 128 with the time left
   gpu_info
   versions
   host_info
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
   for r in 1 2 3; do
-    [ $TINY = 0 ] && piece anchor_host_64_$r 110 0 $AH --batch 64 --json "$W/anchor_host_64_$r.json"
+    anchor_host anchor_host_64_$r 110 64
     piece ad4_b64_$r $([ $r = 1 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad4_b64_$r.json"
   done
   piece ad4_sample $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ad4_sample.json"
@@ -1412,10 +1412,9 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   gpu_info
   versions
   host_info
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
-  [ $TINY = 0 ] && piece anchor_host_64_1 160 0 $AH --batch 64 --json "$W/anchor_host_64_1.json"
+  anchor_host anchor_host_64_1 160 64
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
-  [ $TINY = 0 ] && piece anchor_host_64_2 100 0 $AH --batch 64 --json "$W/anchor_host_64_2.json"
+  anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
 elif [ "$PHASE" = ae2 ]; then  # session AE, one H100 (BASE as for ae1): the routed step at 128 twice and at 64 once,
   # base / new alternating, one Inductor cache each; the anchor's step at 64 (scripts/gpu_anchor_host.py); the sampling
@@ -1424,10 +1423,9 @@ elif [ "$PHASE" = ae2 ]; then  # session AE, one H100 (BASE as for ae1): the rou
   versions
   host_info
   base_wheel
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
   ab_rounds ae2 128 "1 2" 90 60
   ab_rounds ae2 64 1 80 80
-  [ $TINY = 0 ] && piece anchor_host_64 110 0 $AH --batch 64 --json "$W/anchor_host_64.json"
+  anchor_host anchor_host_64 110 64
   ab_bench new ae2_sample $(( 590 - ($(date +%s) - T0) )) --batch 128 --modes $TMODES --parts sample --json "$W/ae2_sample.json"
 elif [ "$PHASE" = ae1 ]; then  # session AE, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): the modulation
   # tables (target.batch_modulation): profiles of the routed step at 64, base / new (cold compiles); the step at 64 twice
@@ -1467,11 +1465,10 @@ elif [ "$PHASE" = ac2 ]; then  # session AC, one H200: the code as shipped, the 
   gpu_info
   versions
   host_info
-  AH="python3 $REPO/scripts/gpu_anchor_host.py $REPO/.gpu/anchor_dit.py"
   piece ac2_train 200 0 $BENCH --batch 128,64,32 --modes $TMODES --parts train --graphs routed --json "$W/ac2_train.json"
-  [ $TINY = 0 ] && piece anchor_host_64_32 150 0 $AH --batch 64,32 --json "$W/anchor_host_64_32.json"
+  anchor_host anchor_host_64_32 150 64,32
   piece ac2_sample 120 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ac2_sample.json"
-  [ $TINY = 0 ] && piece anchor_host_128 $(( 590 - ($(date +%s) - T0) )) 0 $AH --batch 128 --json "$W/anchor_host_128.json"
+  anchor_host anchor_host_128 $(( 590 - ($(date +%s) - T0) )) 128
 elif [ "$PHASE" = ab1 ]; then  # session AB, one H100 (BASE=<the commit before> scripts/gpu_prepare.sh): path drop's
   # skip_middle (the dropped samples skip the middle blocks): the routed step at 128 and 64, base / new alternating, one
   # Inductor cache per wheel; the optimizer's and the captured step's CUDA tests with the time left
@@ -1486,11 +1483,11 @@ elif [ "$PHASE" = ab2 ]; then  # session AB, one H100: the code as shipped besid
   gpu_info
   versions
   host_info
-  [ $TINY = 0 ] && piece anchor_host_1 150 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_1.json"
+  anchor_host anchor_host_1 150 64
   piece ab2_b128_64 150 0 $BENCH --batch 128,64 --modes $TMODES --parts train --graphs routed --json "$W/ab2_b128_64.json"
-  [ $TINY = 0 ] && piece anchor_host_2 90 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_2.json"
+  anchor_host anchor_host_2 90 64
   piece ab2_b64 70 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab2_b64.json"
-  [ $TINY = 0 ] && piece anchor_host_3 90 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_3.json"
+  anchor_host anchor_host_3 90 64
   train_setup 128
   train_each $(( 590 - ($(date +%s) - T0) )) shipped:xl_ddp
   rm -rf "$W/latents"
@@ -1498,11 +1495,11 @@ elif [ "$PHASE" = ab3 ]; then  # session AB, one H100: the code as shipped besid
   # at 64 in two more processes, alternating with sprintc's routed step (and its dense step at 128)
   gpu_info
   versions
-  [ $TINY = 0 ] && piece anchor_host_128 200 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 128 --json "$W/anchor_host_128.json"
+  anchor_host anchor_host_128 200 128
   piece ab3_b128 200 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed,dense --json "$W/ab3_b128.json"
-  [ $TINY = 0 ] && piece anchor_host_64a 90 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_64a.json"
+  anchor_host anchor_host_64a 90 64
   piece ab3_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ab3_b64.json"
-  [ $TINY = 0 ] && piece anchor_host_64b 80 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64 --json "$W/anchor_host_64b.json"
+  anchor_host anchor_host_64b 80 64
 elif [ "$PHASE" = ab4 ]; then  # session AB, two H100s: tests/test_cuda.py but its two-GPU tests on GPU 0 (the code as
   # shipped, path-dropped samples skipping the middle); then `sprintc train` under torchrun, DDP on both GPUs (each rank
   # draws its own middle rows), on XL latents at 128 per GPU
@@ -1531,7 +1528,7 @@ elif [ "$PHASE" = aa1 ]; then  # session AA, one H100: is the anchor's SPRINT st
   gpu_info
   versions
   host_info
-  [ $TINY = 0 ] && piece anchor_host 230 0 python3 "$REPO/scripts/gpu_anchor_host.py" "$REPO/.gpu/anchor_dit.py" --batch 64,128 --json "$W/anchor_host.json"
+  anchor_host anchor_host 230 64,128
   piece aa1_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b64.json"
   piece aa1_b128 110 0 $BENCH --batch 128 --modes $TMODES --parts train --graphs routed --json "$W/aa1_b128.json"
   train_setup 128
