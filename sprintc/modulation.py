@@ -23,23 +23,23 @@ class _Product(torch.autograd.Function):
         w0, biases = params[0], params[k:]
         rows, cols = w0.shape
         weight = torch.as_strided(w0, (k * rows, cols), (cols, 1))  # the k weights as one, no copy
-        bias = torch.cat(biases) if biases[0] is not None else None
         x = h.to(w0.dtype)
         with torch.autocast(h.device.type, enabled=False):
-            out = x @ weight.t() if bias is None else torch.addmm(bias, x, weight.t())
-        ctx.save_for_backward(x, w0)
-        ctx.k, ctx.in_dtype, ctx.bias = k, h.dtype, bias is not None
+            out = torch.addmm(torch.cat(biases), x, weight.t())
+        ctx.save_for_backward(x, weight)
+        ctx.k, ctx.in_dtype = k, h.dtype
         return out.view(h.shape[0], k, rows)
 
     @staticmethod
     def backward(ctx, grad):
-        x, w0 = ctx.saved_tensors
-        k, (rows, cols) = ctx.k, w0.shape
-        g = grad.reshape(x.shape[0], k * rows).to(w0.dtype)
+        x, weight = ctx.saved_tensors
+        k, cols = ctx.k, weight.shape[1]
+        rows = weight.shape[0] // k
+        g = grad.reshape(x.shape[0], k * rows).to(weight.dtype)
         need = ctx.needs_input_grad
-        gh = (g @ torch.as_strided(w0, (k * rows, cols), (cols, 1))).to(ctx.in_dtype) if need[0] else None
+        gh = (g @ weight).to(ctx.in_dtype) if need[0] else None
         gw = (g.t() @ x).view(k, rows, cols).unbind(0) if any(need[2 : 2 + k]) else (None,) * k
-        gb = g.sum(0).view(k, rows).unbind(0) if ctx.bias and any(need[2 + k :]) else (None,) * k
+        gb = g.sum(0).view(k, rows).unbind(0) if any(need[2 + k :]) else (None,) * k
         return (gh, None, *gw, *gb)
 
 
@@ -62,17 +62,17 @@ class ModulationTable(nn.Module):
         self.linears = nn.ModuleList(linears)
 
     def runs(self, dtype: torch.dtype) -> list[list[int]]:
-        """The linears in runs whose weights (all `dtype`, of one shape) follow each other in one storage."""
+        """The linears in runs whose weights (all `dtype`, of one shape, with `dtype` biases) follow each other in one
+        storage."""
         ws = [m.weight for m in self.linears]
-        order = sorted(range(len(ws)), key=lambda i: ws[i].data_ptr())
+        fits = [w.dtype == dtype and w.is_contiguous() and m.bias is not None and m.bias.dtype == dtype
+                and m.bias.is_contiguous() for w, m in zip(ws, self.linears)]
         runs = []
-        for i in order:
-            w, prev = ws[i], ws[runs[-1][-1]] if runs else None
-            if (prev is not None and w.dtype == dtype and prev.dtype == dtype and w.shape == prev.shape
-                    and w.is_contiguous() and prev.is_contiguous()
-                    and _bias_ok(self.linears[i], dtype) and _bias_ok(self.linears[runs[-1][-1]], dtype)
-                    and w.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr()
-                    and w.data_ptr() == prev.data_ptr() + prev.numel() * prev.element_size()):
+        for i in sorted(range(len(ws)), key=lambda i: ws[i].data_ptr()):
+            j = runs[-1][-1] if runs else None
+            if (j is not None and fits[i] and fits[j] and ws[i].shape == ws[j].shape
+                    and ws[i].untyped_storage().data_ptr() == ws[j].untyped_storage().data_ptr()
+                    and ws[i].data_ptr() == ws[j].data_ptr() + ws[j].numel() * ws[j].element_size()):
                 runs[-1].append(i)
             else:
                 runs.append([i])
@@ -92,10 +92,6 @@ class ModulationTable(nn.Module):
             for i, y in zip(run, _Product.apply(h, len(run), *params).unbind(1)):
                 out[i] = y
         return tuple(out)
-
-
-def _bias_ok(lin: nn.Linear, dtype) -> bool:
-    return lin.bias is not None and lin.bias.dtype == dtype and lin.bias.is_contiguous()
 
 
 def table_linears(model: nn.Module) -> list[nn.Linear]:

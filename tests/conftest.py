@@ -36,3 +36,13 @@ def tiny_spec(**over) -> dict:
 @pytest.fixture
 def tiny():
     return tiny_spec
+
+
+@pytest.fixture
+def modulation_products(monkeypatch):
+    """The size k of each one-matmul product of modulations (sprintc/modulation.py) run during the test."""
+    from sprintc.modulation import _Product
+
+    seen, forward = [], _Product.forward
+    monkeypatch.setattr(_Product, "forward", staticmethod(lambda ctx, h, k, *p: seen.append(k) or forward(ctx, h, k, *p)))
+    return seen

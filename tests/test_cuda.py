@@ -525,14 +525,10 @@ def test_master_weights_train_as_autocast_and_checkpoints_hold_float32(tmp_path)
     assert any((t != t.bfloat16().float()).any() for k, t in model.items() if k.endswith("weight"))
 
 
-def test_modulation_tables_in_the_captured_compiled_step_train_as_the_blocks_own(tmp_path, monkeypatch):
+def test_modulation_tables_in_the_captured_compiled_step_train_as_the_blocks_own(tmp_path, modulation_products):
     """target.batch_modulation with master weights (the tables' weights laid out next to each other): one product
     per table in the compiled, captured step, and the losses of the blocks' own modulations."""
-    from sprintc.modulation import _Product
-
-    products = []
-    forward = _Product.forward
-    monkeypatch.setattr(_Product, "forward", staticmethod(lambda ctx, h, k, *p: products.append(k) or forward(ctx, h, k, *p)))
+    products = modulation_products
     runs = {}
     for batched in (False, True):
         s = spec(stages=((8, 8, True), (6, 4, False)), master_weights=True)
