@@ -1403,6 +1403,9 @@ elif [ "$PHASE" = ad4 ]; then  # session AD, one H100: the code as shipped, the 
     piece ad4_b64_$r $([ $r = 1 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ad4_b64_$r.json"
   done
   piece ad4_sample $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 128 --modes $TMODES --parts sample --json "$W/ad4_sample.json"
+elif [ "$PHASE" = ae5 ]; then  # session AE, one H100: the modulation tables' CUDA test after its spy moved to conftest
+  versions
+  piece pytest_cuda 300 0 python3 -m pytest -v -o addopts= -p no:cacheprovider --rootdir "$REPO" "$REPO/tests/test_cuda.py" -k modulation
 elif [ "$PHASE" = ae4 ]; then  # session AE, one H100: every one-GPU CUDA test of the code as shipped (the modulation tables)
   gpu_info
   versions
