@@ -2,7 +2,9 @@
 the same work done by torch's cuBLAS matmuls and by Inductor's compiled passes, at XL's widths for the routed (8192
 rows) and dense (32768) sizes of batch 128, bf16. Forward: fc1 + bias + GELU with the pre-activation kept; backward:
 fc2's input gradient times the GELU's derivative, and fc1's bias gradient. Median of 5 groups of 10 launches.
-    python3 scripts/gpu_gelu_algos.py [--json FILE]"""
+`--rows` sets the row counts (e.g. 3712,16384: batch 64's middle after path drop's skip, and its dense blocks);
+`--candidates N` asks the heuristic for N candidates instead of sprintc's CANDIDATES (session AF).
+    python3 scripts/gpu_gelu_algos.py [--rows 8192,32768] [--candidates N] [--json FILE]"""
 import argparse
 import json
 
@@ -21,8 +23,12 @@ def ms(fn):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="8192,32768")
+    ap.add_argument("--candidates", type=int, default=cublaslt.CANDIDATES)
     ap.add_argument("--json")
     args = ap.parse_args()
+    cublaslt.CANDIDATES = args.candidates
+    small = min(map(int, args.rows.split(",")))
     print(torch.__version__, torch.cuda.get_device_name())
     rows = []
 
@@ -35,7 +41,7 @@ def main():
     column_sum = torch.compile(lambda dh: dh.sum(0))
     inductor_bwd = torch.compile(lambda g, w, h: (lambda dh: (dh, dh.sum(0)))(
         torch.ops.aten.gelu_backward(g @ w, h, approximate="tanh")))
-    for m in (8192, 32768):
+    for m in map(int, args.rows.split(",")):
         x, w1, b1 = torch.randn(m, D, **bf), torch.randn(HIDDEN, D, **bf) * D ** -0.5, torch.randn(HIDDEN, **bf)
         g, w2 = torch.randn(m, D, **bf), torch.randn(D, HIDDEN, **bf) * HIDDEN ** -0.5
         h = torch.randn(m, HIDDEN, **bf)
@@ -56,7 +62,7 @@ def main():
         row(rows=m, op="bwd", code="sprintc matmul_dgelu (fastest)", ms=ms(lambda: cublaslt.matmul_dgelu(g, w2, h)))
         row(rows=m, op="bwd", code="sprintc matmul_dgelu + inductor sum", ms=ms(lambda: column_sum(cublaslt.matmul_dgelu(g, w2, h))))
         for epi, name, bias in ((cublaslt.DGELU, "DGELU", None), (DGELU_BGRAD, "DGELU_BGRAD", db)):
-            for i in range(cublaslt.CANDIDATES if m == 8192 or epi == cublaslt.DGELU else 0):
+            for i in range(cublaslt.CANDIDATES if m == small or epi == cublaslt.DGELU else 0):
                 if cublaslt._matmul(epi, g, w2, bias, h, candidate=i) is None:
                     break
                 t = ms(lambda: cublaslt._matmul(epi, g, w2, bias, h, candidate=i))

@@ -3,7 +3,9 @@ cuBLASLt's heuristic candidates (sprintc/cublaslt.py's plans), bf16, for the for
 products of the block's linears at the routed (B x 64 rows) and dense (B x 256) sizes. Prints one JSON row per shape and
 what the fastest candidate would save per routed training step (24 blocks of 64 tokens, 4 of 256). Median of 5 groups
 of 10 launches. (Session U's figures ran this at 3319c19, with its own copy of the plan code; the same measurement.)
-    python3 scripts/gpu_matmul_algos.py [--batch 128,64] [--json FILE]"""
+`--candidates N` asks the heuristic for N candidates instead of sprintc's CANDIDATES; the rows then also give the best of
+the first CANDIDATES (what sprintc picks from) as lt_best_shipped, and the summary what each would save (session AF).
+    python3 scripts/gpu_matmul_algos.py [--batch 128,64] [--candidates N] [--json FILE]"""
 import argparse
 import json
 
@@ -41,11 +43,13 @@ def candidate_times(a, b, ref):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", default="128,64")
+    ap.add_argument("--candidates", type=int, default=lt.CANDIDATES)
     ap.add_argument("--json")
     args = ap.parse_args()
     print(torch.__version__, torch.cuda.get_device_name())
+    shipped, lt.CANDIDATES = lt.CANDIDATES, args.candidates
     bf = dict(device="cuda", dtype=torch.bfloat16)
-    rows, saved = [], {}
+    rows, saved, saved_shipped = [], {}, {}
     for batch in map(int, args.batch.split(",")):
         for tokens, blocks in ((64, 24), (256, 4)):
             m = batch * tokens
@@ -64,15 +68,20 @@ def main():
                     times = candidate_times(a, b, a @ b)
                     ok = [t for t in times if t is not None]
                     best = min(ok) if ok else None
+                    first = [t for t in times[:shipped] if t is not None]
                     r.update(candidates=len(times), lt_first=times[0] if times else None, lt_best=best,
-                             lt_best_index=times.index(best) if ok else None)
+                             lt_best_index=times.index(best) if ok else None,
+                             lt_best_shipped=min(first) if first else None)
                     base = r.get("torch_addmm", r["torch_mm"])
                     if ok and not r["tuned_already"]:
                         saved[batch] = saved.get(batch, 0.0) + blocks * max(0.0, base - r["lt_best"])
+                    if first and not r["tuned_already"]:
+                        saved_shipped[batch] = saved_shipped.get(batch, 0.0) + blocks * max(0.0, base - min(first))
                     r = {key: round(v, 4) if isinstance(v, float) else v for key, v in r.items()}
                     rows.append(r)
                     print(json.dumps(r), flush=True)
     summary = {f"saved_ms_per_routed_step_b{b}": round(v, 3) for b, v in saved.items()}
+    summary.update({f"saved_ms_per_routed_step_b{b}_first_{shipped}": round(v, 3) for b, v in saved_shipped.items()})
     print(json.dumps(summary))
     if args.json:
         json.dump({"rows": rows, "summary": summary}, open(args.json, "w"), indent=1)

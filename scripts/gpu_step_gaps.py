@@ -2,7 +2,10 @@
 where the GPU idles between kernels (scripts/gpu_gaps.py), to set beside `sprintc train`'s loop
 (scripts/gpu_train_profile.py) in one device call (session Q).
 
-    python3 scripts/gpu_step_gaps.py specs/sit_xl_sprint.yaml OUT.txt [--batch 128]
+    python3 scripts/gpu_step_gaps.py specs/sit_xl_sprint.yaml OUT.txt [--batch 128] [--order KERNELS.tsv]
+
+--order writes every device event of the profiled steps in start order (start and duration in us from the first,
+the idle time before it, its name), to see what surrounds a kernel, e.g. where memsets come from (session AF).
 """
 import argparse
 
@@ -18,6 +21,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("spec")
 ap.add_argument("out")
 ap.add_argument("--batch", type=int, default=128)
+ap.add_argument("--order")
 args = ap.parse_args()
 dev = torch.device("cuda")
 spec = load_spec(args.spec)
@@ -46,4 +50,11 @@ busy = sum(end - start for start, end, _ in device_intervals(prof)) / 1000 / STE
 lines = [f"{STEPS} captured routed steps at batch {args.batch}: {a.elapsed_time(b) / STEPS:.2f} ms / step (events), "
          f"GPU kernels {busy:.2f} ms / step"] + gap_report(prof, STEPS)
 open(args.out, "w").write("\n".join(lines) + "\n")
+if args.order:
+    iv = device_intervals(prof)
+    rows, end = ["start_us\tdur_us\tidle_before_us\tname"], iv[0][0]
+    for s, e, name in iv:
+        rows.append(f"{s - iv[0][0]:.1f}\t{e - s:.1f}\t{max(0.0, s - end):.1f}\t{name[:160]}")
+        end = max(end, e)
+    open(args.order, "w").write("\n".join(rows) + "\n")
 print("\n".join(lines))

@@ -1419,6 +1419,14 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = af1 ]; then  # session AF, one H100: where the step at 64 still loses time. The GELU epilogues' and the
+  # blocks' matmuls with 32 of cuBLASLt's candidates against the first 8 (sprintc's CANDIDATES), at batch 64's sizes;
+  # the captured routed step at 64 under the profiler, every kernel in order (scripts/gpu_step_gaps.py --order)
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece gelu_algos 150 0 python3 "$REPO/scripts/gpu_gelu_algos.py" --rows 3712,16384 --candidates 32 --json "$W/gelu_algos.json"
+  [ $TINY = 0 ] && piece matmul_algos 200 0 python3 "$REPO/scripts/gpu_matmul_algos.py" --batch 64 --candidates 32 --json "$W/matmul_algos.json"
+  [ $TINY = 0 ] && piece step_trace 180 0 python3 "$REPO/scripts/gpu_step_gaps.py" "$SPEC" "$W/step_gaps_b64.txt" --batch 64 --order "$W/step_kernels_b64.tsv"
 elif [ "$PHASE" = ae2 ]; then  # session AE, one H100 (BASE as for ae1): the routed step at 128 twice and at 64 once,
   # base / new alternating, one Inductor cache each; the anchor's step at 64 (scripts/gpu_anchor_host.py); the sampling
   # step at 128 with the new wheel with the time left
