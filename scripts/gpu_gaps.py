@@ -10,8 +10,9 @@ def device_intervals(prof):
     for e in prof.events():
         # a record_function range (Optimizer.step#AdamW.step, ProfilerStep#N) is mirrored on the device's timeline
         # over the kernels it launched: it is not a kernel, and counting it would count those kernels twice
+        # (kernels named after a lambda, `...::{lambda(int)#1}`, have a "#" too: session AF found them missing)
         if (e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
-                and "#" not in e.name):
+                and not ("#" in e.name and "(" not in e.name)):
             out.append((e.time_range.start, e.time_range.end, e.name))
     return sorted(out)
 

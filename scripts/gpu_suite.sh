@@ -1419,6 +1419,11 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = af2 ]; then  # session AF, one H100: which cuBLASLt launches come with a memset, by candidate and
+  # workspace (scripts/gpu_memsets.py)
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece memsets 200 0 python3 "$REPO/scripts/gpu_memsets.py" --json "$W/memsets.json"
 elif [ "$PHASE" = af1 ]; then  # session AF, one H100: where the step at 64 still loses time. The GELU epilogues' and the
   # blocks' matmuls with 32 of cuBLASLt's candidates against the first 8 (sprintc's CANDIDATES), at batch 64's sizes;
   # the captured routed step at 64 under the profiler, every kernel in order (scripts/gpu_step_gaps.py --order)
