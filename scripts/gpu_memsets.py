@@ -1,9 +1,10 @@
 """Which cuBLASLt launches come with a memset (session AF). In the captured routed step at 64, 121 memsets per step
 (0.8 us each, plus 2-4 us of idle GPU around each) sat right before the matmuls sprintc launches through cuBLASLt
-itself (sprintc/cublaslt.py: the GELU epilogues and the tuned matmuls) and before cuDNN's attention, not before torch's
-own calls. For batch 64's shapes, each of the heuristic's candidates: its workspace size, the memsets of 3 launches
-under torch.profiler, and its time (CUDA events, 20 launches), launched with a workspace allocated per call (as
-shipped) and with one persistent 32 MiB workspace; torch's mm / addmm beside them.
+itself (sprintc/cublaslt.py: the GELU epilogues and the tuned matmuls) and before cuDNN's attention, not before most
+of torch's own calls. For batch 64's shapes, each of the heuristic's candidates: its workspace size, and for 5
+launches captured in a CUDA graph (as in the step) the memsets per launch and the time per launch (replays timed by
+CUDA events, memsets included), with the workspace preference as shipped and with none (a plan without workspace);
+torch's mm / addmm beside them. (Eager launches all came with a memset, torch's too: call 2.)
     python3 scripts/gpu_memsets.py [--json FILE]"""
 import argparse
 import ctypes
@@ -18,25 +19,31 @@ D, HIDDEN = 1152, 4608
 PERSISTENT = None
 
 
-def launch(plan, a, b, out, i, persistent: bool):
+def launch(plan, a, b, out, i):
     desc, la, lb, ld, found = plan
     h = found[i]
-    space = PERSISTENT if persistent else torch.empty(max(h.workspace, 1), device=a.device, dtype=torch.uint8)
-    size = space.numel() if persistent else h.workspace
+    space, size = PERSISTENT, h.workspace  # (allocated per call or not: the same memsets, call 2)
     lt._check(lt._lib().cublasLtMatmul(lt._handle(a.device.index), desc, ctypes.byref(lt._ONE), b.data_ptr(), la,
                                        a.data_ptr(), lb, ctypes.byref(lt._ZERO), out.data_ptr(), ld, out.data_ptr(), ld,
                                        ctypes.byref(h.algo), space.data_ptr(), size,
                                        torch.cuda.current_stream().cuda_stream), "cublasLtMatmul")
 
 
-def memsets(fn) -> int:
+def captured(fn, n=5):
+    """(memsets per launch, ms per launch) of n launches of fn captured in one CUDA graph."""
     fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(n):
             fn()
+    g.replay()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        g.replay()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "Memset" in e.name)
+    sets = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "Memset" in e.name)
+    return sets / n, round(lt.time_ms(g.replay, reps=10) / n, 4)
 
 
 def main():
@@ -58,26 +65,26 @@ def main():
                  ("fc2 dx DGELU", lt.DGELU, g, w2, None, hpre, lambda: torch.mm(g, w2)),
                  ("fc2 dx plain", lt.DEFAULT, g, w2, None, None, lambda: torch.mm(g, w2))]
         for name, epi, a, b, bias, aux, torch_fn in cases:
-            r = dict(rows=m, case=name, torch_memsets=memsets(torch_fn), torch_ms=round(lt.time_ms(torch_fn, reps=20), 4))
+            r = dict(rows=m, case=name)
+            r["torch_memsets"], r["torch_ms"] = captured(torch_fn)
             out = torch.empty(a.shape[0], b.shape[1], **bf)
-            plan = lt._plan(*lt._key(epi, a, b, out))
-            if bias is not None:
-                lt._set("cublasLtMatmulDescSetAttribute", plan[0], lt._BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
-            if aux is not None:
-                lt._set("cublasLtMatmulDescSetAttribute", plan[0], lt._AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
-            cands = []
-            for i in range(len(plan[4])):
-                c = dict(i=i, workspace=plan[4][i].workspace)
-                for persistent in (False, True):
-                    tag = "persistent" if persistent else "per_call"
-                    fn = lambda: launch(plan, a, b, out, i, persistent)  # noqa: E731
+            for preference in ("shipped", "no_workspace"):
+                shipped, lt.WORKSPACE_BYTES = lt.WORKSPACE_BYTES, (lt.WORKSPACE_BYTES if preference == "shipped" else 0)
+                plan = lt._plan.__wrapped__(*lt._key(epi, a, b, out))  # (uncached: a plan per preference)
+                lt.WORKSPACE_BYTES = shipped
+                cands = []
+                for i in range(len(plan[4]) if plan else 0):
+                    if bias is not None:
+                        lt._set("cublasLtMatmulDescSetAttribute", plan[0], lt._BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
+                    if aux is not None:
+                        lt._set("cublasLtMatmulDescSetAttribute", plan[0], lt._AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+                    c = dict(i=i, workspace=plan[4][i].workspace)
                     try:
-                        c[f"{tag}_memsets"] = memsets(fn)
-                        c[f"{tag}_ms"] = round(lt.time_ms(fn, reps=20), 4)
-                    except lt.CublasLtError as e:
-                        c[f"{tag}_error"] = str(e)
-                cands.append(c)
-            r["candidates"] = cands
+                        c["memsets"], c["ms"] = captured(lambda: launch(plan, a, b, out, i))
+                    except (lt.CublasLtError, RuntimeError) as e:
+                        c["error"] = str(e)[:200]
+                    cands.append(c)
+                r[preference] = cands
             rows.append(r)
             print(json.dumps(r), flush=True)
     if args.json:

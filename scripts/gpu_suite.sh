@@ -1419,6 +1419,11 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = af3 ]; then  # session AF, one H100: af2 again with the launches captured in CUDA graphs, and plans
+  # without workspace beside the shipped ones
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece memsets_captured 200 0 python3 "$REPO/scripts/gpu_memsets.py" --json "$W/memsets_captured.json"
 elif [ "$PHASE" = af2 ]; then  # session AF, one H100: which cuBLASLt launches come with a memset, by candidate and
   # workspace (scripts/gpu_memsets.py)
   gpu_info
