@@ -575,14 +575,18 @@ def test_tuned_matmuls_give_torchs_product_at_every_candidate(a_transposed, b_tr
     a, b = a.to(dtype) * 0.1, b.to(dtype) * 0.1
     c = None if c is None else c.to(dtype)
     want = a.float() @ b.float() + (0 if c is None else c.float())
-    for i in range(cublaslt.CANDIDATES):
+    epilogue = cublaslt.DEFAULT if c is None else cublaslt.BIAS
+    plan = cublaslt._plan(*cublaslt._key(epilogue, a, b, torch.empty(m, n, device="cuda", dtype=dtype)))
+    # the heuristic's answers with and without workspace (the latter launch without a memset)
+    assert any(h.workspace == 0 for h in plan[4])
+    for i in range(len(plan[4]) + 1):
         got = cublaslt.tuned_mm(a, b, c, i)
         assert got.dtype == dtype and got.shape == (m, n)
         assert ((got.float() - want).norm() / want.norm()).item() < 1e-2, i
         if i == 0:
-            assert not cublaslt.fallbacks  # (a later index past the heuristic's list falls back to torch)
+            assert not cublaslt.fallbacks  # (an index past the plan's candidates falls back to torch)
     chosen = cublaslt.tune_mm(a, b, c)
-    assert chosen is None or 0 <= chosen < cublaslt.CANDIDATES
+    assert chosen is None or 0 <= chosen < len(plan[4])
     assert cublaslt.tune_mm(a, b, c) == chosen
 
 
