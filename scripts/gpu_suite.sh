@@ -1419,6 +1419,17 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = af4 ]; then  # session AF, one H100 (BASE=90d8849 scripts/gpu_prepare.sh): cuBLASLt's candidates
+  # without workspace (no memset per launch) and MasterAdamW's float32 parameters in its own kernel: profiles of the
+  # routed step at 64, base / new; the step at 64 twice more, alternating, one Inductor cache each; the CUDA tests of
+  # the matmuls, the GELU epilogues and the optimizer with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_profiles af4 prof 120
+  ab_rounds af4 64 "2 3" 75 75
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "tuned or gelu or adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = af3 ]; then  # session AF, one H100: af2 again with the launches captured in CUDA graphs, and plans
   # without workspace beside the shipped ones
   gpu_info
