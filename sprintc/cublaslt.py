@@ -102,11 +102,7 @@ def _alignment(t: torch.Tensor) -> int:
     return next(a for a in (256, 128, 64, 32, 16, 8, 4, 2, 1) if address % a == 0)
 
 
-CANDIDATES = 8  # algorithms asked of cuBLASLt's heuristic per shape and workspace; the fastest on the card is kept
-# (_matmul). The heuristic is asked twice, with WORKSPACE_BYTES and with none: cuBLASLt zeroes the few bytes of
-# workspace an algorithm uses (a memset before each launch, also inside a CUDA graph), and at batch 64's sizes the
-# algorithms without workspace took 3-6 us less per launch, memset included (docs/PERFORMANCE.md, session AF)
-WORKSPACE_CHOICES = (WORKSPACE_BYTES, 0)
+CANDIDATES = 8  # algorithms asked of cuBLASLt's heuristic per shape; the fastest on the card is kept (_matmul)
 
 
 def operand(t: torch.Tensor) -> tuple[int, int, int, int] | None:
@@ -136,22 +132,16 @@ def _plan(device: int, dtype: torch.dtype, epilogue: int, m: int, n: int, k: int
     a = _create("cublasLtMatrixLayoutCreate", t, *b_op[1:])
     b = _create("cublasLtMatrixLayoutCreate", t, *a_op[1:])
     d = _create("cublasLtMatrixLayoutCreate", t, n, m, n)
-    found, seen = [], set()
-    for workspace in WORKSPACE_CHOICES:
-        pref = _create("cublasLtMatmulPreferenceCreate")
-        _set("cublasLtMatmulPreferenceSetAttribute", pref, _PREF_WORKSPACE, ctypes.c_uint64(workspace))
-        for attr, align in zip((_PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D), aligns):
-            _set("cublasLtMatmulPreferenceSetAttribute", pref, attr, ctypes.c_uint32(align))
-        got, count = (_Heuristic * CANDIDATES)(), ctypes.c_int(0)
-        status = _lib().cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, a, b, d, d, pref, CANDIDATES, got,
-                                                       ctypes.byref(count))
-        for h in got[:count.value] if status == 0 else []:
-            if (bytes(h.algo), h.workspace) not in seen:  # (an algorithm without workspace comes in both answers)
-                seen.add((bytes(h.algo), h.workspace))
-                found.append(h)
-    if not found:
+    pref = _create("cublasLtMatmulPreferenceCreate")
+    _set("cublasLtMatmulPreferenceSetAttribute", pref, _PREF_WORKSPACE, ctypes.c_uint64(WORKSPACE_BYTES))
+    for attr, align in zip((_PREF_ALIGN_A, _PREF_ALIGN_B, _PREF_ALIGN_C, _PREF_ALIGN_D), aligns):
+        _set("cublasLtMatmulPreferenceSetAttribute", pref, attr, ctypes.c_uint32(align))
+    found, count = (_Heuristic * CANDIDATES)(), ctypes.c_int(0)
+    status = _lib().cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, a, b, d, d, pref, CANDIDATES, found,
+                                                   ctypes.byref(count))
+    if status != 0 or count.value < 1:
         return None
-    return desc, a, b, d, found
+    return desc, a, b, d, list(found[:count.value])
 
 
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
@@ -198,9 +188,7 @@ def _candidate_times(launch, count: int, reps: int) -> dict[int, float]:
 
 def _fastest(plan, device, a, b, out):
     """The fastest candidate (the heuristic's first pick is not always the fastest); None if cuBLASLt refuses all."""
-    # (10 launches a group: with 3, the pick at batch 64's routed DGELU took 0.095 ms against 0.073 for the fastest,
-    # session AF)
-    times = _candidate_times(lambda i: _launch(plan, device, a, b, out, i), len(plan[4]), reps=10)
+    times = _candidate_times(lambda i: _launch(plan, device, a, b, out, i), len(plan[4]), reps=3)
     return min(times, key=times.get) if times else None
 
 

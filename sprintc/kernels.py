@@ -617,20 +617,16 @@ def grad_norm(table: GradientTable) -> torch.Tensor:
 @triton.jit
 def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, chunk_address, chunk_left,
                          lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
-                         weight_decay, MASTER: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr,
-                         DTYPE: tl.constexpr, DENSE: tl.constexpr, BLOCK: tl.constexpr):
-    # MASTER: float32 masters held as bf16 weights (int16 bits) and int16 low parts; else float32 values in `weights`
-    # (low unused). The flat buffers' blocks are whole (padded to BLOCK): only the gradients' loads may be masked.
+                         weight_decay, HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, DTYPE: tl.constexpr,
+                         DENSE: tl.constexpr, BLOCK: tl.constexpr):
+    # the flat buffers' blocks are whole (padded to BLOCK): only the gradients' loads may be masked
     g, offs = _load_grads(chunk_block, chunk_address, chunk_left, DTYPE, DENSE, BLOCK)
     lr = tl.load(lr_ptr).to(tl.float32)
     step = tl.load(step_ptr).to(tl.float32)
     if HAS_SCALE:
         g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
-    if MASTER:  # the float32 master's bits: the bf16 weight's bits (int16, sign-extended) shifted up, plus the low part
-        p = ((tl.load(weights + offs).to(tl.int32) << 16) + tl.load(low + offs).to(tl.int32)).to(tl.float32,
-                                                                                                bitcast=True)
-    else:
-        p = tl.load(weights + offs)
+    # the float32 master's bits: the bf16 weight's bits (int16, sign-extended) shifted up, plus the low part
+    p = ((tl.load(weights + offs).to(tl.int32) << 16) + tl.load(low + offs).to(tl.int32)).to(tl.float32, bitcast=True)
     m = tl.load(exp_avg + offs)
     v = tl.load(exp_avg_sq + offs)
     # torch's AdamW: decay, lerp the first moment, then the step over the bias-corrected second moment
@@ -641,34 +637,21 @@ def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, ch
     bias2 = 1.0 - tl.exp2(step * log2_beta2)
     denom = tl.div_rn(tl.sqrt_rn(v), tl.sqrt_rn(bias2)) + eps
     p = p - tl.div_rn(lr, bias1) * tl.div_rn(m, denom)
-    if MASTER:
-        # split the new master as optim.split_master does: bf16 rounded to nearest, ties to even (on the bits, so the
-        # interpreter rounds as the GPU does), and the rest, clamped to int16 (a tie rounded down moves the master 1 ulp)
-        bits = p.to(tl.int32, bitcast=True)
-        hi = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        lo = tl.minimum(bits - (hi << 16), 32767)
-        tl.store(weights + offs, hi.to(tl.int16))
-        tl.store(low + offs, lo.to(tl.int16))
-        p = ((hi << 16) + lo).to(tl.float32, bitcast=True)  # the new master as stored
-    else:
-        tl.store(weights + offs, p)
+    # split the new master as optim.split_master does: bf16 rounded to nearest, ties to even (on the bits, so the
+    # interpreter rounds as the GPU does), and the rest, clamped to int16 (a tie rounded down moves the master 1 ulp)
+    bits = p.to(tl.int32, bitcast=True)
+    hi = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    lo = tl.minimum(bits - (hi << 16), 32767)
+    tl.store(weights + offs, hi.to(tl.int16))
+    tl.store(low + offs, lo.to(tl.int16))
     tl.store(exp_avg + offs, m)
     tl.store(exp_avg_sq + offs, v)
     if HAS_EMA:  # the EMA of the new master as stored, as torch.lerp computes it
+        p = ((hi << 16) + lo).to(tl.float32, bitcast=True)
         w = tl.load(ema_w_ptr).to(tl.float32)
         e = tl.load(ema + offs)
         e = tl.where(w < 0.5, e + w * (p - e), p - (p - e) * (1.0 - w))
         tl.store(ema + offs, e)
-
-
-def _adamw(weights, low, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay, ema,
-           ema_weight, master: bool):
-    _adamw_master_kernel[(grads.chunks,)](
-        weights, low, exp_avg, exp_avg_sq, ema if ema is not None else exp_avg, *grads.args(), lr,
-        step, scale if scale is not None else step, ema_weight if ema is not None else step,
-        beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
-        MASTER=master, HAS_SCALE=scale is not None, HAS_EMA=ema is not None, DTYPE=grads.dtype, DENSE=grads.dense,
-        BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
 
 
 def adamw_master_(weights, low, grads: GradientTable, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps,
@@ -679,16 +662,9 @@ def adamw_master_(weights, low, grads: GradientTable, exp_avg, exp_avg_sq, lr, s
     or None) and ema_weight are 0-d device tensors, read by the kernel (no host sync)."""
     if weights.dtype != torch.bfloat16 or low.dtype != torch.int16:
         raise TypeError(f"adamw_master_: bf16 weights and int16 low parts, not {weights.dtype} and {low.dtype}")
-    _adamw(weights.view(torch.int16), low, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps,
-           weight_decay, ema, ema_weight, master=True)
-
-
-def adamw_(params, grads: GradientTable, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay):
-    """adamw_master_'s step for float32 `params` (a flat buffer laid out as GradientTable says), e.g. the norm weights
-    and embeddings MasterAdamW keeps in float32: one kernel where torch's fused AdamW, clip division and norm took
-    0.14 ms per step for XL's 1.2M such parameters (a 65,536-element chunk per program; docs/PERFORMANCE.md,
-    session AF)."""
-    if params.dtype != torch.float32:
-        raise TypeError(f"adamw_: float32 parameters, not {params.dtype}")
-    _adamw(params, params, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps, weight_decay, None, None,
-           master=False)
+    _adamw_master_kernel[(grads.chunks,)](
+        weights.view(torch.int16), low, exp_avg, exp_avg_sq, ema if ema is not None else exp_avg, *grads.args(), lr,
+        step, scale if scale is not None else step, ema_weight if ema is not None else step,
+        beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
+        HAS_SCALE=scale is not None, HAS_EMA=ema is not None, DTYPE=grads.dtype, DENSE=grads.dense,
+        BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)

@@ -14,11 +14,9 @@ between: 0.02% for XL), so that each program of the kernel works on one paramete
 What the model computes is autocast's: autocast rounds the same float32 weights to bf16, and the weight gradients
 come out of bf16 matmuls either way. The update is AdamW's, in float32 (torch's formula), save one case: a master
 exactly halfway between two bf16 values that rounds down (a tie) is stored 1 float32 ulp lower, where the int16 low
-part's range ends. Other parameters (norm weights, embeddings, the mask token) stay float32, views of a flat float32
-buffer of their own, and on CUDA take the same kernel's update (float32 in, float32 out) and its clip norm: torch's
-fused AdamW gave each program a 65,536-element chunk, so XL's label embedding alone took its step 0.08 ms.
-Another difference: all parameters share one step count, so one that misses steps (frozen a while) takes the others'
-bias correction.
+part's range ends. Other parameters (norm weights, embeddings, the mask token) stay float32 and take torch's AdamW
+step. Another difference: the bf16 weights share one step count, so one that misses steps (frozen a while) takes the
+others' bias correction.
 
 `state_dict()` is torch AdamW's (step, exp_avg, exp_avg_sq per parameter), so checkpoints move between the two;
 `float32_params()` gives the master values in the model's parameter order, which checkpoints and the EMA read.
@@ -28,6 +26,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.optim.adamw import adamw
 
 LOW_PRECISION_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # elements per program of the AdamW kernel; each parameter's place in the flat buffers starts at a multiple of it, so
@@ -66,9 +65,6 @@ class MasterAdamW(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         params = [p for p in model.parameters() if p.requires_grad]
-        odd = [name for name, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
-        if odd:
-            raise ValueError(f"MasterAdamW: it takes float32 parameters; {odd[0]} is {dict(model.named_parameters())[odd[0]].dtype}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.low = low_precision_params(model)
         if not self.low:
@@ -97,30 +93,17 @@ class MasterAdamW(torch.optim.Optimizer):
                 self._view_of[id(p)] = view
                 self.state[p] = {"step": self.step_count, "exp_avg": self.exp_avg[view].view(p.shape),
                                  "exp_avg_sq": self.exp_avg_sq[view].view(p.shape)}
-        # the float32 rest, as flat buffers too (one kernel steps them all on CUDA)
-        n = sum(_aligned(p.numel()) for p in self.rest)
-        self.rest_values = torch.zeros(n, dtype=torch.float32, device=dev)
-        self.rest_exp_avg, self.rest_exp_avg_sq = torch.zeros_like(self.rest_values), torch.zeros_like(self.rest_values)
-        self._rest_view_of = {}
-        off = 0
-        with torch.no_grad():
-            for p in self.rest:
-                view = slice(off, off + p.numel())
-                off += _aligned(p.numel())
-                self.rest_values[view] = p.detach().reshape(-1)
-                p.data = self.rest_values[view].view(p.shape)
-                self._rest_view_of[id(p)] = view
-                self.state[p] = {"step": self.step_count, "exp_avg": self.rest_exp_avg[view].view(p.shape),
-                                 "exp_avg_sq": self.rest_exp_avg_sq[view].view(p.shape)}
+        for p in self.rest:
+            self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                             "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
 
-    def _table(self, params, view_of):
-        """The GradientTable over these parameters' gradients (all of one kind, or those not frozen), built once;
-        view_of gives each one's place in its flat buffers."""
+    def _table(self, params):
+        """The GradientTable over these bf16 parameters' gradients (all of them, or those not frozen), built once."""
         key = tuple(id(p) for p in params)
         if key not in self._tables:
             from sprintc.kernels import GradientTable
 
-            views = [view_of[id(p)] for p in params]
+            views = [self._view_of[id(p)] for p in params]
             self._tables[key] = GradientTable([v.stop - v.start for v in views], [v.start for v in views],
                                               self.weights.device)
         return self._tables[key]
@@ -173,25 +156,20 @@ class MasterAdamW(torch.optim.Optimizer):
         lr, (beta1, beta2), eps, wd = g["lr"], g["betas"], g["eps"], g["weight_decay"]
         lr_t = lr if isinstance(lr, torch.Tensor) else self._lr.fill_(lr)
         have = [p for p in self.low if p.grad is not None]  # all of them unless some are frozen
-        low_grads = [p.grad for p in have]  # the kernels' tables copy any they cannot read in place
+        low_grads = [p.grad for p in have]  # the kernels' table copies any it cannot read in place
         rest = [p for p in self.rest if p.grad is not None]
-        rest_grads = [p.grad for p in rest]
-        cuda = self.weights.is_cuda
-        table = self._table(have, self._view_of) if have and cuda else None
-        rest_table = self._table(rest, self._rest_view_of) if rest and cuda else None
-        if cuda:
-            from sprintc.kernels import adamw_, adamw_master_, grad_norm  # imports triton: CUDA only
+        table = self._table(have) if have and self.weights.is_cuda else None
+        if table is not None:
+            from sprintc.kernels import adamw_master_, grad_norm  # imports triton: CUDA only
 
-            # held until the kernels are launched
-            low_grads = table.point(low_grads) if table is not None else low_grads
-            rest_grads = rest_table.point(rest_grads) if rest_table is not None else rest_grads
+            low_grads = table.point(low_grads)  # held until the kernels are launched
         norm = scale = None
         if max_norm > 0:
-            if cuda:
-                parts = [grad_norm(t) for t in (table, rest_table) if t is not None]
-            else:  # (the float32 rest in one multi-tensor kernel)
-                parts = [torch.linalg.vector_norm(x, dtype=torch.float32) for x in low_grads]
-                parts += torch._foreach_norm(rest_grads, 2, dtype=torch.float32) if rest else []
+            parts = [grad_norm(table)] if table is not None else [torch.linalg.vector_norm(x, dtype=torch.float32)
+                                                                  for x in low_grads]
+            # one multi-tensor kernel for the parameters kept in float32 (XL: 56 q/k norm weights and the label
+            # embedding; a vector_norm each was 57 kernels per step)
+            parts += torch._foreach_norm([p.grad for p in rest], 2, dtype=torch.float32) if rest else []
             norm = torch.linalg.vector_norm(torch.stack(parts))
             # clip_grad_norm_ multiplies by min(1, max_norm / (norm + 1e-6)); the update divides by its inverse
             scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
@@ -213,12 +191,16 @@ class MasterAdamW(torch.optim.Optimizer):
             views, master = [self._view_of[id(p)] for p in missed], self.masters()
             torch._foreach_lerp_([self.ema[v] for v in views], [master[v] for v in views],
                                  [self.ema_weight] * len(views))
-        if rest_table is not None:
-            adamw_(self.rest_values, rest_table, self.rest_exp_avg, self.rest_exp_avg_sq, *hp)
-        else:  # the same arithmetic in torch ops (CPU): the float32 value is its own master
-            for p, x in zip(rest, rest_grads):
-                st = self.state[p]
-                _update(p.data, p.data, x, st["exp_avg"], st["exp_avg_sq"], *hp)
+        if rest:
+            grads = [p.grad for p in rest]
+            if scale is not None:
+                torch._foreach_div_(grads, scale)
+            st = [self.state[p] for p in rest]
+            fused = rest[0].is_cuda
+            adamw(rest, grads, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [],
+                  [s["step"] for s in st], foreach=not fused, fused=fused, capturable=fused,
+                  amsgrad=False, beta1=beta1, beta2=beta2, lr=lr_t if fused else float(lr), weight_decay=wd, eps=eps,
+                  maximize=False)
         if self._ema_rest:
             e, p = zip(*self._ema_rest)
             torch._foreach_lerp_(list(e), [x.detach() for x in p], [self.ema_weight] * len(e))
@@ -240,6 +222,7 @@ class MasterAdamW(torch.optim.Optimizer):
         for k in ("lr", "betas", "eps", "weight_decay"):
             if k in groups[0]:
                 self.param_groups[0][k] = groups[0][k]
+        low_ids = {id(p) for p in self.low}
         with torch.no_grad():
             for i, p in zip(ids, params):
                 saved = state_dict["state"].get(i)
@@ -249,7 +232,8 @@ class MasterAdamW(torch.optim.Optimizer):
                     if tuple(saved[k].shape) != tuple(p.shape):
                         raise ValueError(f"{k} of shape {tuple(saved[k].shape)} for a parameter of shape {tuple(p.shape)}")
                     self.state[p][k].copy_(saved[k])
-                self.step_count.copy_(torch.as_tensor(saved["step"], dtype=torch.float32))  # (one, shared)
+                step = torch.as_tensor(saved["step"], dtype=torch.float32)
+                (self.step_count if id(p) in low_ids else self.state[p]["step"]).copy_(step)
 
 
 def split_master(master: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,11 +265,10 @@ def _update(master, weights, grads, exp_avg, exp_avg_sq, lr, step, scale, beta1,
 
 
 def adamw_for(model: nn.Module, train_spec, lr, device: torch.device, *, master: bool, capturable: bool = False):
-    """The training step's optimizer: MasterAdamW (`master`, for a float32 model with Linear / Conv weights), else
+    """The training step's optimizer: MasterAdamW (`master`, for a model with float32 Linear / Conv weights), else
     torch's AdamW, fused on CUDA."""
     kw = dict(lr=lr, betas=tuple(train_spec.betas), eps=train_spec.eps, weight_decay=train_spec.weight_decay)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if master and low_precision_params(model) and all(p.dtype == torch.float32 for p in trainable):
+    if master and low_precision_params(model):
         return MasterAdamW(model, **kw)
     if device.type == "cuda":
         return torch.optim.AdamW(model.parameters(), fused=True, capturable=capturable, **kw)

@@ -151,29 +151,11 @@ def test_a_model_without_linear_layers_is_refused_and_training_takes_adamw_for_i
     norm = nn.LayerNorm(4)
     assert type(adamw_for(norm, TrainSpec(), 1e-4, torch.device("cpu"), master=True)) is torch.optim.AdamW
     assert type(adamw_for(Net(), TrainSpec(), 1e-4, torch.device("cpu"), master=True)) is MasterAdamW
-    # a parameter already in low precision: refused by name, and training takes torch's AdamW
-    mixed = Net()
-    mixed.scale.data = mixed.scale.data.bfloat16()
-    with pytest.raises(ValueError, match="scale is torch.bfloat16"):
-        MasterAdamW(mixed)
-    assert type(adamw_for(mixed, TrainSpec(), 1e-4, torch.device("cpu"), master=True)) is torch.optim.AdamW
-
-
-def test_the_float32_parameters_step_from_flat_buffers_and_keep_their_values():
-    """The parameters kept in float32 (norm weights, embeddings) become views of one flat buffer with their values,
-    and a step updates them as torch's AdamW does."""
-    ref, ref_opt, net, opt = _pair()
-    assert net.emb.weight.untyped_storage().data_ptr() == net.scale.untyped_storage().data_ptr()
-    assert torch.equal(net.emb.weight, ref.emb.weight) and torch.equal(net.scale, ref.scale)
-    _steps([(ref, ref_opt), (net, opt)], 2, max_norm=0.5)
-    for name in ("emb.weight", "scale"):
-        a, b = dict(net.named_parameters())[name], dict(ref.named_parameters())[name]
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
 KERNEL_CHECK = textwrap.dedent("""
     import torch
-    from sprintc.kernels import GradientTable, adamw_, adamw_master_, grad_norm
+    from sprintc.kernels import GradientTable, adamw_master_, grad_norm
     from sprintc.optim import _update, join_master, split_master
 
     g = torch.Generator().manual_seed(0)
@@ -215,25 +197,6 @@ KERNEL_CHECK = textwrap.dedent("""
             for a, b, before in ((new_master, ref[0], master), (got[3], ref[3], m), (got[4], ref[4], v)):
                 torch.testing.assert_close(a[at], b[at], rtol=1e-6, atol=1e-6)
                 assert torch.equal(a[rest], before[rest])  # padding and skipped tensors as they were
-    # float32 parameters (adamw_, the norm weights and embeddings): float32 gradients in place, float32 values out
-    fgrads = [torch.randn(k, generator=g) for k in sizes]
-    table = GradientTable(list(sizes), list(offsets), "cpu")
-    table.point(fgrads)
-    at = torch.cat([torch.arange(o, o + k) for o, k in zip(offsets, sizes)])
-    flat_grads = torch.zeros(n)
-    flat_grads[at] = torch.cat(fgrads)
-    torch.testing.assert_close(grad_norm(table), flat_grads.norm(), rtol=1e-6, atol=0)
-    for scale, wd in ((None, 0.0), (torch.tensor(2.5), 0.05)):
-        values, m, v = torch.zeros(n), torch.zeros(n), torch.zeros(n)
-        values[at], m[at] = torch.randn(len(at), generator=g), torch.randn(len(at), generator=g) * 0.1
-        v[at] = torch.rand(len(at), generator=g) * 0.01
-        ref = [values.clone(), m.clone(), v.clone()]
-        got = [values.clone(), m.clone(), v.clone()]
-        lr, step = torch.tensor(3e-3), torch.tensor(7.0)
-        _update(ref[0], ref[0], flat_grads, ref[1], ref[2], lr, step, scale, 0.9, 0.999, 1e-8, wd)
-        adamw_(got[0], table, got[1], got[2], lr, step, scale, 0.9, 0.999, 1e-8, wd)
-        for a, b in zip(got, ref):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # the padding stays zero (zero gradients there)
     print("adamw ok")
 """)
 
