@@ -1419,6 +1419,12 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = af6 ]; then  # session AF, one H100: af5 with the sliced optimizer's programs per SM, warps and
+  # pipeline stages tried alone first (the best kept per slice), slices of 16, 32 and 48 SMs
+  gpu_info
+  versions
+  [ $TINY = 0 ] && piece sliced_probe2 500 0 python3 "$REPO/scripts/gpu_sliced_overlap_probe.py" "$SPEC" --batch 64 \
+    --slices 16,32,48 --json "$W/sliced_probe2.json"
 elif [ "$PHASE" = af5 ]; then  # session AF, one H100: could the optimizer hide beside the next forward if each took
   # part of the GPU (scripts/gpu_sliced_overlap_probe.py: a sliced persistent optimizer, the forward's matmuls carved out)
   gpu_info
