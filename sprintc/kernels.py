@@ -615,6 +615,19 @@ def grad_norm(table: GradientTable) -> torch.Tensor:
 
 
 @triton.jit
+def _adamw_update(p, m, v, g, lr, step, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay):
+    """torch's AdamW on float32 values: decay, lerp the first moment, then the step over the bias-corrected second
+    moment. The new (p, m, v)."""
+    p = p * (1.0 - lr * weight_decay)
+    m = m + (1.0 - beta1) * (g - m)
+    v = v * beta2 + (1.0 - beta2) * g * g
+    bias1 = 1.0 - tl.exp2(step * log2_beta1)
+    bias2 = 1.0 - tl.exp2(step * log2_beta2)
+    denom = tl.div_rn(tl.sqrt_rn(v), tl.sqrt_rn(bias2)) + eps
+    return p - tl.div_rn(lr, bias1) * tl.div_rn(m, denom), m, v
+
+
+@triton.jit
 def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, chunk_address, chunk_left,
                          lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                          weight_decay, HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, DTYPE: tl.constexpr,
@@ -627,16 +640,8 @@ def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, ch
         g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
     # the float32 master's bits: the bf16 weight's bits (int16, sign-extended) shifted up, plus the low part
     p = ((tl.load(weights + offs).to(tl.int32) << 16) + tl.load(low + offs).to(tl.int32)).to(tl.float32, bitcast=True)
-    m = tl.load(exp_avg + offs)
-    v = tl.load(exp_avg_sq + offs)
-    # torch's AdamW: decay, lerp the first moment, then the step over the bias-corrected second moment
-    p = p * (1.0 - lr * weight_decay)
-    m = m + (1.0 - beta1) * (g - m)
-    v = v * beta2 + (1.0 - beta2) * g * g
-    bias1 = 1.0 - tl.exp2(step * log2_beta1)
-    bias2 = 1.0 - tl.exp2(step * log2_beta2)
-    denom = tl.div_rn(tl.sqrt_rn(v), tl.sqrt_rn(bias2)) + eps
-    p = p - tl.div_rn(lr, bias1) * tl.div_rn(m, denom)
+    p, m, v = _adamw_update(p, tl.load(exp_avg + offs), tl.load(exp_avg_sq + offs), g, lr, step, beta1, beta2,
+                            log2_beta1, log2_beta2, eps, weight_decay)
     # split the new master as optim.split_master does: bf16 rounded to nearest, ties to even (on the bits, so the
     # interpreter rounds as the GPU does), and the rest, clamped to int16 (a tie rounded down moves the master 1 ulp)
     bits = p.to(tl.int32, bitcast=True)
@@ -668,3 +673,62 @@ def adamw_master_(weights, low, grads: GradientTable, exp_avg, exp_avg_sq, lr, s
         beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
         HAS_SCALE=scale is not None, HAS_EMA=ema is not None, DTYPE=grads.dtype, DENSE=grads.dense,
         BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
+
+
+class Float32Params:
+    """Where each program of adamw_float32_ finds its block of float32 parameters, their moments, their step count
+    and their gradients: addresses per block of ADAMW_BLOCK elements, the parameters' and moments' taken once (they
+    stay in place), the gradients' through `grads` (a GradientTable, pointed each step). For MasterAdamW's float32
+    parameters (norm weights, embeddings), each with its own step count as torch's AdamW keeps it."""
+
+    def __init__(self, params, exp_avgs, exp_avg_sqs, steps, device):
+        sizes = [p.numel() for p in params]
+        offsets = [0]
+        for n in sizes[:-1]:
+            offsets.append(offsets[-1] + -(-n // ADAMW_BLOCK) * ADAMW_BLOCK)
+        self.grads = GradientTable(sizes, offsets, device)
+
+        def per_block(tensors, element_size=4):
+            return torch.tensor([t.data_ptr() + start * element_size for t, n in zip(tensors, sizes)
+                                 for start in range(0, n, ADAMW_BLOCK)], dtype=torch.int64, device=device)
+
+        self.params, self.exp_avg, self.exp_avg_sq = (per_block(t) for t in (params, exp_avgs, exp_avg_sqs))
+        self.steps = torch.tensor([s.data_ptr() for s, n in zip(steps, sizes) for _ in range(0, n, ADAMW_BLOCK)],
+                                  dtype=torch.int64, device=device)
+
+
+@triton.jit
+def _adamw_float32_kernel(params, exp_avg, exp_avg_sq, steps, chunk_block, chunk_address, chunk_left, lr_ptr,
+                          scale_ptr, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay,
+                          HAS_SCALE: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    g, _ = _load_grads(chunk_block, chunk_address, chunk_left, DTYPE, True, BLOCK)
+    lanes = tl.arange(0, BLOCK)
+    mask = lanes < tl.load(chunk_left + pid)
+    p_ptr = tl.multiple_of(tl.load(params + pid).to(tl.pointer_type(tl.float32)), 16) + lanes
+    m_ptr = tl.multiple_of(tl.load(exp_avg + pid).to(tl.pointer_type(tl.float32)), 16) + lanes
+    v_ptr = tl.multiple_of(tl.load(exp_avg_sq + pid).to(tl.pointer_type(tl.float32)), 16) + lanes
+    step = tl.load(tl.load(steps + pid).to(tl.pointer_type(tl.float32)))
+    lr = tl.load(lr_ptr).to(tl.float32)
+    if HAS_SCALE:
+        g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
+    p, m, v = _adamw_update(tl.load(p_ptr, mask=mask), tl.load(m_ptr, mask=mask), tl.load(v_ptr, mask=mask), g, lr,
+                            step, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay)
+    tl.store(p_ptr, p, mask=mask)
+    tl.store(m_ptr, m, mask=mask)
+    tl.store(v_ptr, v, mask=mask)
+
+
+def adamw_float32_(table: Float32Params, lr, scale, beta1, beta2, eps, weight_decay):
+    """One AdamW step of the float32 parameters `table` holds, reading the gradients table.grads points at: one
+    kernel, where torch's fused AdamW (a 65,536-element chunk per program: 0.08 ms for XL's label embedding), its clip
+    division and its norm took 0.13 ms per step (docs/PERFORMANCE.md, session AF). Each parameter's step count is
+    read as it is (add 1 first, as torch does); lr and scale (or None) are 0-d device tensors."""
+    g = table.grads
+    if g.dtype != tl.float32:
+        raise TypeError("adamw_float32_: float32 gradients")
+    _adamw_float32_kernel[(g.chunks,)](
+        table.params, table.exp_avg, table.exp_avg_sq, table.steps, *g.args(), lr,
+        scale if scale is not None else lr, beta1, beta2,
+        *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
+        HAS_SCALE=scale is not None, DTYPE=g.dtype, BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)

@@ -467,6 +467,31 @@ def test_master_adamw_kernel_rounds_to_nearest_and_matches_the_torch_update():
     assert torch.equal(got[1][at], split_master(new_master)[1][at])  # the low parts as the torch split has them
 
 
+def test_float32_adamw_kernel_steps_each_parameter_by_its_own_count():
+    """adamw_float32_ (MasterAdamW's float32 parameters, read where they lie) against optim._update per parameter."""
+    from sprintc.kernels import Float32Params, adamw_float32_, grad_norm
+    from sprintc.optim import _update
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    sizes = (1001 * 1152, 72, 2049)
+    values = [torch.randn(k, device="cuda", generator=g) for k in sizes]
+    moments = [(torch.randn(k, device="cuda", generator=g) * 0.1, torch.rand(k, device="cuda", generator=g) * 0.01)
+               for k in sizes]
+    steps = [torch.tensor(s, device="cuda") for s in (3.0, 7.0, 1.0)]
+    grads = [torch.randn(k, device="cuda", generator=g) for k in sizes]
+    ref = [[t.cpu() for t in (x, *mv)] for x, mv in zip(values, moments)]
+    table = Float32Params(values, [m for m, _ in moments], [v for _, v in moments], steps, "cuda")
+    table.grads.point(grads)
+    torch.testing.assert_close(grad_norm(table.grads), torch.cat(grads).norm(), rtol=1e-5, atol=0)
+    lr, scale = torch.tensor(3e-3, device="cuda"), torch.tensor(2.5, device="cuda")
+    for r, x, st in zip(ref, grads, steps):
+        _update(r[0], r[0], x.cpu(), r[1], r[2], lr.cpu(), st.cpu(), scale.cpu(), 0.9, 0.999, 1e-8, 0.05)
+    adamw_float32_(table, lr, scale, 0.9, 0.999, 1e-8, 0.05)
+    for (x, (m, v)), r in zip(zip(values, moments), ref):
+        for a, b in zip((x, m, v), r):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-7)
+
+
 def test_a_captured_master_adamw_step_reads_the_gradients_of_each_replay():
     from sprintc.optim import MasterAdamW
 

@@ -197,6 +197,26 @@ KERNEL_CHECK = textwrap.dedent("""
             for a, b, before in ((new_master, ref[0], master), (got[3], ref[3], m), (got[4], ref[4], v)):
                 torch.testing.assert_close(a[at], b[at], rtol=1e-6, atol=1e-6)
                 assert torch.equal(a[rest], before[rest])  # padding and skipped tensors as they were
+    # float32 parameters where they lie, each with its own step count (adamw_float32_), against _update
+    from sprintc.kernels import Float32Params, adamw_float32_
+    sizes = (1000, 2049, 7)
+    values = [torch.randn(k, generator=g) for k in sizes]
+    moments = [(torch.randn(k, generator=g) * 0.1, torch.rand(k, generator=g) * 0.01) for k in sizes]
+    steps = [torch.tensor(s) for s in (3.0, 7.0, 1.0)]
+    fgrads = [torch.randn(k, generator=g) for k in sizes]
+    for scale in (None, torch.tensor(2.5)):
+        ref = [[t.clone() for t in (x, *mv)] for x, mv in zip(values, moments)]
+        got = [[t.clone() for t in (x, *mv)] for x, mv in zip(values, moments)]
+        table = Float32Params([r[0] for r in got], [r[1] for r in got], [r[2] for r in got], steps, "cpu")
+        table.grads.point(fgrads)
+        torch.testing.assert_close(grad_norm(table.grads), torch.cat(fgrads).norm(), rtol=1e-6, atol=0)
+        lr = torch.tensor(3e-3)
+        for r, x, st in zip(ref, fgrads, steps):
+            _update(r[0], r[0], x, r[1], r[2], lr, st, scale, 0.9, 0.999, 1e-8, 0.05)
+        adamw_float32_(table, lr, scale, 0.9, 0.999, 1e-8, 0.05)
+        for a, b in zip(got, ref):
+            for x, y in zip(a, b):
+                torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
     print("adamw ok")
 """)
 
