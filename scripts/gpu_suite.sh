@@ -1419,6 +1419,15 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = af7 ]; then  # session AF, one H100 (BASE=52632e0 scripts/gpu_prepare.sh): MasterAdamW's float32
+  # parameters in one kernel of ours (adamw_float32_): profiles of the routed step at 64, base / new; the optimizer's
+  # and the captured step's CUDA tests with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_profiles af7 prof 110
+  piece pytest_cuda $(( 560 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = af6 ]; then  # session AF, one H100: af5 with the sliced optimizer's programs per SM, warps and
   # pipeline stages tried alone first (the best kept per slice), slices of 16, 32 and 48 SMs
   gpu_info
