@@ -692,20 +692,21 @@ class Float32Params:
             return torch.tensor([t.data_ptr() + start * element_size for t, n in zip(tensors, sizes)
                                  for start in range(0, n, ADAMW_BLOCK)], dtype=torch.int64, device=device)
 
-        self.params, self.exp_avg, self.exp_avg_sq = (per_block(t) for t in (params, exp_avgs, exp_avg_sqs))
+        self.values, self.exp_avg, self.exp_avg_sq = (per_block(t) for t in (params, exp_avgs, exp_avg_sqs))
         self.steps = torch.tensor([s.data_ptr() for s, n in zip(steps, sizes) for _ in range(0, n, ADAMW_BLOCK)],
                                   dtype=torch.int64, device=device)
 
 
 @triton.jit
-def _adamw_float32_kernel(params, exp_avg, exp_avg_sq, steps, chunk_block, chunk_address, chunk_left, lr_ptr,
+def _adamw_float32_kernel(values, exp_avg, exp_avg_sq, steps, chunk_block, chunk_address, chunk_left, lr_ptr,
                           scale_ptr, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay,
                           HAS_SCALE: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    # (no argument may be named `params`: Triton's argument binder on the GPU has a variable of that name)
     pid = tl.program_id(0)
     g, _ = _load_grads(chunk_block, chunk_address, chunk_left, DTYPE, True, BLOCK)
     lanes = tl.arange(0, BLOCK)
     mask = lanes < tl.load(chunk_left + pid)
-    p_ptr = tl.multiple_of(tl.load(params + pid).to(tl.pointer_type(tl.float32)), 16) + lanes
+    p_ptr = tl.multiple_of(tl.load(values + pid).to(tl.pointer_type(tl.float32)), 16) + lanes
     m_ptr = tl.multiple_of(tl.load(exp_avg + pid).to(tl.pointer_type(tl.float32)), 16) + lanes
     v_ptr = tl.multiple_of(tl.load(exp_avg_sq + pid).to(tl.pointer_type(tl.float32)), 16) + lanes
     step = tl.load(tl.load(steps + pid).to(tl.pointer_type(tl.float32)))
@@ -728,7 +729,7 @@ def adamw_float32_(table: Float32Params, lr, scale, beta1, beta2, eps, weight_de
     if g.dtype != tl.float32:
         raise TypeError("adamw_float32_: float32 gradients")
     _adamw_float32_kernel[(g.chunks,)](
-        table.params, table.exp_avg, table.exp_avg_sq, table.steps, *g.args(), lr,
+        table.values, table.exp_avg, table.exp_avg_sq, table.steps, *g.args(), lr,
         scale if scale is not None else lr, beta1, beta2,
         *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
         HAS_SCALE=scale is not None, DTYPE=g.dtype, BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
