@@ -1419,6 +1419,14 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = af9 ]; then  # session AF, one H100: af8 again after the float32 AdamW kernel's whole blocks were
+  # made unmasked (vectorised) and its CUDA test's steps moved off 1
+  gpu_info
+  versions
+  ab_bench new af9_new_prof 110 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/af9_new_prof.json" \
+    --profile "$W/prof" --tag new_
+  piece pytest_cuda $(( 240 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = af8 ]; then  # session AF, one H100: af7's new arm again after its kernel argument was renamed (a
   # kernel argument named `params` failed in Triton's binder on the GPU): the profile of the routed step at 64 (new
   # only: af7 has the base's), the optimizer's and the captured step's CUDA tests
