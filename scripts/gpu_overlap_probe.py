@@ -25,12 +25,14 @@ from sprintc.spec import load_spec
 from sprintc.targets_api import CudaGraphStep, resolve_target
 
 
-def replay_ms(step, batch, steps):
+def replay_ms(fn, steps):
+    """The median ms of `steps` calls of fn after 3 more, each timed by CUDA events (scripts/gpu_sliced_overlap_probe.py
+    uses it too)."""
     times = []
     for i in range(3 + steps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        step(batch)
+        fn()
         b.record()
         torch.cuda.synchronize()
         if i >= 3:
@@ -106,7 +108,7 @@ def main():
                     for _ in range(step.warmup + 1):
                         step(batch)
                     torch.cuda.synchronize()
-                    ms = replay_ms(step, batch, args.steps)
+                    ms = replay_ms(lambda: step(batch), args.steps)
                     row.update(ms=round(ms, 2), img_s=round(B / ms * 1e3, 1),
                                peak_gb=round(torch.cuda.max_memory_allocated(dev) / 2**30, 2))
                     step.release()

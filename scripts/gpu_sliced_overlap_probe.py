@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import statistics
 import sys
 
 import torch
 import triton
 import triton.language as tl
 
+from gpu_overlap_probe import replay_ms
 from sprintc import cublaslt
 from sprintc.bench import Bench, _loss_fn, _make_opt, _set_routing, _train_step
 from sprintc.spec import load_spec
@@ -81,19 +81,6 @@ def _adamw_sliced(weights, low, exp_avg, exp_avg_sq, grads, scale_ptr, n_blocks,
         tl.store(low + offs, tl.minimum(bits - (hi << 16), 32767).to(tl.int16))
         tl.store(exp_avg + offs, m)
         tl.store(exp_avg_sq + offs, v)
-
-
-def replay_ms(fn, steps):
-    times = []
-    for i in range(3 + steps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def main():

@@ -261,6 +261,13 @@ ab_profiles() {  # ab_profiles PREFIX SUFFIX TIMEOUT: a profile of the routed st
       --profile "$W/prof" --tag "${wheel}_"
   done
 }
+profile_and_optim_tests() {  # profile_and_optim_tests NAME END: a profile of the routed step at 64 with this wheel
+  # (piece NAME), then the CUDA tests of the optimizer and the captured step until END s into the call
+  ab_bench new "$1" 110 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/$1.json" \
+    --profile "$W/prof" --tag new_
+  piece pytest_cuda $(( $2 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+}
 ab_phase() {  # ab_phase PREFIX TESTS: an A/B phase (BASE=REV scripts/gpu_prepare.sh): ab_routed PREFIX, then the CUDA
   # tests selected by the pytest expression TESTS with the time left
   gpu_info
@@ -1420,22 +1427,16 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
 elif [ "$PHASE" = af9 ]; then  # session AF, one H100: af8 again after the float32 AdamW kernel's whole blocks were
-  # made unmasked (vectorised) and its CUDA test's steps moved off 1
+  # made unmasked (b70b66b; back to masked in 1624da2) and its CUDA test's steps moved off 1
   gpu_info
   versions
-  ab_bench new af9_new_prof 110 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/af9_new_prof.json" \
-    --profile "$W/prof" --tag new_
-  piece pytest_cuda $(( 240 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  profile_and_optim_tests af9_new_prof 240
 elif [ "$PHASE" = af8 ]; then  # session AF, one H100: af7's new arm again after its kernel argument was renamed (a
   # kernel argument named `params` failed in Triton's binder on the GPU): the profile of the routed step at 64 (new
   # only: af7 has the base's), the optimizer's and the captured step's CUDA tests
   gpu_info
   versions
-  ab_bench new af8_new_prof 110 --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/af8_new_prof.json" \
-    --profile "$W/prof" --tag new_
-  piece pytest_cuda $(( 380 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  profile_and_optim_tests af8_new_prof 380
 elif [ "$PHASE" = af7 ]; then  # session AF, one H100 (BASE=52632e0 scripts/gpu_prepare.sh): MasterAdamW's float32
   # parameters in one kernel of ours (adamw_float32_): profiles of the routed step at 64, base / new; the optimizer's
   # and the captured step's CUDA tests with the time left
