@@ -23,6 +23,7 @@ capture them. Importing this module imports triton; sprintc does it only when a 
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Optional
@@ -32,7 +33,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from sprintc.optim import ADAMW_BLOCK
+from sprintc.optim import ADAMW_BLOCK, _aligned
 
 
 @triton.jit
@@ -683,18 +684,15 @@ class Float32Params:
 
     def __init__(self, params, exp_avgs, exp_avg_sqs, steps, device):
         sizes = [p.numel() for p in params]
-        offsets = [0]
-        for n in sizes[:-1]:
-            offsets.append(offsets[-1] + -(-n // ADAMW_BLOCK) * ADAMW_BLOCK)
+        offsets = list(itertools.accumulate((_aligned(n) for n in sizes[:-1]), initial=0))  # dense: program i, block i
         self.grads = GradientTable(sizes, offsets, device)
 
-        def per_block(tensors, element_size=4):
-            return torch.tensor([t.data_ptr() + start * element_size for t, n in zip(tensors, sizes)
+        def per_block(tensors, element_bytes):
+            return torch.tensor([t.data_ptr() + start * element_bytes for t, n in zip(tensors, sizes)
                                  for start in range(0, n, ADAMW_BLOCK)], dtype=torch.int64, device=device)
 
-        self.values, self.exp_avg, self.exp_avg_sq = (per_block(t) for t in (params, exp_avgs, exp_avg_sqs))
-        self.steps = torch.tensor([s.data_ptr() for s, n in zip(steps, sizes) for _ in range(0, n, ADAMW_BLOCK)],
-                                  dtype=torch.int64, device=device)
+        self.values, self.exp_avg, self.exp_avg_sq = (per_block(t, 4) for t in (params, exp_avgs, exp_avg_sqs))
+        self.steps = per_block(steps, 0)  # each block reads its parameter's one count
 
 
 @triton.jit

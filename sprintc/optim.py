@@ -16,8 +16,8 @@ come out of bf16 matmuls either way. The update is AdamW's, in float32 (torch's 
 exactly halfway between two bf16 values that rounds down (a tie) is stored 1 float32 ulp lower, where the int16 low
 part's range ends. Other parameters (norm weights, embeddings, the mask token) stay float32 and take torch's AdamW
 step, each with its own step count; on CUDA in one kernel of ours over their own storage (`adamw_float32_`), as
-torch's fused AdamW gives each program 65,536 elements and took 0.08 ms for XL's label embedding. Another difference: the bf16 weights share one step count, so one that misses steps (frozen a while) takes the
-others' bias correction.
+torch's fused AdamW gives each program 65,536 elements and took 0.08 ms for XL's label embedding. Another difference:
+the bf16 weights share one step count, so one that misses steps (frozen a while) takes the others' bias correction.
 
 `state_dict()` is torch AdamW's (step, exp_avg, exp_avg_sq per parameter), so checkpoints move between the two;
 `float32_params()` gives the master values in the model's parameter order, which checkpoints and the EMA read.
