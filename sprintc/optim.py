@@ -83,7 +83,7 @@ class MasterAdamW(torch.optim.Optimizer):
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
         self.ema, self._ema_rest, self.ema_weight = None, [], torch.ones((), dtype=torch.float32, device=dev)
         self._view_of = {}
-        self._norm_stream, self._norm_hooks, self._summed = None, [], set()
+        self._norm_stream, self._norm_hooks, self._summed, self._norm_forked = None, [], set(), False
         off = 0
         with torch.no_grad():
             for p in self.low:
@@ -132,6 +132,7 @@ class MasterAdamW(torch.optim.Optimizer):
         step in which nothing changes the gradients between the backward and clip_and_step (no all-reduce, no
         unscaling): the sums are of the gradients as the backward left them. clip_and_step uses them only when every
         bf16 weight's were taken since the last step (else it reads the gradients itself)."""
+        self._join_norm_stream()
         for h in self._norm_hooks:
             h.remove()
         self._norm_hooks, self._summed, self._norm_stream = [], set(), None
@@ -155,12 +156,16 @@ class MasterAdamW(torch.optim.Optimizer):
             with torch.cuda.stream(stream):
                 grad_sq_sums_(g, slots[id(p)])
             self._summed.add(id(p))
+            self._norm_forked = True
 
         self._norm_hooks = [p.register_post_accumulate_grad_hook(sum_squares) for p in self.low]
 
     def _join_norm_stream(self):
-        if self._norm_stream is not None:
+        # only after work went to it: in a CUDA graph's capture, waiting on a stream that did not fork from the
+        # captured one crosses the capture's boundary, which invalidates it (session AG, call 1)
+        if self._norm_forked:
             torch.cuda.current_stream(self.weights.device).wait_stream(self._norm_stream)
+            self._norm_forked = False
 
     def zero_grad(self, set_to_none: bool = True):
         self._join_norm_stream()  # its last sums read gradients that go now

@@ -206,6 +206,7 @@ class StepRunner:
             self.captured = None  # the loop sets a float lr from the next step on
             if self.log is not None:
                 self.log.note(f"{e}; training without it (set target.cuda_graphs: false to skip the attempt)")
+                self.log.event(event="cuda_graph_fallback", error=str(e))
             return self.plain(b)
 
 
