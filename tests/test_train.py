@@ -333,11 +333,13 @@ def test_a_failed_capture_goes_on_without_the_graph_on_one_process_and_stops_ddp
 
     monkeypatch.setattr(T, "CudaGraphStep", FailingCapture)
     monkeypatch.setattr(T, "train_step", lambda *args: ("plain step", args[-1]))
-    notes, net = [], torch.nn.Linear(2, 2)
-    runner = T.StepRunner(net, None, None, net, 1.0, None, True, types.SimpleNamespace(note=notes.append))
+    notes, events, net = [], [], torch.nn.Linear(2, 2)
+    log = types.SimpleNamespace(note=notes.append, event=lambda **rec: events.append(rec))
+    runner = T.StepRunner(net, None, None, net, 1.0, None, True, log)
     assert runner.graphs
     assert runner({"x": 1}) == ("plain step", {"x": 1}) and not runner.graphs
     assert "a host sync" in notes[0] and "training without it" in notes[0]
+    assert events[0]["event"] == "cuda_graph_fallback" and "a host sync" in events[0]["error"]  # in metrics.jsonl
     assert runner({"x": 2}) == ("plain step", {"x": 2})
 
     runner = T.StepRunner(net, None, None, net, 1.0, None, True, None)
