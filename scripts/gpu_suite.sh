@@ -109,7 +109,8 @@
 #   64 and the anchor's, three processes each, alternating; the sampling step at 128), ad5 (matmuls tuned on GPU time
 #   alone, CUDA graphs: the probe again, the step at 64 and 128 base / new, the tuned matmuls' CUDA test; that tuner,
 #   eb7041d, was reverted in e97a61b: run ad5 on a checkout of eb7041d).
-# Session AG's (one H100): ag1 (the clip norm's sums during the backward, base / new at 64; CUDA tests).
+# Session AG's (one H100): ag1 (the clip norm's sums during the backward, base / new at 64; CUDA tests), ag2 (ag1
+#   with the captured step's stream at high priority).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1427,6 +1428,15 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = ag2 ]; then  # session AG, one H100 (BASE=cfc087a scripts/gpu_prepare.sh): ag1 again after the
+  # captured step's stream got high priority (the norm's sums, at default priority, take only the SMs it leaves idle)
+  gpu_info
+  versions
+  base_wheel
+  ab_profiles ag2 prof 110
+  ab_rounds ag2 64 "2 3" 75 75
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "clip_norm or adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ag1 ]; then  # session AG, one H100 (BASE=cfc087a scripts/gpu_prepare.sh): the clip norm's sums on
   # a side stream during the backward (MasterAdamW.norm_in_backward): profiles of the routed step at 64, base / new;
   # the step at 64 twice more, alternating; the optimizer's and the captured step's CUDA tests with the time left

@@ -145,7 +145,8 @@ class MasterAdamW(torch.optim.Optimizer):
             count = -(-p.numel() // ADAMW_BLOCK)
             slots[id(p)] = partial[first:first + count]
             first += count
-        stream = self._norm_stream = torch.cuda.Stream(self.weights.device)
+        # default (lowest) priority: beside a captured step's stream (high priority) it takes the SMs that one leaves idle
+        stream = self._norm_stream = torch.cuda.Stream(self.weights.device, priority=0)
 
         def sum_squares(p):  # runs when the backward has accumulated p's gradient
             g = p.grad
