@@ -616,25 +616,6 @@ def grad_norm(table: GradientTable) -> torch.Tensor:
 
 
 @triton.jit
-def _tensor_sq_sum_kernel(x, n, partial, BLOCK: tl.constexpr):
-    # _grad_sq_sum_kernel's sum over one tensor's blocks: the same loads and reduction, so the same partial sums
-    pid = tl.program_id(0)
-    lanes = tl.arange(0, BLOCK)
-    start = pid.to(tl.int64) * BLOCK
-    if start + BLOCK <= n:
-        g = tl.load(x + start + lanes).to(tl.float32)
-    else:
-        g = tl.load(x + start + lanes, mask=lanes < n - start, other=0.0).to(tl.float32)
-    tl.store(partial + pid, tl.sum(g * g))
-
-
-def grad_sq_sums_(grad: torch.Tensor, partial: torch.Tensor):
-    """Into partial[i]: the sum of squares (float32) of block i of ADAMW_BLOCK elements of `grad` (contiguous), as
-    grad_norm's kernel sums the blocks of a GradientTable's tensor (one tensor's slots of its `partial`)."""
-    _tensor_sq_sum_kernel[(partial.numel(),)](grad, grad.numel(), partial, BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
-
-
-@triton.jit
 def _adamw_update(p, m, v, g, lr, step, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay):
     """torch's AdamW on float32 values: decay, lerp the first moment, then the step over the bias-corrected second
     moment. The new (p, m, v)."""

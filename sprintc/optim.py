@@ -83,7 +83,6 @@ class MasterAdamW(torch.optim.Optimizer):
         self._lr = torch.zeros((), dtype=torch.float32, device=dev)
         self.ema, self._ema_rest, self.ema_weight = None, [], torch.ones((), dtype=torch.float32, device=dev)
         self._view_of = {}
-        self._norm_stream, self._norm_hooks, self._summed, self._norm_forked = None, [], set(), False
         off = 0
         with torch.no_grad():
             for p in self.low:
@@ -124,54 +123,6 @@ class MasterAdamW(torch.optim.Optimizer):
             self._tables[key] = Float32Params(params, [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
                                               [s["step"] for s in st], self.weights.device)
         return self._tables[key]
-
-    def norm_in_backward(self, on: bool = True):
-        """On CUDA: sum each bf16 weight's squared gradient on a side stream as soon as the backward has accumulated
-        it, so that the clip norm's reads (0.44 ms for XL at the card's bandwidth) overlap the rest of the backward
-        instead of following it. The same partial sums as clip_and_step's own kernel, so the same norm. Only for a
-        step in which nothing changes the gradients between the backward and clip_and_step (no all-reduce, no
-        unscaling): the sums are of the gradients as the backward left them. clip_and_step uses them only when every
-        bf16 weight's were taken since the last step (else it reads the gradients itself)."""
-        self._join_norm_stream()
-        for h in self._norm_hooks:
-            h.remove()
-        self._norm_hooks, self._summed, self._norm_stream = [], set(), None
-        if not (on and self.weights.is_cuda):
-            return
-        from sprintc.kernels import grad_sq_sums_
-
-        partial, first, slots = self._table(self.low).partial, 0, {}
-        for p in self.low:  # the table's slots: each parameter's blocks, in order
-            count = -(-p.numel() // ADAMW_BLOCK)
-            slots[id(p)] = partial[first:first + count]
-            first += count
-        # default (lowest) priority: beside a captured step's stream (high priority) it takes the SMs that one leaves idle
-        stream = self._norm_stream = torch.cuda.Stream(self.weights.device, priority=0)
-
-        def sum_squares(p):  # runs when the backward has accumulated p's gradient
-            g = p.grad
-            if not g.is_contiguous():
-                self._summed.discard(id(p))
-                return
-            stream.wait_stream(torch.cuda.current_stream(g.device))
-            with torch.cuda.stream(stream):
-                grad_sq_sums_(g, slots[id(p)])
-            self._summed.add(id(p))
-            self._norm_forked = True
-
-        self._norm_hooks = [p.register_post_accumulate_grad_hook(sum_squares) for p in self.low]
-
-    def _join_norm_stream(self):
-        # only after work went to it: in a CUDA graph's capture, waiting on a stream that did not fork from the
-        # captured one crosses the capture's boundary, which invalidates it (session AG, call 1)
-        if self._norm_forked:
-            torch.cuda.current_stream(self.weights.device).wait_stream(self._norm_stream)
-            self._norm_forked = False
-
-    def zero_grad(self, set_to_none: bool = True):
-        self._join_norm_stream()  # its last sums read gradients that go now
-        self._summed = set()
-        super().zero_grad(set_to_none)
 
     def masters(self) -> torch.Tensor:
         """The float32 masters, one flat buffer (a new one, made from the weights and their low parts)."""
@@ -232,15 +183,9 @@ class MasterAdamW(torch.optim.Optimizer):
             low_grads = table.point(low_grads) if table is not None else low_grads
             rest_grads = rest_table.grads.point([p.grad for p in rest]) if rest_table is not None else None
         norm = scale = None
-        self._join_norm_stream()
-        summed, self._summed = self._summed, set()
         if max_norm > 0:
-            if table is not None and len(summed) == len(have) == len(self.low):
-                parts = [table.partial.sum().sqrt()]  # summed during the backward (norm_in_backward)
-            elif table is not None:
-                parts = [grad_norm(table)]
-            else:
-                parts = [torch.linalg.vector_norm(x, dtype=torch.float32) for x in low_grads]
+            parts = [grad_norm(table)] if table is not None else [torch.linalg.vector_norm(x, dtype=torch.float32)
+                                                                  for x in low_grads]
             # the parameters kept in float32 (XL: 56 q/k norm weights and the label embedding): one kernel over their
             # table, else one multi-tensor kernel (a vector_norm each was 57 kernels per step)
             if rest_table is not None:
@@ -349,9 +294,7 @@ def adamw_for(model: nn.Module, train_spec, lr, device: torch.device, *, master:
     torch's AdamW, fused on CUDA."""
     kw = dict(lr=lr, betas=tuple(train_spec.betas), eps=train_spec.eps, weight_decay=train_spec.weight_decay)
     if master and low_precision_params(model):
-        opt = MasterAdamW(model, **kw)
-        opt.norm_in_backward(capturable)  # a captured step: the host's launches in the backward cost nothing per replay
-        return opt
+        return MasterAdamW(model, **kw)
     if device.type == "cuda":
         return torch.optim.AdamW(model.parameters(), fused=True, capturable=capturable, **kw)
     return torch.optim.AdamW(model.parameters(), foreach=True, **kw)

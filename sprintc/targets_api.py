@@ -335,10 +335,7 @@ class CudaGraphStep:
         dev = next(iter(batch.values())).device
         if dev.type != "cuda":
             raise TargetError("CUDA graphs need a CUDA device")
-        # warm-up and capture on one stream, of high priority: the graph's kernels keep it (torch instantiates graphs
-        # with per-node priorities), so work on a stream of default priority beside them (MasterAdamW's norm sums)
-        # takes only the SMs they leave idle
-        side = self.stream = self.stream or torch.cuda.Stream(dev, priority=-1)
+        side = self.stream = self.stream or torch.cuda.Stream(dev)  # warm-up and capture on one stream
         if self.runs < self.warmup:
             self.runs += 1
             side.wait_stream(torch.cuda.current_stream(dev))

@@ -557,7 +557,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                 stage = stages[si]
                 if si != cur:  # a new stage: routing on/off, re-wrap once (never per step)
                     cur = si
-                    side = torch.cuda.Stream(device, priority=-1) if graphs else None  # (as CudaGraphStep's own)
+                    side = torch.cuda.Stream(device) if graphs else None
                     wrapped = _enter_stage(net, sprint, stage, world, device, fsdp, side)
                     runner = StepRunner(wrapped, opt, obj, net, tr.grad_clip, autocast, graphs, log if rank == 0 else None, side)
                     log.event(event="stage", step=step, stage=stage.name, routing=stage.routing, batch=stage.batch, lr=stage.lr)
