@@ -353,6 +353,8 @@ class CudaGraphStep:
             with torch.cuda.graph(graph, stream=side):
                 self.out = self.step(self.static)
         except Exception as e:  # noqa: BLE001 - whatever broke the capture, said as one error
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            _end_generator_capture([torch.cuda.default_generators[index], *self.generators])
             raise CaptureError(f"CUDA graph capture of the step failed ({type(e).__name__}: {e})") from e
         self.graph = graph
         graph.replay()
@@ -362,6 +364,17 @@ class CudaGraphStep:
         if self.graph is not None:
             self.graph.reset()
             self.graph = None
+
+
+def _end_generator_capture(generators):
+    """After a failed capture: torch marks a graph's generators as capturing when the capture begins and unmarks them
+    only when it ends well, so every later draw from them fails ("Offset increment outside graph capture encountered
+    unexpectedly"), the plain steps that go on without the graph included. Each gets a fresh state with its seed and
+    offset."""
+    for g in generators:
+        fresh = torch.Generator(g.device)
+        fresh.set_state(g.get_state())
+        g.graphsafe_set_state(fresh)
 
 
 # ----------------------------------------------------------------------------------- aot

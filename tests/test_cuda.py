@@ -33,6 +33,31 @@ def test_cuda_graph_training_equals_plain_steps(tmp_path, dtype):
         torch.testing.assert_close(emas[1][k], emas[0][k], rtol=tol, atol=tol, msg=k)
 
 
+def test_after_a_failed_capture_the_random_generators_draw_as_before():
+    """A step that syncs with the host cannot be captured: CudaGraphStep says so (CaptureError), and the default
+    generator and the step's own go on from their seed and offset, as the plain steps after a failed capture need."""
+    from sprintc.targets_api import CaptureError, CudaGraphStep
+
+    gen = torch.Generator("cuda").manual_seed(1)
+
+    def step(b):
+        noise = torch.randn(4, device="cuda") + torch.rand(4, device="cuda", generator=gen)
+        return (b["x"] * noise).sum().item()  # a host sync: no capture
+
+    step_ = CudaGraphStep(step, warmup=1, generators=[gen])
+    step_({"x": torch.ones(4, device="cuda")})  # the warm-up, plain
+    torch.manual_seed(0)
+    mine = gen.get_state()
+    with pytest.raises(CaptureError, match="capture of the step failed"):
+        step_({"x": torch.ones(4, device="cuda")})
+    after = torch.randn(8, device="cuda"), torch.rand(8, device="cuda", generator=gen)
+    torch.manual_seed(0)
+    gen.set_state(mine)
+    again = torch.randn(8, device="cuda"), torch.rand(8, device="cuda", generator=gen)
+    for a, b in zip(after, again):
+        assert torch.equal(a, b)
+
+
 def test_compiled_attention_bf16_close_to_float32():
     torch.manual_seed(0)
     attn = Attention(128, 2, "rms").cuda()
