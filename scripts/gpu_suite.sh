@@ -280,6 +280,16 @@ ab_phase() {  # ab_phase PREFIX TESTS: an A/B phase (BASE=REV scripts/gpu_prepar
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "$2" -p no:cacheprovider --rootdir "$REPO"
 }
+ab_at_64() {  # ab_at_64 PREFIX: session AG's A/B at 64 (BASE=REV scripts/gpu_prepare.sh): profiles of the routed step,
+  # base / new, the step twice more alternating, then the optimizer's and the captured step's CUDA tests with the time left
+  gpu_info
+  versions
+  base_wheel
+  ab_profiles "$1" prof 110
+  ab_rounds "$1" 64 "2 3" 75 75
+  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "clip_norm or adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+}
 optim_tests() {  # optim_tests END: the optimizer's CUDA tests and the captured training step's, until END s into the call
   piece pytest_cuda $(( $1 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
@@ -1443,23 +1453,11 @@ elif [ "$PHASE" = ag3 ]; then  # session AG, one H100: the CUDA tests of a faile
   piece ag3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ag3_b64_2.json"
 elif [ "$PHASE" = ag2 ]; then  # session AG, one H100 (BASE=cfc087a scripts/gpu_prepare.sh): ag1 again after the
   # captured step's stream got high priority (the norm's sums, at default priority, take only the SMs it leaves idle)
-  gpu_info
-  versions
-  base_wheel
-  ab_profiles ag2 prof 110
-  ab_rounds ag2 64 "2 3" 75 75
-  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "clip_norm or adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  ab_at_64 ag2
 elif [ "$PHASE" = ag1 ]; then  # session AG, one H100 (BASE=cfc087a scripts/gpu_prepare.sh): the clip norm's sums on
   # a side stream during the backward (MasterAdamW.norm_in_backward): profiles of the routed step at 64, base / new;
   # the step at 64 twice more, alternating; the optimizer's and the captured step's CUDA tests with the time left
-  gpu_info
-  versions
-  base_wheel
-  ab_profiles ag1 prof 110
-  ab_rounds ag1 64 "2 3" 75 75
-  piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
-    -k "clip_norm or adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  ab_at_64 ag1
 elif [ "$PHASE" = af9 ]; then  # session AF, one H100: af8 again after the float32 AdamW kernel's whole blocks were
   # made unmasked (b70b66b; back to masked in 1624da2) and its CUDA test's steps moved off 1
   gpu_info
