@@ -111,7 +111,7 @@
 #   eb7041d, was reverted in e97a61b: run ad5 on a checkout of eb7041d).
 # Session AG's (one H100): ag1 (the clip norm's sums during the backward, base / new at 64; CUDA tests), ag2 (ag1
 #   with the captured step's stream at high priority), ag3 (a failed capture's generators; the step at 64 beside
-#   the anchor's).
+#   the anchor's), ag4 (that test without the fix, a control, and with it).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1439,6 +1439,13 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = ag4 ]; then  # session AG, one H100: the failed-capture generators test without the fix (it must fail:
+  # a control that the test sees the bug), then with it
+  gpu_info
+  versions
+  piece pytest_nofix 120 0 python3 -c "import sys, pytest, sprintc.targets_api as T; T._end_generator_capture = lambda gens: None; \
+sys.exit(pytest.main(['-v', '-o', 'addopts=', '-p', 'no:cacheprovider', '--rootdir', '$REPO', '$REPO/tests/test_cuda.py', '-k', 'failed_capture']))"
+  piece pytest_fix 120 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "failed_capture" -p no:cacheprovider --rootdir "$REPO"
 elif [ "$PHASE" = ag3 ]; then  # session AG, one H100: the CUDA tests of a failed capture's generators and of the
   # captured training step; the code as shipped, the routed step at 64 and the anchor's SPRINT step at 64
   # (scripts/gpu_anchor_host.py), alternating, two processes each
