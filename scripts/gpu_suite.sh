@@ -111,7 +111,9 @@
 #   eb7041d, was reverted in e97a61b: run ad5 on a checkout of eb7041d).
 # Session AG's (one H100): ag1 (the clip norm's sums during the backward, base / new at 64; CUDA tests), ag2 (ag1
 #   with the captured step's stream at high priority), ag3 (a failed capture's generators; the step at 64 beside
-#   the anchor's), ag4 (that test without the fix, a control, and with it).
+#   the anchor's), ag4 (that test without the fix, a control, and with it). The changes ag1 and ag2 measured were
+#   reverted in 6b909cc: run ag1 on a checkout of df2cd5d and ag2 on one of 124713b (this checkout's wheel would be
+#   the base's code, and its CUDA test `clip_norm` is gone).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
