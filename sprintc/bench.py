@@ -75,6 +75,9 @@ def add_bench_arguments(p):
                    help="set / clear target.batch_modulation (the blocks' adaLN modulations as one matmul; on by default)")
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="set train.master_weights (bf16 weights written by the optimizer from float32 masters)")
+    p.add_argument("--moments", choices=["float32", "bfloat16"], default=None,
+                   help="set train.moments_dtype (AdamW's moments with master weights; bfloat16 is an opt-in, rounded "
+                        "stochastically)")
     p.add_argument("--clip", choices=["fused", "standard", "both"], default="fused",
                    help="gradient clipping: folded into the fused AdamW kernel, torch's clip_grad_norm_, or both (rows for each, "
                         "compiled); rows say off when the spec's train.grad_clip is 0")
@@ -131,6 +134,8 @@ def run_bench(args) -> int:
     inductor_cfg = _inductor_config(args.inductor_config)
     if args.master_weights is not None:
         spec = spec.model_copy(update={"train": spec.train.model_copy(update={"master_weights": args.master_weights})})
+    if args.moments is not None:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"moments_dtype": args.moments})})
     if tiny:
         spec = tiny_version(spec)
     b = Bench(spec, target, dev, steps=steps, warmup=args.warmup, json_path=args.json_path, profile=args.profile,
@@ -354,7 +359,8 @@ class Bench:
             "batch_modulation": target.batch_modulation,
             "params_M": round(sum(p.numel() for p in self.built.model.parameters()) / 1e6, 2),
             "matmul_peak_tflops": _sig(peak / 1e12), "steps": steps, "warmup": warmup, "clip": clip,
-            "grad_clip": spec.train.grad_clip, "master_weights": self.master, "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),
+            "grad_clip": spec.train.grad_clip, "master_weights": self.master,
+            "moments_dtype": spec.train.moments_dtype if self.master else "float32", "build_s": round(self.build_s, 2), "cpu_count": os.cpu_count(),
         }
         self.peak = peak
         self.results = {"meta": self.meta, "train": [], "sample": [], "sample250": [], "summary": []}

@@ -629,10 +629,28 @@ def _adamw_update(p, m, v, g, lr, step, beta1, beta2, log2_beta1, log2_beta2, ep
 
 
 @triton.jit
+def _moment_noise(offs, step):
+    """optim.moment_noise in uint32: 32 random bits per element of the flat buffers at this step."""
+    x = offs.to(tl.uint32) * 0x9E3779B1 + step.to(tl.uint32) * 0x85EBCA77
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _round_bf16_stochastic(x, noise16):
+    """optim.round_bf16_stochastic: float32 to bf16's bits (int16), rounded up in magnitude with probability (the
+    dropped 16 bits) / 2**16."""
+    return ((x.to(tl.int32, bitcast=True) + noise16.to(tl.int32)) >> 16).to(tl.int16)
+
+
+@triton.jit
 def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, chunk_address, chunk_left,
                          lr_ptr, step_ptr, scale_ptr, ema_w_ptr, beta1, beta2, log2_beta1, log2_beta2, eps,
                          weight_decay, HAS_SCALE: tl.constexpr, HAS_EMA: tl.constexpr, DTYPE: tl.constexpr,
-                         DENSE: tl.constexpr, BLOCK: tl.constexpr):
+                         DENSE: tl.constexpr, MOMENTS_BF16: tl.constexpr, BLOCK: tl.constexpr):
     # the flat buffers' blocks are whole (padded to BLOCK): only the gradients' loads may be masked
     g, offs = _load_grads(chunk_block, chunk_address, chunk_left, DTYPE, DENSE, BLOCK)
     lr = tl.load(lr_ptr).to(tl.float32)
@@ -641,8 +659,12 @@ def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, ch
         g = tl.div_rn(g, tl.load(scale_ptr).to(tl.float32))
     # the float32 master's bits: the bf16 weight's bits (int16, sign-extended) shifted up, plus the low part
     p = ((tl.load(weights + offs).to(tl.int32) << 16) + tl.load(low + offs).to(tl.int32)).to(tl.float32, bitcast=True)
-    p, m, v = _adamw_update(p, tl.load(exp_avg + offs), tl.load(exp_avg_sq + offs), g, lr, step, beta1, beta2,
-                            log2_beta1, log2_beta2, eps, weight_decay)
+    if MOMENTS_BF16:  # (their bits as int16, as the weights')
+        m = (tl.load(exp_avg + offs).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+        v = (tl.load(exp_avg_sq + offs).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        m, v = tl.load(exp_avg + offs), tl.load(exp_avg_sq + offs)
+    p, m, v = _adamw_update(p, m, v, g, lr, step, beta1, beta2, log2_beta1, log2_beta2, eps, weight_decay)
     # split the new master as optim.split_master does: bf16 rounded to nearest, ties to even (on the bits, so the
     # interpreter rounds as the GPU does), and the rest, clamped to int16 (a tie rounded down moves the master 1 ulp)
     bits = p.to(tl.int32, bitcast=True)
@@ -650,8 +672,13 @@ def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, ch
     lo = tl.minimum(bits - (hi << 16), 32767)
     tl.store(weights + offs, hi.to(tl.int16))
     tl.store(low + offs, lo.to(tl.int16))
-    tl.store(exp_avg + offs, m)
-    tl.store(exp_avg_sq + offs, v)
+    if MOMENTS_BF16:
+        noise = _moment_noise(offs, step)
+        tl.store(exp_avg + offs, _round_bf16_stochastic(m, noise & 0xFFFF))
+        tl.store(exp_avg_sq + offs, _round_bf16_stochastic(v, noise >> 16))
+    else:
+        tl.store(exp_avg + offs, m)
+        tl.store(exp_avg_sq + offs, v)
     if HAS_EMA:  # the EMA of the new master as stored, as torch.lerp computes it
         p = ((hi << 16) + lo).to(tl.float32, bitcast=True)
         w = tl.load(ema_w_ptr).to(tl.float32)
@@ -663,17 +690,23 @@ def _adamw_master_kernel(weights, low, exp_avg, exp_avg_sq, ema, chunk_block, ch
 def adamw_master_(weights, low, grads: GradientTable, exp_avg, exp_avg_sq, lr, step, scale, beta1, beta2, eps,
                   weight_decay, ema=None, ema_weight=None):
     """One AdamW step over float32 masters held as bf16 `weights` and their int16 `low` parts (optim.split_master)
-    and float32 moments, flat buffers laid out as GradientTable says (the padding zeros); low-precision gradients in
-    (where `grads` points); and, given `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip divisor,
-    or None) and ema_weight are 0-d device tensors, read by the kernel (no host sync)."""
+    and float32 moments (or bf16 ones, stored rounded stochastically as optim._update stores them), flat buffers laid
+    out as GradientTable says (the padding zeros); low-precision gradients in (where `grads` points); and, given
+    `ema`, ema.lerp_(new master, ema_weight). lr, step, scale (the clip divisor, or None) and ema_weight are 0-d device
+    tensors, read by the kernel (no host sync)."""
     if weights.dtype != torch.bfloat16 or low.dtype != torch.int16:
         raise TypeError(f"adamw_master_: bf16 weights and int16 low parts, not {weights.dtype} and {low.dtype}")
+    bf16_moments = exp_avg.dtype == torch.bfloat16
+    if {exp_avg.dtype, exp_avg_sq.dtype} not in ({torch.float32}, {torch.bfloat16}):
+        raise TypeError(f"adamw_master_: float32 or bf16 moments, both alike, not {exp_avg.dtype} and {exp_avg_sq.dtype}")
+    if bf16_moments:
+        exp_avg, exp_avg_sq = exp_avg.view(torch.int16), exp_avg_sq.view(torch.int16)
     _adamw_master_kernel[(grads.chunks,)](
         weights.view(torch.int16), low, exp_avg, exp_avg_sq, ema if ema is not None else exp_avg, *grads.args(), lr,
         step, scale if scale is not None else step, ema_weight if ema is not None else step,
         beta1, beta2, *(math.log2(b) if b > 0 else -math.inf for b in (beta1, beta2)), eps, weight_decay,
         HAS_SCALE=scale is not None, HAS_EMA=ema is not None, DTYPE=grads.dtype, DENSE=grads.dense,
-        BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
+        MOMENTS_BF16=bf16_moments, BLOCK=ADAMW_BLOCK, num_warps=ADAMW_WARPS)
 
 
 class Float32Params:

@@ -479,7 +479,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     # ---- compile, then wrap, then the optimizer
     graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
     # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
-    master = tr.master_weights and device.type == "cuda" and spec.target.dtype == "bfloat16" and world == 1
+    master = tr.master_weights and spec.target.dtype == "bfloat16" and world == 1
     net = _lower(net, spec, device, fsdp, captured=graphs, master=master)
     if fsdp:
         _shard(net, world, device)
@@ -507,7 +507,7 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     m = spec.model
     shape = (m.input.channels, *((m.input.frames,) if m.input.frames else ()), m.input.size, m.input.size)
     stream = Stream(len(data), tr.seed)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and spec.target.dtype == "bfloat16"
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if spec.target.dtype == "bfloat16"
                 else nullcontext())
     spec_text = dump_spec(spec)
     if rank == 0:
@@ -522,6 +522,10 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
                  + f", {world} process(es), steps {step}->{total}"
                  + (f", resumed from {ck.path}" if ck else ""))
         log.event(event="resume" if ck else "start", step=step, world=world, device=str(device))
+        if tr.moments_dtype != "float32" and not isinstance(opt, MasterAdamW):
+            log.note(f"train.moments_dtype: {tr.moments_dtype} applies with master weights only (train.master_weights, "
+                     f"target.dtype bfloat16, one process); this run keeps AdamW's moments in float32")
+            log.event(event="moments_dtype", asked=tr.moments_dtype, used="float32")
 
     losses, saved, samples_path = [], None, None
     wrapped, cur, runner = net, -1, None

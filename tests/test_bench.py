@@ -42,8 +42,20 @@ def test_bf16_rows_train_with_master_weights_each_its_own(tmp_path):
                  "1", "--warmup", "0", "--batch", "2", "--parts", "train", "--clip", "both", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert d["meta"]["dtype"] == "bfloat16" and d["meta"]["master_weights"] is True
+    assert d["meta"]["moments_dtype"] == "float32"
     assert [r["graph"] for r in d["train"]] == ["routed", "dense"]  # the second row's optimizer took the same model
     assert all("error" not in r and r["ms"] > 0 for r in d["train"])
+
+
+def test_bench_takes_the_moments_dtype_for_its_master_weights(tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["bench", "specs/sit_xl_sprint.yaml", "--device", "cpu", "--size", "tiny", "--modes", "eager", "--steps",
+            "1", "--warmup", "0", "--batch", "2", "--parts", "train", "--graphs", "routed", "--json", str(out)]
+    assert main(args + ["--moments", "bfloat16"]) == 0
+    d = json.loads(out.read_text())
+    assert d["meta"]["moments_dtype"] == "bfloat16" and all("error" not in r and r["ms"] > 0 for r in d["train"])
+    assert main(args + ["--moments", "bfloat16", "--no-master-weights"]) == 0  # no master weights: float32 moments
+    assert json.loads(out.read_text())["meta"]["moments_dtype"] == "float32"
 
 
 def test_a_spec_without_clipping_benches_rows_labelled_off(tmp_path):

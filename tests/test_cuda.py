@@ -494,6 +494,45 @@ def test_master_adamw_kernel_rounds_to_nearest_and_matches_the_torch_update():
     assert torch.equal(got[1][at], split_master(new_master)[1][at])  # the low parts as the torch split has them
 
 
+def test_master_adamw_kernel_stores_bf16_moments_as_the_torch_update_does():
+    """train.moments_dtype: bfloat16: the kernel's moments, rounded stochastically with the bits optim.moment_noise
+    gives, against optim._update's (float32 results 1e-7 apart may round to either neighbour)."""
+    from sprintc.kernels import GradientTable, adamw_master_
+    from sprintc.optim import _update, join_master, split_master
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n = 64 * 2048
+    parts = [torch.randn(n, device="cuda", generator=g).bfloat16()]
+    table = GradientTable([n], [0], "cuda")
+    table.point(parts)
+    master = join_master(*split_master(torch.randn(n, device="cuda", generator=g)))
+    m = (torch.randn(n, device="cuda", generator=g) * 0.1).bfloat16()
+    v = (torch.rand(n, device="cuda", generator=g) * 0.01).bfloat16()
+    lr, step, scale = (torch.tensor(x, device="cuda") for x in (3e-3, 12.0, 2.5))
+    ref = [master.cpu(), torch.empty(n, dtype=torch.bfloat16), parts[0].cpu(), m.cpu(), v.cpu()]
+    _update(*ref, lr.cpu(), step.cpu(), scale.cpu(), 0.9, 0.999, 1e-8, 0.05)
+    got = [*split_master(master), table, m.clone(), v.clone()]
+    adamw_master_(*got, lr, step, scale, 0.9, 0.999, 1e-8, 0.05)
+    torch.testing.assert_close(join_master(got[0], got[1]).cpu(), ref[0], rtol=1e-6, atol=1e-7)
+    for k in (3, 4):
+        a, b = got[k].cpu().float(), ref[k].float()
+        assert bool(((a - b).abs() <= b.abs() * 2 ** -7).all())
+        assert float((a == b).double().mean()) > 0.999
+
+
+def test_bf16_moments_train_as_float32_moments_in_the_captured_compiled_step(tmp_path):
+    runs = {}
+    for moments in ("float32", "bfloat16"):
+        s = spec(stages=((8, 8, True), (6, 4, False)), master_weights=True, moments_dtype=moments)
+        s["target"] = {"name": "inductor", "dtype": "bfloat16"}
+        runs[moments] = train(s, tmp_path / moments, device="cuda", progress=False)
+    a, b = runs["float32"]["losses"], runs["bfloat16"]["losses"]
+    assert len(a) == len(b) == 14
+    assert all(abs(x - y) <= 2e-2 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    events = (tmp_path / "bfloat16" / "metrics.jsonl").read_text()
+    assert "cuda_graph_fallback" not in events
+
+
 def test_float32_adamw_kernel_steps_each_parameter_by_its_own_count():
     """adamw_float32_ (MasterAdamW's float32 parameters, read where they lie) against optim._update per parameter."""
     from sprintc.kernels import Float32Params, adamw_float32_, grad_norm
