@@ -1441,6 +1441,36 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = ah1 ]; then  # session AH, one H100: train.moments_dtype bfloat16 against float32 (one wheel, --moments),
+  # the routed step at 64 alternating with the anchor's SPRINT step at 64 (scripts/gpu_anchor_host.py); the moments'
+  # and the optimizer's CUDA tests first
+  gpu_info
+  versions
+  host_info
+  piece pytest_cuda 130 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
+    -k "bf16_moments or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
+  anchor_host anchor_host_64_1 150 64
+  for r in 1 2; do
+    for m in float32 bfloat16; do
+      piece ah1_${m}_b64_$r $([ $r = 1 ] && [ $m = float32 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train \
+        --graphs routed --moments $m --json "$W/ah1_${m}_b64_$r.json"
+    done
+    [ $r = 1 ] && anchor_host anchor_host_64_2 70 64
+  done
+elif [ "$PHASE" = ah2 ]; then  # session AH, one H100: the moments at 128 (float32, bfloat16), a profile of the step at
+  # 64 with bf16 moments, then `sprintc train` on synthetic XL latents at 128 (60 routed + 20 full-token steps) with
+  # each, for their losses
+  gpu_info
+  versions
+  for m in float32 bfloat16; do
+    piece ah2_${m}_b128 $([ $m = float32 ] && echo 110 || echo 70) 0 $BENCH --batch 128 --modes $TMODES --parts train \
+      --graphs routed --moments $m --json "$W/ah2_${m}_b128.json"
+  done
+  piece ah2_bfloat16_prof 80 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --moments bfloat16 \
+    --json "$W/ah2_bfloat16_prof.json" --profile "$W/prof" --tag bf16_
+  train_setup 128
+  printf 'extends: %s\ntrain: {moments_dtype: bfloat16}\n' "$W/xl_ddp.yaml" > "$W/xl_bf16.yaml"
+  train_each 110 f32:xl_ddp bf16:xl_bf16
 elif [ "$PHASE" = ag4 ]; then  # session AG, one H100: the failed-capture generators test without the fix (it must fail:
   # a control that the test sees the bug), then with it
   gpu_info
