@@ -1457,6 +1457,22 @@ elif [ "$PHASE" = ah1 ]; then  # session AH, one H100: train.moments_dtype bfloa
     done
     [ $r = 1 ] && anchor_host anchor_host_64_2 70 64
   done
+elif [ "$PHASE" = ah3 ]; then  # session AH, one H100: the bf16 moments' kernel test (its bound 1e-7 where a moment
+  # cancels to about 0; the GPU's fused multiply-adds differ there from the CPU's by more than ah2's 1e-8); the routed
+  # step at 64 with bf16 and float32 moments alternating with the anchor's SPRINT step at 64, as in ah1
+  gpu_info
+  versions
+  host_info
+  piece pytest_cuda 60 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "bf16_moments_as" \
+    -p no:cacheprovider --rootdir "$REPO"
+  anchor_host anchor_host_64_1 150 64
+  for r in 1 2; do
+    for m in bfloat16 float32; do
+      piece ah3_${m}_b64_$r $([ $r = 1 ] && [ $m = bfloat16 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train \
+        --graphs routed --moments $m --json "$W/ah3_${m}_b64_$r.json"
+    done
+    [ $r = 1 ] && anchor_host anchor_host_64_2 70 64
+  done
 elif [ "$PHASE" = ah2 ]; then  # session AH, one H100: the bf16 moments' kernel test again (its bound fixed for moments
   # that cancel to about 0), `sprintc train` on synthetic XL latents at 128 (60 routed + 20 full-token steps) with
   # float32 and bf16 moments for their losses, the step at 128 with each, then a profile of the step at 64 with bf16
