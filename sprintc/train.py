@@ -274,7 +274,7 @@ def peak_flops(device) -> float | None:
 
 def _lower(net, spec, device, fsdp=False, captured=False, master=False):
     """Compile the blocks in place (the spec's target). On the CPU the model trains in float32 whatever
-    target.dtype says. Under FSDP every block is a region of its own: its all-gather hooks run between blocks.
+    target.dtype says, except with `master` weights (bf16, one process: the step's CPU autocast). Under FSDP every block is a region of its own: its all-gather hooks run between blocks.
     Where the step is not `captured` in a CUDA graph (FSDP, target.cuda_graphs false) the matmuls stay torch's: a tuned
     one saves GPU time but costs host time at every call (docs/PERFORMANCE.md, session U), and there the host issues
     every kernel. The blocks' modulations are batched (target.batch_modulation) only with `master` weights, whose layout
@@ -478,7 +478,8 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
 
     # ---- compile, then wrap, then the optimizer
     graphs = device.type == "cuda" and not fsdp and spec.target.cuda_graphs  # capture the step per stage
-    # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py)
+    # bf16 weights written by the optimizer from float32 masters: one process, bf16 autocast (sprintc/optim.py); on the
+    # CPU too (its torch-op step), where a bf16 spec then trains under CPU autocast
     master = tr.master_weights and spec.target.dtype == "bfloat16" and world == 1
     net = _lower(net, spec, device, fsdp, captured=graphs, master=master)
     if fsdp:
@@ -507,8 +508,9 @@ def _train(spec, tr, out, resume, model, max_steps, device, rank, world, model_r
     m = spec.model
     shape = (m.input.channels, *((m.input.frames,) if m.input.frames else ()), m.input.size, m.input.size)
     stream = Stream(len(data), tr.seed)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if spec.target.dtype == "bfloat16"
-                else nullcontext())
+    # bf16 autocast on a GPU; on the CPU only with master weights (whose bf16 weights need it), else float32 there
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16)
+                if spec.target.dtype == "bfloat16" and (device.type == "cuda" or master) else nullcontext())
     spec_text = dump_spec(spec)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

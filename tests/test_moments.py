@@ -184,3 +184,16 @@ def test_a_spec_with_another_moment_dtype_is_refused(tmp_path):
     path.write_text("extends: digits_sprint\ntrain: {moments_dtype: float16}\n")
     with pytest.raises(SpecError, match="moments_dtype"):
         load_spec(path)
+
+
+def test_a_run_with_bf16_moments_resumes_where_it_stopped(tmp_path):
+    from sprintc.train import train
+    from test_train import quiet, spec
+
+    s = spec(stages=((4, 8, True), (3, 4, False)), moments_dtype="bfloat16")
+    s["target"] = {"name": "eager", "dtype": "bfloat16"}
+    full = train(s, tmp_path / "a", **quiet())
+    train(s, tmp_path / "b", **quiet(max_steps=4))
+    rest = train(s, tmp_path / "b", **quiet(resume=True))
+    assert len(rest["losses"]) == 3
+    assert all(abs(x - y) <= 1e-4 * max(1.0, abs(x)) for x, y in zip(full["losses"][4:], rest["losses"])), (full, rest)
