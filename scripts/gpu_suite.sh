@@ -292,6 +292,18 @@ ab_at_64() {  # ab_at_64 PREFIX: session AG's A/B at 64 (BASE=REV scripts/gpu_pr
   piece pytest_cuda $(( 590 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "clip_norm or adamw or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
 }
+moments_beside_anchor() {  # moments_beside_anchor PREFIX FIRST SECOND: session AH's rounds at 64: the anchor's SPRINT
+  # step (scripts/gpu_anchor_host.py), then the routed step with train.moments_dtype FIRST and SECOND (--moments), twice
+  local r m
+  anchor_host anchor_host_64_1 150 64
+  for r in 1 2; do
+    for m in $2 $3; do
+      piece $1_${m}_b64_$r $([ $r = 1 ] && [ $m = $2 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train \
+        --graphs routed --moments $m --json "$W/$1_${m}_b64_$r.json"
+    done
+    [ $r = 1 ] && anchor_host anchor_host_64_2 70 64
+  done
+}
 optim_tests() {  # optim_tests END: the optimizer's CUDA tests and the captured training step's, until END s into the call
   piece pytest_cuda $(( $1 - ($(date +%s) - T0) )) 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_optim.py" \
     "$REPO/tests/test_cuda.py" -k "optim or adamw or clip or ema or master or cuda_graph_training" -p no:cacheprovider \
@@ -1449,14 +1461,7 @@ elif [ "$PHASE" = ah1 ]; then  # session AH, one H100: train.moments_dtype bfloa
   host_info
   piece pytest_cuda 130 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" \
     -k "bf16_moments or master or cuda_graph_training" -p no:cacheprovider --rootdir "$REPO"
-  anchor_host anchor_host_64_1 150 64
-  for r in 1 2; do
-    for m in float32 bfloat16; do
-      piece ah1_${m}_b64_$r $([ $r = 1 ] && [ $m = float32 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train \
-        --graphs routed --moments $m --json "$W/ah1_${m}_b64_$r.json"
-    done
-    [ $r = 1 ] && anchor_host anchor_host_64_2 70 64
-  done
+  moments_beside_anchor ah1 float32 bfloat16
 elif [ "$PHASE" = ah3 ]; then  # session AH, one H100: the bf16 moments' kernel test (its bound 1e-7 where a moment
   # cancels to about 0; the GPU's fused multiply-adds differ there from the CPU's by more than ah2's 1e-8); the routed
   # step at 64 with bf16 and float32 moments alternating with the anchor's SPRINT step at 64, as in ah1
@@ -1465,14 +1470,7 @@ elif [ "$PHASE" = ah3 ]; then  # session AH, one H100: the bf16 moments' kernel 
   host_info
   piece pytest_cuda 60 0 python3 -m pytest -v -o addopts="" "$REPO/tests/test_cuda.py" -k "bf16_moments_as" \
     -p no:cacheprovider --rootdir "$REPO"
-  anchor_host anchor_host_64_1 150 64
-  for r in 1 2; do
-    for m in bfloat16 float32; do
-      piece ah3_${m}_b64_$r $([ $r = 1 ] && [ $m = bfloat16 ] && echo 90 || echo 60) 0 $BENCH --batch 64 --modes $TMODES --parts train \
-        --graphs routed --moments $m --json "$W/ah3_${m}_b64_$r.json"
-    done
-    [ $r = 1 ] && anchor_host anchor_host_64_2 70 64
-  done
+  moments_beside_anchor ah3 bfloat16 float32
 elif [ "$PHASE" = ah2 ]; then  # session AH, one H100: the bf16 moments' kernel test again (its bound fixed for moments
   # that cancel to about 0), `sprintc train` on synthetic XL latents at 128 (60 routed + 20 full-token steps) with
   # float32 and bf16 moments for their losses, the step at 128 with each, then a profile of the step at 64 with bf16
