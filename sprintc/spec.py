@@ -186,7 +186,7 @@ class TrainSpec(Strict):
     weight_decay: float = Field(0.0, ge=0)
     eps: float = Field(1e-8, gt=0)
     grad_clip: float = Field(1.0, ge=0)
-    master_weights: bool = Field(True, description="bf16 training on one GPU: keep the matmul weights in bf16, written "
+    master_weights: bool = Field(True, description="bf16 training in one process: keep the matmul weights in bf16, written "
                                                    "by the optimizer from float32 masters, instead of casting them every "
                                                    "step (same numerics, less memory traffic; sprintc/optim.py)")
     moments_dtype: Literal["float32", "bfloat16"] = Field(

@@ -274,7 +274,8 @@ def peak_flops(device) -> float | None:
 
 def _lower(net, spec, device, fsdp=False, captured=False, master=False):
     """Compile the blocks in place (the spec's target). On the CPU the model trains in float32 whatever
-    target.dtype says, except with `master` weights (bf16, one process: the step's CPU autocast). Under FSDP every block is a region of its own: its all-gather hooks run between blocks.
+    target.dtype says, except with `master` weights (bf16, one process: the step's CPU autocast). Under FSDP every
+    block is a region of its own: its all-gather hooks run between blocks.
     Where the step is not `captured` in a CUDA graph (FSDP, target.cuda_graphs false) the matmuls stay torch's: a tuned
     one saves GPU time but costs host time at every call (docs/PERFORMANCE.md, session U), and there the host issues
     every kernel. The blocks' modulations are batched (target.batch_modulation) only with `master` weights, whose layout
