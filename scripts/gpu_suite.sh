@@ -114,6 +114,8 @@
 #   the anchor's), ag4 (that test without the fix, a control, and with it). The changes ag1 and ag2 measured were
 #   reverted in 6b909cc: run ag1 on a checkout of df2cd5d and ag2 on one of 124713b (this checkout's wheel would be
 #   the base's code, and its CUDA test `clip_norm` is gone).
+# Session AH's (one H100): ah1-ah3 (train.moments_dtype bfloat16 against float32 beside the anchor's step at 64; its
+#   kernel test; `sprintc train` at 128 with each). Session AI's (two H100s): ai1 (every CUDA test of the code as shipped).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1453,6 +1455,18 @@ elif [ "$PHASE" = ae3 ]; then  # session AE, one H100: the code as shipped (the 
   piece ae3_b64_1 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_1.json"
   anchor_host anchor_host_64_2 100 64
   piece ae3_b64_2 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ae3_b64_2.json"
+elif [ "$PHASE" = ai1 ]; then  # session AI, two H100s: every CUDA test of the code as shipped (as aa3): tests/test_cuda.py
+  # but its two-GPU tests on GPU 0, beside the kernel, optimizer, cuBLASLt and moments tests on GPU 1, then the DDP tests
+  gpu_info
+  versions
+  T="-v -o addopts= -p no:cacheprovider --rootdir $REPO"
+  ( piece pytest_cuda 560 0 python3 -m pytest $T "$REPO/tests/test_cuda.py" -k "not ddp" ) &
+  (
+    piece pytest_kernels 300 1 python3 -m pytest $T "$REPO/tests/test_kernels.py" "$REPO/tests/test_optim.py" \
+      "$REPO/tests/test_cublaslt.py" "$REPO/tests/test_moments.py" "$REPO/tests/test_modulation.py"
+    piece pytest_ddp $(( 575 - ($(date +%s) - T0) )) 0,1 python3 -m pytest $T "$REPO/tests/test_cuda.py" -k ddp
+  ) &
+  wait
 elif [ "$PHASE" = ah1 ]; then  # session AH, one H100: train.moments_dtype bfloat16 against float32 (one wheel, --moments),
   # the routed step at 64 alternating with the anchor's SPRINT step at 64 (scripts/gpu_anchor_host.py); the moments'
   # and the optimizer's CUDA tests first
