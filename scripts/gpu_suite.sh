@@ -115,8 +115,8 @@
 #   reverted in 6b909cc: run ag1 on a checkout of df2cd5d and ag2 on one of 124713b (this checkout's wheel would be
 #   the base's code, and its CUDA test `clip_norm` is gone).
 # Session AH's (one H100): ah1-ah3 (train.moments_dtype bfloat16 against float32 beside the anchor's step at 64; its
-#   kernel test; `sprintc train` at 128 with each). Session AI's: ai1 (two GPUs: every CUDA test of the code as shipped), ai2 (one H100: the
-#   model as one graph at 64 against the regions, after the anchor's step).
+#   kernel test; `sprintc train` at 128 with each). Session AI's: ai1 (two GPUs: every CUDA test of the code as shipped), ai2 and ai3 (one H100
+#   each: the model as one graph at 64 against the regions, float32 and bf16 moments, after the anchor's step).
 # Every piece has its own timeout and writes JSON/logs under $W; $OUT/results.tgz is re-packed after each
 # piece, so what finished comes back even if the call is cut. GPU_SUITE_TINY=1: a CPU dry run of the
 # same commands on the tiny spec (no anchor, no GPU).
@@ -1479,6 +1479,18 @@ elif [ "$PHASE" = ai2 ]; then  # session AI, one H100: the model compiled as one
     --json "$W/ai2_whole_b64.json"
   piece ai2_whole_bf16_b64 $(( 590 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train \
     --graphs routed --no-regional --moments bfloat16 --json "$W/ai2_whole_bf16_b64.json"
+elif [ "$PHASE" = ai3 ]; then  # session AI, one H100: ai2's arms again in another order, with bf16 moments in both
+  # forms: the anchor's SPRINT step at 64, then one graph, regions, one graph + bf16 moments, regions + bf16 moments
+  gpu_info
+  versions
+  anchor_host anchor_host_64_1 145 64
+  piece ai3_whole_b64 170 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --no-regional \
+    --json "$W/ai3_whole_b64.json"
+  piece ai3_regional_b64 90 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --json "$W/ai3_regional_b64.json"
+  piece ai3_whole_bf16_b64 80 0 $BENCH --batch 64 --modes $TMODES --parts train --graphs routed --no-regional \
+    --moments bfloat16 --json "$W/ai3_whole_bf16_b64.json"
+  piece ai3_regional_bf16_b64 $(( 585 - ($(date +%s) - T0) )) 0 $BENCH --batch 64 --modes $TMODES --parts train \
+    --graphs routed --moments bfloat16 --json "$W/ai3_regional_bf16_b64.json"
 elif [ "$PHASE" = ah1 ]; then  # session AH, one H100: train.moments_dtype bfloat16 against float32 (one wheel, --moments),
   # the routed step at 64 alternating with the anchor's SPRINT step at 64 (scripts/gpu_anchor_host.py); the moments'
   # and the optimizer's CUDA tests first
