@@ -650,7 +650,7 @@ class Bench:
                   f"torch {m['torch']}, {m['dtype']}, matmul peak {m['matmul_peak_tflops']} TFLOP/s")
         settings = [f"mode {m['compile_mode']}"] + [k for k in ("tune", "multi_kernel", "kernels", "mix_order_reduction", "pdl", "tuned_matmuls", "batch_modulation") if m.get(k)]
         settings += [] if m.get("regional", True) else ["whole model"]
-        settings += [f"regions of {m['region_blocks']} blocks"] if m.get("region_blocks", 1) > 1 else []
+        settings += [f"regions of {m['region_blocks']} blocks"] if m.get("regional", True) and m.get("region_blocks", 1) > 1 else []
         settings += [f"{k}={v}" for k, v in m.get("inductor_config", {}).items()]
         con.print("compile settings: " + ", ".join(settings))
         if self.results["train"]:

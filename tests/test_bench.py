@@ -58,6 +58,17 @@ def test_bench_takes_the_moments_dtype_for_its_master_weights(tmp_path):
     assert json.loads(out.read_text())["meta"]["moments_dtype"] == "float32"
 
 
+def test_the_settings_line_names_regions_only_when_blocks_are_compiled_by_region(capsys):
+    args = ["bench", "specs/digits_sprint.yaml", "--device", "cpu", "--modes", "eager", "--steps", "1", "--warmup", "0",
+            "--batch", "2", "--parts", "train", "--graphs", "routed", "--region-blocks", "2"]
+    assert main(args) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("compile settings:"))
+    assert "regions of 2 blocks" in line and "whole model" not in line
+    assert main(args + ["--no-regional"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("compile settings:"))
+    assert "whole model" in line and "regions of" not in line
+
+
 def test_a_spec_without_clipping_benches_rows_labelled_off(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "scripts/xl_like_anchor.yaml", "--device", "cpu", "--size", "tiny", "--modes", "eager", "--steps", "1",
