@@ -132,10 +132,10 @@ def run_bench(args) -> int:
                             region_blocks=args.region_blocks, tuned_matmuls=args.tuned_matmuls,
                             batch_modulation=args.batch_modulation)
     inductor_cfg = _inductor_config(args.inductor_config)
-    if args.master_weights is not None:
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"master_weights": args.master_weights})})
-    if args.moments is not None:
-        spec = spec.model_copy(update={"train": spec.train.model_copy(update={"moments_dtype": args.moments})})
+    train_update = {k: v for k, v in (("master_weights", args.master_weights), ("moments_dtype", args.moments))
+                    if v is not None}
+    if train_update:
+        spec = spec.model_copy(update={"train": spec.train.model_copy(update=train_update)})
     if tiny:
         spec = tiny_version(spec)
     b = Bench(spec, target, dev, steps=steps, warmup=args.warmup, json_path=args.json_path, profile=args.profile,
